@@ -1,0 +1,111 @@
+//! gsectl: the administrator's and the init system's way to talk to gsed.
+//!
+//! Exit codes follow DESIGN §9: for `health`, 0 green, 1 red, 2 starting or
+//! unknown; for every command, 3 when gsed cannot be reached and 1 on other errors.
+
+mod health;
+mod output;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use gse_dbus::{BusAddress, DBusError};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Control and inspect GSE (gsed) on this machine")]
+struct Cli {
+    /// Bus where gsed runs: system, session, or a D-Bus address (unix:path=...).
+    #[arg(long, global = true, default_value = "system")]
+    bus: BusAddress,
+    /// Prefix for every path GSE uses, for offline commands.
+    #[arg(long, global = true, default_value = "/")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show whether this boot is healthy (exit 0 green, 1 red, 2 starting/unknown, 3 no daemon).
+    Health(health::HealthArgs),
+}
+
+/// How a command ended; mapped to the exit code in one place.
+pub enum Failure {
+    /// gsed or the bus cannot be reached: exit 3.
+    Unreachable(String),
+    /// Anything else: exit 1.
+    Error(String),
+}
+
+impl Failure {
+    /// Turns a bus error into a message a person can act on.
+    pub fn from_bus(e: DBusError, bus: &BusAddress, what: &str) -> Failure {
+        if e.is_unreachable() {
+            return Failure::Unreachable(unreachable_message(bus));
+        }
+        if e.is_access_denied() {
+            return Failure::Error(format!(
+                "permission denied: only root and members of group 'gse' may {what}"
+            ));
+        }
+        Failure::Error(match e {
+            DBusError::ZBus(zbus::Error::MethodError(name, msg, _)) => {
+                format!("cannot {what}: {} ({name})", msg.unwrap_or_default())
+            }
+            DBusError::ZBus(e) => format!("cannot {what}: {e}"),
+            DBusError::InvalidArgs(m)
+            | DBusError::NotPossible(m)
+            | DBusError::InvalidConfig(m)
+            | DBusError::Failed(m) => format!("cannot {what}: {m}"),
+        })
+    }
+}
+
+pub fn unreachable_message(bus: &BusAddress) -> String {
+    format!(
+        "gsed is not running on {bus}; start it with 'rc-service gsed start' (OpenRC) or 'systemctl start gsed' (systemd)"
+    )
+}
+
+/// Connects to the bus, or explains why not.
+pub async fn connect(bus: &BusAddress) -> Result<zbus::Connection, Failure> {
+    bus.connect().await.map_err(|e| {
+        Failure::Unreachable(format!(
+            "cannot reach {bus} ({e}); is the D-Bus daemon running? {}",
+            unreachable_message(bus)
+                .split_once("; ")
+                .map_or("", |(_, hint)| hint)
+        ))
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gsectl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Health(args) => health::run(&cli.bus, args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Unreachable(m)) => {
+            eprintln!("gsectl: {m}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Error(m)) => {
+            eprintln!("gsectl: {m}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The D-Bus layer: interface objects that only translate between the bus and the
+//! plain services, and the tasks that turn service state changes into signals.
+//! Errors are mapped to [`DBusError`] here, once.
+
+mod health;
+
+use std::sync::Arc;
+
+use gse_dbus::{DBusError, OBJECT_PATH};
+use zbus::Connection;
+
+pub use health::HealthObject;
+
+use crate::health::{HealthError, HealthService};
+
+/// The services the daemon exports.
+pub struct Services {
+    pub health: Arc<HealthService>,
+}
+
+/// Exports every interface on `conn` at [`OBJECT_PATH`] and starts forwarding state
+/// changes as signals. Production and tests both call this.
+pub async fn serve(conn: &Connection, services: &Services) -> zbus::Result<()> {
+    let server = conn.object_server();
+    server
+        .at(OBJECT_PATH, HealthObject::new(services.health.clone()))
+        .await?;
+    health::forward_changes(conn.clone(), services.health.subscribe()).await?;
+    Ok(())
+}
+
+impl From<HealthError> for DBusError {
+    fn from(e: HealthError) -> Self {
+        match e {
+            HealthError::EmptyReason => DBusError::InvalidArgs(e.to_string()),
+            HealthError::Journal(_) => DBusError::Failed(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! gsed, the GSE daemon, as a library: the plain services that do the work, and the
+//! thin D-Bus layer over them. The binary in `main.rs` only wires them together.
+
+pub mod bus;
+pub mod config;
+pub mod health;
+pub mod journal;
+pub mod logging;
+pub mod paths;
+pub mod sd_notify;

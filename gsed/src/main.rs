@@ -1,0 +1,133 @@
+//! gsed: the GSE daemon on every lab client.
+//!
+//! Order matters: signals are registered first, so a SIGTERM that arrives during
+//! start-up still ends the daemon cleanly; readiness is announced only once the bus
+//! name is owned; the main loop races the signals.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use gse_dbus::{BUS_NAME, BusAddress};
+use gsed::{bus, config, health::HealthService, paths::Paths, sd_notify};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use zbus::fdo::{RequestNameFlags, RequestNameReply};
+
+/// The GSE daemon: records boot health and serves org.gentoo.Gse1 on D-Bus.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Bus to serve on: system, session, or a D-Bus address (unix:path=...).
+    #[arg(long, default_value = "system")]
+    bus: BusAddress,
+    /// Prefix for every path GSE uses (tests, demos); devices are never prefixed.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Use this boot id instead of the kernel's (to simulate successive boots).
+    #[arg(long)]
+    boot_id: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    gsed::logging::init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gsed: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("gsed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot register SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot register SIGINT")?;
+
+    let paths = Paths::new(&args.root);
+    let boot_id = match args.boot_id {
+        Some(id) => id,
+        None => kernel_boot_id()?,
+    };
+    let loaded = match config::load(&config::layers(&paths)) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                warn!("config: {e}");
+            }
+            warn!(
+                "configuration has {} error(s); running on built-in defaults",
+                errors.len()
+            );
+            config::Loaded::default()
+        }
+    };
+    let settings = loaded.settings;
+    let health = HealthService::new(
+        &paths,
+        &boot_id,
+        settings.boot.health.clone(),
+        &settings.boot.primary,
+    )
+    .context("cannot start health recording")?;
+    let services = bus::Services {
+        health: health.clone(),
+    };
+
+    let conn = args
+        .bus
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.bus))?;
+    bus::serve(&conn, &services)
+        .await
+        .context("cannot export the D-Bus interfaces")?;
+    match conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await
+    {
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}
+        Ok(_) | Err(zbus::Error::NameTaken) => {
+            bail!(
+                "{BUS_NAME} is already owned on {}: another gsed is running",
+                args.bus
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot own {BUS_NAME} on {}", args.bus)),
+    }
+    info!(bus = %args.bus, root = %paths.root().display(), %boot_id, "gsed ready");
+    if let Err(e) = sd_notify::notify("READY=1") {
+        warn!(error = %e, "could not notify systemd of readiness");
+    }
+
+    let health_task = tokio::spawn(health.clone().run());
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    info!(signal, "stopping");
+    health_task.abort();
+    let _ = sd_notify::notify("STOPPING=1");
+    // Release the name explicitly so a successor can take it at once.
+    let _ = conn.release_name(BUS_NAME).await;
+    Ok(())
+}
+
+fn kernel_boot_id() -> Result<String> {
+    let path = "/proc/sys/kernel/random/boot_id";
+    let id = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {path} (pass --boot-id)"))?;
+    Ok(id.trim().to_owned())
+}

@@ -1,0 +1,90 @@
+//! Every file and directory GSE uses, under one root (DESIGN §3).
+//!
+//! Production uses `/`; tests and demos pass `--root DIR` so nothing outside a
+//! temporary tree is touched. Device names are never prefixed.
+
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    root: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths::new("/")
+    }
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Paths { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when running on a real client (no `--root`): only then may gsed act on
+    /// interfaces it was not told about by name (DESIGN §7).
+    pub fn is_real_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// An absolute path from configuration or this table, placed under the root.
+    /// `..` components are dropped so a configured path cannot leave the root.
+    pub fn resolve(&self, absolute: impl AsRef<Path>) -> PathBuf {
+        let mut out = self.root.clone();
+        for c in absolute.as_ref().components() {
+            if let Component::Normal(part) = c {
+                out.push(part);
+            }
+        }
+        out
+    }
+
+    /// Defaults shipped inside the image (lowest layer of config.d).
+    pub fn image_config(&self) -> PathBuf {
+        self.resolve("/usr/share/gse/config.d")
+    }
+
+    /// config.d as last synced from the server; survives reboots.
+    pub fn synced_config(&self) -> PathBuf {
+        self.resolve("/user-data/persistent/config.d")
+    }
+
+    /// Health journal, attempt counters, server choice.
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve("/user-data/persistent/gse")
+    }
+
+    pub fn health_journal(&self) -> PathBuf {
+        self.state_dir().join("health.journal")
+    }
+
+    /// What early boot decided, for the running system.
+    pub fn boot_json(&self) -> PathBuf {
+        self.resolve("/run/gse/boot.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_stays_under_root() {
+        let p = Paths::new("/tmp/x");
+        assert_eq!(p.resolve("/etc/gse"), PathBuf::from("/tmp/x/etc/gse"));
+        assert_eq!(
+            p.resolve("/../../etc/shadow"),
+            PathBuf::from("/tmp/x/etc/shadow")
+        );
+        assert_eq!(
+            Paths::default().health_journal(),
+            PathBuf::from("/user-data/persistent/gse/health.journal")
+        );
+        assert!(Paths::default().is_real_root());
+        assert!(!p.is_real_root());
+    }
+}

@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs the Debian packages that building GSE and running its tests need.
+# Used by scripts/demo.sh, scripts/test.sh and .ci/run; safe to run again.
+set -eu
+
+packages="
+  build-essential pkg-config libudev-dev
+  dbus dbus-daemon libglib2.0-bin systemd util-linux
+  shellcheck
+"
+
+missing=""
+for p in $packages; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "install-deps: installing:$missing" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	# shellcheck disable=SC2086
+	apt-get install -y -q --no-install-recommends $missing
+fi
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
