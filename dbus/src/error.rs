@@ -38,9 +38,7 @@ impl DBusError {
     /// True when nobody owns the GSE name or the bus itself cannot be reached.
     pub fn is_unreachable(&self) -> bool {
         use zbus::fdo::Error as F;
-        matches!(
-            self.fdo(),
-            Some(F::ServiceUnknown(_) | F::NameHasNoOwner(_) | F::NoReply(_) | F::Disconnected(_))
-        ) || matches!(self, DBusError::ZBus(zbus::Error::InputOutput(_)))
+        matches!(self.fdo(), Some(F::ServiceUnknown(_) | F::NameHasNoOwner(_) | F::NoReply(_) | F::Disconnected(_)))
+            || matches!(self, DBusError::ZBus(zbus::Error::InputOutput(_)))
     }
 }

@@ -51,8 +51,8 @@ impl FromStr for Status {
     }
 }
 
-/// Which list a check came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which list a check came from (reports list them in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// Must pass for the boot to be green.
@@ -124,11 +124,7 @@ pub struct HealthReport {
     pub boot: Option<serde_json::Value>,
 }
 
-#[proxy(
-    interface = "org.gentoo.Gse1.Health",
-    default_service = "org.gentoo.Gse1",
-    default_path = "/org/gentoo/Gse1"
-)]
+#[proxy(interface = "org.gentoo.Gse1.Health", default_service = "org.gentoo.Gse1", default_path = "/org/gentoo/Gse1")]
 pub trait Health {
     /// `unknown`, `starting`, `green` or `red`.
     #[zbus(property)]

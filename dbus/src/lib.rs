@@ -6,6 +6,7 @@
 //! live beside this crate; a test keeps the XML equal to what `gsed` exports.
 
 mod address;
+pub mod config;
 mod error;
 pub mod health;
 
@@ -31,7 +32,7 @@ pub mod interface {
 pub const POLICY: &str = include_str!("../org.gentoo.Gse1.conf");
 
 /// Introspection XML of every interface `gsed` exports, by interface name.
-pub const INTERFACE_XML: &[(&str, &str)] = &[(
-    interface::HEALTH,
-    include_str!("../interfaces/org.gentoo.Gse1.Health.xml"),
-)];
+pub const INTERFACE_XML: &[(&str, &str)] = &[
+    (interface::HEALTH, include_str!("../interfaces/org.gentoo.Gse1.Health.xml")),
+    (interface::CONFIG, include_str!("../interfaces/org.gentoo.Gse1.Config.xml")),
+];

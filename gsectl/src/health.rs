@@ -31,35 +31,17 @@ enum Action {
 
 pub async fn run(bus: &BusAddress, args: HealthArgs) -> Result<u8, Failure> {
     let conn = connect(bus).await?;
-    let proxy = HealthProxy::new(&conn)
-        .await
-        .map_err(|e| Failure::from_bus(e.into(), bus, "reach gsed"))?;
+    let proxy = HealthProxy::new(&conn).await.map_err(|e| Failure::from_bus(e.into(), bus, "reach gsed"))?;
     let fail = |what: &'static str| move |e| Failure::from_bus(e, bus, what);
     match args.action {
-        Some(Action::MarkGood) => proxy
-            .mark_good()
-            .await
-            .map_err(fail("mark this boot good"))?,
-        Some(Action::MarkBad { reason }) => proxy
-            .mark_bad(&reason)
-            .await
-            .map_err(fail("mark this boot bad"))?,
-        Some(Action::RecordShutdown) => proxy
-            .record_shutdown()
-            .await
-            .map_err(fail("record the shutdown"))?,
-        Some(Action::BootComplete) => proxy
-            .boot_complete()
-            .await
-            .map_err(fail("report boot-complete"))?,
+        Some(Action::MarkGood) => proxy.mark_good().await.map_err(fail("mark this boot good"))?,
+        Some(Action::MarkBad { reason }) => proxy.mark_bad(&reason).await.map_err(fail("mark this boot bad"))?,
+        Some(Action::RecordShutdown) => proxy.record_shutdown().await.map_err(fail("record the shutdown"))?,
+        Some(Action::BootComplete) => proxy.boot_complete().await.map_err(fail("report boot-complete"))?,
         None => {
-            let json = proxy
-                .get_report()
-                .await
-                .map_err(fail("read the health report"))?;
-            let report: HealthReport = serde_json::from_str(&json).map_err(|e| {
-                Failure::Error(format!("gsed sent a report this gsectl cannot read: {e}"))
-            })?;
+            let json = proxy.get_report().await.map_err(fail("read the health report"))?;
+            let report: HealthReport = serde_json::from_str(&json)
+                .map_err(|e| Failure::Error(format!("gsed sent a report this gsectl cannot read: {e}")))?;
             if args.json {
                 println!("{json}");
             } else {
@@ -89,24 +71,11 @@ fn render(r: &HealthReport) -> String {
         Status::Starting => output::paint("STARTING", "1;33"),
         Status::Unknown => output::paint("UNKNOWN", "1;33"),
     };
-    let _ = writeln!(
-        out,
-        "Health:  {word} — {} (since {} UTC)",
-        r.reason,
-        output::utc(r.since)
-    );
-    let _ = writeln!(
-        out,
-        "Boot:    slot {}, {} healthy cycle(s), boot id {}",
-        r.booted_slot, r.healthy_cycles, r.boot_id
-    );
+    let _ = writeln!(out, "Health:  {word} — {} (since {} UTC)", r.reason, output::utc(r.since));
+    let _ =
+        writeln!(out, "Boot:    slot {}, {} healthy cycle(s), boot id {}", r.booted_slot, r.healthy_cycles, r.boot_id);
     if let Some(boot) = &r.boot {
-        let field = |k: &str| {
-            boot.get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
-                .to_owned()
-        };
+        let field = |k: &str| boot.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
         let _ = writeln!(out, "Early:   {} — {}", field("action"), field("reason"));
     }
     if !r.failures.is_empty() {
@@ -114,11 +83,7 @@ fn render(r: &HealthReport) -> String {
         for f in &r.failures {
             let _ = writeln!(out, "  {} {f}", output::paint("✗", "31"));
         }
-        for c in r
-            .checks
-            .iter()
-            .filter(|c| c.state != CheckState::Passed && !c.output.is_empty())
-        {
+        for c in r.checks.iter().filter(|c| c.state != CheckState::Passed && !c.output.is_empty()) {
             let _ = writeln!(out, "Output of '{}':", c.name);
             for line in c.output.lines() {
                 let _ = writeln!(out, "  | {line}");
@@ -129,14 +94,8 @@ fn render(r: &HealthReport) -> String {
         let _ = writeln!(out, "Recent events:");
         for e in r.events.iter().rev().take(6).rev() {
             let short: String = e.boot_id.chars().take(8).collect();
-            let _ = writeln!(
-                out,
-                "  {}  {:<15} slot {}  boot {short}  {}",
-                output::utc(e.time),
-                e.event,
-                e.slot,
-                e.detail
-            );
+            let _ =
+                writeln!(out, "  {}  {:<15} slot {}  boot {short}  {}", output::utc(e.time), e.event, e.slot, e.detail);
         }
     }
     out

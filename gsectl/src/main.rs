@@ -3,6 +3,7 @@
 //! Exit codes follow DESIGN §9: for `health`, 0 green, 1 red, 2 starting or
 //! unknown; for every command, 3 when gsed cannot be reached and 1 on other errors.
 
+mod config;
 mod health;
 mod output;
 
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Show whether this boot is healthy (exit 0 green, 1 red, 2 starting/unknown, 3 no daemon).
     Health(health::HealthArgs),
+    /// Check config.d offline, or show the configuration in force.
+    Config(config::ConfigArgs),
 }
 
 /// How a command ended; mapped to the exit code in one place.
@@ -45,9 +48,7 @@ impl Failure {
             return Failure::Unreachable(unreachable_message(bus));
         }
         if e.is_access_denied() {
-            return Failure::Error(format!(
-                "permission denied: only root and members of group 'gse' may {what}"
-            ));
+            return Failure::Error(format!("permission denied: only root and members of group 'gse' may {what}"));
         }
         Failure::Error(match e {
             DBusError::ZBus(zbus::Error::MethodError(name, msg, _)) => {
@@ -73,19 +74,14 @@ pub async fn connect(bus: &BusAddress) -> Result<zbus::Connection, Failure> {
     bus.connect().await.map_err(|e| {
         Failure::Unreachable(format!(
             "cannot reach {bus} ({e}); is the D-Bus daemon running? {}",
-            unreachable_message(bus)
-                .split_once("; ")
-                .map_or("", |(_, hint)| hint)
+            unreachable_message(bus).split_once("; ").map_or("", |(_, hint)| hint)
         ))
     })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gsectl: cannot start the async runtime: {e}");
@@ -95,6 +91,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Health(args) => health::run(&cli.bus, args).await,
+            Command::Config(args) => config::run(&cli.bus, &cli.root, args).await,
         }
     });
     match result {

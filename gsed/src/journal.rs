@@ -24,10 +24,7 @@ pub enum Event {
     /// Every required check passed, or an administrator marked the boot good.
     Healthy { reason: String },
     /// A required check failed, the deadline passed, or an administrator marked it bad.
-    Red {
-        reason: String,
-        failures: Vec<String>,
-    },
+    Red { reason: String, failures: Vec<String> },
     /// The init system stopped the daemon for a shutdown or reboot.
     CleanShutdown,
 }
@@ -79,19 +76,11 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating if needed) and reads the journal, repairing a torn tail.
     pub fn open(path: &Path) -> Result<(Journal, Recovery), JournalError> {
-        let open_err = |source| JournalError::Open {
-            path: path.to_owned(),
-            source,
-        };
+        let open_err = |source| JournalError::Open { path: path.to_owned(), source };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(open_err)?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(open_err)?;
+        let file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(open_err)?;
         let data = fs::read(path).map_err(open_err)?;
         let (records, good_len, skipped) = parse(&data);
         let torn_bytes = data.len() as u64 - good_len;
@@ -100,17 +89,7 @@ impl Journal {
             file.set_len(good_len).map_err(open_err)?;
             file.sync_all().map_err(open_err)?;
         }
-        Ok((
-            Journal {
-                path: path.to_owned(),
-                file,
-                records,
-            },
-            Recovery {
-                skipped,
-                torn_bytes,
-            },
-        ))
+        Ok((Journal { path: path.to_owned(), file, records }, Recovery { skipped, torn_bytes }))
     }
 
     pub fn records(&self) -> &[Record] {
@@ -122,23 +101,10 @@ impl Journal {
     }
 
     /// Appends one record and syncs it to disk before returning.
-    pub fn append(
-        &mut self,
-        boot_id: &str,
-        slot: &str,
-        event: Event,
-    ) -> Result<&Record, JournalError> {
-        let record = Record {
-            time: now(),
-            boot_id: boot_id.to_owned(),
-            slot: slot.to_owned(),
-            event,
-        };
+    pub fn append(&mut self, boot_id: &str, slot: &str, event: Event) -> Result<&Record, JournalError> {
+        let record = Record { time: now(), boot_id: boot_id.to_owned(), slot: slot.to_owned(), event };
         let line = encode(&record);
-        let write_err = |source| JournalError::Write {
-            path: self.path.clone(),
-            source,
-        };
+        let write_err = |source| JournalError::Write { path: self.path.clone(), source };
         self.file.write_all(line.as_bytes()).map_err(write_err)?;
         self.file.sync_data().map_err(write_err)?;
         self.records.push(record);
@@ -147,10 +113,7 @@ impl Journal {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn encode(record: &Record) -> String {
@@ -195,8 +158,7 @@ mod tests {
         let path = dir.path().join("gse/health.journal");
         let (mut j, _) = Journal::open(&path).unwrap();
         for i in 0..n {
-            j.append(&format!("boot{i}"), "a", Event::BootStarted)
-                .unwrap();
+            j.append(&format!("boot{i}"), "a", Event::BootStarted).unwrap();
         }
         (dir, path)
     }

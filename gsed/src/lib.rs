@@ -2,7 +2,9 @@
 //! thin D-Bus layer over them. The binary in `main.rs` only wires them together.
 
 pub mod bus;
+pub mod confd;
 pub mod config;
+pub mod fsutil;
 pub mod health;
 pub mod journal;
 pub mod logging;

@@ -9,19 +9,13 @@ pub fn init() {
             .or_else(|_| EnvFilter::try_from_default_env())
             .unwrap_or_else(|_| EnvFilter::new("info"))
     };
-    let journald = std::path::Path::new("/run/systemd/journal/socket")
-        .exists()
-        .then(tracing_journald::layer)
-        .and_then(Result::ok);
+    let journald =
+        std::path::Path::new("/run/systemd/journal/socket").exists().then(tracing_journald::layer).and_then(Result::ok);
     let registry = tracing_subscriber::registry();
     match journald {
         Some(layer) => registry.with(layer.with_filter(filter())).init(),
-        None => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter()),
-            )
-            .init(),
+        None => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter())).init()
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use gse_dbus::{BUS_NAME, BusAddress};
-use gsed::{bus, config, health::HealthService, paths::Paths, sd_notify};
+use gsed::{bus, confd::ConfigService, health::HealthService, paths::Paths, sd_notify};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 use zbus::fdo::{RequestNameFlags, RequestNameReply};
@@ -32,10 +32,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     gsed::logging::init();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gsed: cannot start the async runtime: {e}");
@@ -61,49 +58,19 @@ async fn run(args: Args) -> Result<()> {
         Some(id) => id,
         None => kernel_boot_id()?,
     };
-    let loaded = match config::load(&config::layers(&paths)) {
-        Ok(l) => l,
-        Err(errors) => {
-            for e in &errors {
-                warn!("config: {e}");
-            }
-            warn!(
-                "configuration has {} error(s); running on built-in defaults",
-                errors.len()
-            );
-            config::Loaded::default()
-        }
-    };
-    let settings = loaded.settings;
-    let health = HealthService::new(
-        &paths,
-        &boot_id,
-        settings.boot.health.clone(),
-        &settings.boot.primary,
-    )
-    .context("cannot start health recording")?;
-    let services = bus::Services {
-        health: health.clone(),
-    };
+    // gsed owns the synced tree; making it now lets the watcher see it from the start.
+    let synced = paths.synced_config();
+    std::fs::create_dir_all(&synced).with_context(|| format!("cannot create {}", synced.display()))?;
+    let config = ConfigService::new(&paths);
+    let health = HealthService::new(&paths, &boot_id, config.subscribe()).context("cannot start health recording")?;
+    let services = bus::Services { config: config.clone(), health: health.clone() };
 
-    let conn = args
-        .bus
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", args.bus))?;
-    bus::serve(&conn, &services)
-        .await
-        .context("cannot export the D-Bus interfaces")?;
-    match conn
-        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
-        .await
-    {
+    let conn = args.bus.connect().await.with_context(|| format!("cannot connect to {}", args.bus))?;
+    bus::serve(&conn, &services).await.context("cannot export the D-Bus interfaces")?;
+    match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
         Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}
         Ok(_) | Err(zbus::Error::NameTaken) => {
-            bail!(
-                "{BUS_NAME} is already owned on {}: another gsed is running",
-                args.bus
-            )
+            bail!("{BUS_NAME} is already owned on {}: another gsed is running", args.bus)
         }
         Err(e) => return Err(e).with_context(|| format!("cannot own {BUS_NAME} on {}", args.bus)),
     }
@@ -113,12 +80,14 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let health_task = tokio::spawn(health.clone().run());
+    let watch_task = tokio::spawn(config.clone().watch());
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
     info!(signal, "stopping");
     health_task.abort();
+    watch_task.abort();
     let _ = sd_notify::notify("STOPPING=1");
     // Release the name explicitly so a successor can take it at once.
     let _ = conn.release_name(BUS_NAME).await;
@@ -127,7 +96,6 @@ async fn run(args: Args) -> Result<()> {
 
 fn kernel_boot_id() -> Result<String> {
     let path = "/proc/sys/kernel/random/boot_id";
-    let id = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {path} (pass --boot-id)"))?;
+    let id = std::fs::read_to_string(path).with_context(|| format!("cannot read {path} (pass --boot-id)"))?;
     Ok(id.trim().to_owned())
 }

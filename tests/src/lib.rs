@@ -17,10 +17,7 @@ use nix::{
 
 /// The repository's top directory.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
 /// A binary of this workspace, built by `cargo build --bins` (the README's test
@@ -28,10 +25,7 @@ pub fn repo() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -44,15 +38,9 @@ pub fn bin(name: &str) -> PathBuf {
 /// Fails loudly when a tool the tests need is not installed; CI must install it.
 pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(tool))
-                .find(|p| p.exists())
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.exists()))
         .unwrap_or_default();
-    found.unwrap_or_else(|| {
-        panic!("`{tool}` is not installed: apt-get install -y {package} (.ci/run does this)")
-    })
+    found.unwrap_or_else(|| panic!("`{tool}` is not installed: apt-get install -y {package} (.ci/run does this)"))
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
@@ -62,10 +50,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -82,11 +67,7 @@ impl ProcessGuard {
     }
 
     /// Sends `sig` and waits up to `timeout` for exit; returns the exit status.
-    pub fn stop_with(
-        &mut self,
-        sig: Signal,
-        timeout: Duration,
-    ) -> Option<std::process::ExitStatus> {
+    pub fn stop_with(&mut self, sig: Signal, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = kill(Pid::from_raw(child.id() as i32), sig);
         let start = Instant::now();
@@ -102,9 +83,7 @@ impl ProcessGuard {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -135,23 +114,14 @@ pub struct TestBus {
 impl TestBus {
     pub fn start() -> TestBus {
         let daemon = require_tool("dbus-daemon", "dbus-daemon");
-        let dir = tempfile::Builder::new()
-            .prefix("gse-bus-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("gse-bus-").tempdir().expect("tempdir");
         // Reachable by the unprivileged test user, too.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.path().join("bus.sock");
         let config = fs::read_to_string(repo().join("tests/data/system-bus.conf.in"))
             .expect("tests/data/system-bus.conf.in")
             .replace("@SOCKET@", &socket.display().to_string())
-            .replace(
-                "@POLICY@",
-                &repo()
-                    .join("dbus/org.gentoo.Gse1.conf")
-                    .display()
-                    .to_string(),
-            );
+            .replace("@POLICY@", &repo().join("dbus/org.gentoo.Gse1.conf").display().to_string());
         let config_path = dir.path().join("bus.conf");
         fs::write(&config_path, config).expect("write bus config");
         let child = Command::new(daemon)
@@ -162,34 +132,20 @@ impl TestBus {
             .stderr(fs::File::create(dir.path().join("bus.log")).expect("bus log"))
             .spawn()
             .expect("start dbus-daemon");
-        let guard = ProcessGuard {
-            child: Some(child),
-            name: "dbus-daemon".into(),
-        };
-        wait_for(Duration::from_secs(10), "the dbus-daemon socket", || {
-            socket.exists().then_some(())
-        });
+        let guard = ProcessGuard { child: Some(child), name: "dbus-daemon".into() };
+        wait_for(Duration::from_secs(10), "the dbus-daemon socket", || socket.exists().then_some(()));
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o777)).expect("chmod socket");
-        TestBus {
-            address: format!("unix:path={}", socket.display()),
-            dir,
-            _daemon: guard,
-        }
+        TestBus { address: format!("unix:path={}", socket.display()), dir, _daemon: guard }
     }
 
     /// A zbus connection to this bus as the test process (root).
     pub async fn connect(&self) -> zbus::Connection {
-        zbus::connection::Builder::address(self.address.as_str())
-            .build()
-            .await
-            .expect("connect to test bus")
+        zbus::connection::Builder::address(self.address.as_str()).build().await.expect("connect to test bus")
     }
 
     /// True when someone owns `org.gentoo.Gse1` on this bus.
     pub fn gsed_owns_name(&self) -> bool {
-        busctl(&self.address, &["status", gse_dbus::BUS_NAME])
-            .status
-            .success()
+        busctl(&self.address, &["status", gse_dbus::BUS_NAME]).status.success()
     }
 }
 
@@ -209,12 +165,7 @@ pub struct TestRoot {
 
 impl TestRoot {
     pub fn new() -> TestRoot {
-        TestRoot {
-            dir: tempfile::Builder::new()
-                .prefix("gse-root-")
-                .tempdir()
-                .expect("tempdir"),
-        }
+        TestRoot { dir: tempfile::Builder::new().prefix("gse-root-").tempdir().expect("tempdir") }
     }
 
     pub fn path(&self) -> &Path {
@@ -231,19 +182,13 @@ impl TestRoot {
 
     /// Installs a check program (`kind` is `required` or `wanted`).
     pub fn check(&self, kind: &str, name: &str, script: &str) {
-        let p = self.write(
-            &format!("etc/gse/checks/{kind}/{name}"),
-            &format!("#!/bin/sh\n{script}\n"),
-        );
+        let p = self.write(&format!("etc/gse/checks/{kind}/{name}"), &format!("#!/bin/sh\n{script}\n"));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
     /// Sets `[health]` keys in the image's default boot.conf.
     pub fn health_conf(&self, toml: &str) {
-        self.write(
-            "usr/share/gse/config.d/system/boot.conf",
-            &format!("[health]\ninit = \"none\"\n{toml}\n"),
-        );
+        self.write("usr/share/gse/config.d/system/boot.conf", &format!("[health]\ninit = \"none\"\n{toml}\n"));
     }
 
     pub fn journal(&self) -> PathBuf {
@@ -265,37 +210,24 @@ pub fn start_gsed(bus: &TestBus, root: &TestRoot, boot_id: &str) -> ProcessGuard
         .args(["--boot-id", boot_id])
         .env("GSE_LOG", "debug")
         .env_remove("NOTIFY_SOCKET")
-        .stderr(
-            fs::File::create(root.path().join(format!("gsed-{boot_id}.log"))).expect("log file"),
-        )
+        .stderr(fs::File::create(root.path().join(format!("gsed-{boot_id}.log"))).expect("log file"))
         .spawn()
         .expect("start gsed");
-    let mut guard = ProcessGuard {
-        child: Some(child),
-        name: "gsed".into(),
-    };
-    wait_for(
-        Duration::from_secs(10),
-        "gsed to own org.gentoo.Gse1",
-        || {
-            assert!(
-                guard.is_running(),
-                "gsed exited early; see {}",
-                root.path().join(format!("gsed-{boot_id}.log")).display()
-            );
-            bus.gsed_owns_name().then_some(())
-        },
-    );
+    let mut guard = ProcessGuard { child: Some(child), name: "gsed".into() };
+    wait_for(Duration::from_secs(10), "gsed to own org.gentoo.Gse1", || {
+        assert!(
+            guard.is_running(),
+            "gsed exited early; see {}",
+            root.path().join(format!("gsed-{boot_id}.log")).display()
+        );
+        bus.gsed_owns_name().then_some(())
+    });
     guard
 }
 
 /// Runs `gsectl --bus ADDR ARGS` as root.
 pub fn gsectl(bus: &str, args: &[&str]) -> Output {
-    Command::new(bin("gsectl"))
-        .args(["--bus", bus])
-        .args(args)
-        .output()
-        .expect("run gsectl")
+    Command::new(bin("gsectl")).args(["--bus", bus]).args(args).output().expect("run gsectl")
 }
 
 /// Runs `gsectl` as the unprivileged user `nobody` (uid/gid 65534).

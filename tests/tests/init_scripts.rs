@@ -8,19 +8,12 @@ use gse_tests::*;
 fn openrc_script_and_confd_pass_shellcheck() {
     let shellcheck = require_tool("shellcheck", "shellcheck");
     let dir = repo().join("init-scripts/openrc");
-    let out = Command::new(shellcheck)
-        .arg(dir.join("gsed"))
-        .arg(dir.join("gsed.confd"))
-        .output()
-        .unwrap();
+    let out = Command::new(shellcheck).arg(dir.join("gsed")).arg(dir.join("gsed.confd")).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
     let script = fs::read_to_string(dir.join("gsed")).unwrap();
     assert!(script.starts_with("#!/sbin/openrc-run\n"));
     assert!(script.contains("need dbus"));
-    assert!(
-        script.contains("yesno \"${RC_GOINGDOWN}\""),
-        "the shutdown is recorded only when going down"
-    );
+    assert!(script.contains("yesno \"${RC_GOINGDOWN}\""), "the shutdown is recorded only when going down");
 }
 
 #[test]
@@ -36,22 +29,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
             .replace("/usr/bin/gsectl", &bin("gsectl").display().to_string());
         fs::write(tmp.path().join(path.file_name().unwrap()), unit).unwrap();
     }
-    let units: Vec<_> = fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let units: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(units.len(), 3);
-    let out = Command::new(analyze)
-        .args(["verify", "--man=no"])
-        .args(&units)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let out = Command::new(analyze).args(["verify", "--man=no"]).args(&units).output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
 #[test]
@@ -59,9 +40,7 @@ fn dbus_policy_and_activation_file_are_well_formed() {
     let policy = fs::read_to_string(repo().join("dbus/org.gentoo.Gse1.conf")).unwrap();
     assert!(policy.contains("<allow own=\"org.gentoo.Gse1\"/>"));
     let service = fs::read_to_string(repo().join("dbus/org.gentoo.Gse1.service")).unwrap();
-    assert!(
-        service.contains("Name=org.gentoo.Gse1") && service.contains("SystemdService=gsed.service")
-    );
+    assert!(service.contains("Name=org.gentoo.Gse1") && service.contains("SystemdService=gsed.service"));
     // dbus-daemon itself must accept the policy: a private bus that includes it starts.
     let bus = TestBus::start();
     assert!(busctl(&bus.address, &["list"]).status.success());

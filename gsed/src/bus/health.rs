@@ -71,14 +71,8 @@ impl HealthObject {
 }
 
 /// Emits `PropertiesChanged` and `StatusChanged` for every change of the snapshot.
-pub(super) async fn forward_changes(
-    conn: Connection,
-    mut rx: watch::Receiver<Snapshot>,
-) -> zbus::Result<()> {
-    let iface = conn
-        .object_server()
-        .interface::<_, HealthObject>(OBJECT_PATH)
-        .await?;
+pub(super) async fn forward_changes(conn: Connection, mut rx: watch::Receiver<Snapshot>) -> zbus::Result<()> {
+    let iface = conn.object_server().interface::<_, HealthObject>(OBJECT_PATH).await?;
     let mut last = rx.borrow_and_update().clone();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {

@@ -2,6 +2,7 @@
 //! plain services, and the tasks that turn service state changes into signals.
 //! Errors are mapped to [`DBusError`] here, once.
 
+mod config;
 mod health;
 
 use std::sync::Arc;
@@ -9,12 +10,17 @@ use std::sync::Arc;
 use gse_dbus::{DBusError, OBJECT_PATH};
 use zbus::Connection;
 
+pub use config::ConfigObject;
 pub use health::HealthObject;
 
-use crate::health::{HealthError, HealthService};
+use crate::{
+    confd::ConfigService,
+    health::{HealthError, HealthService},
+};
 
 /// The services the daemon exports.
 pub struct Services {
+    pub config: Arc<ConfigService>,
     pub health: Arc<HealthService>,
 }
 
@@ -22,10 +28,10 @@ pub struct Services {
 /// changes as signals. Production and tests both call this.
 pub async fn serve(conn: &Connection, services: &Services) -> zbus::Result<()> {
     let server = conn.object_server();
-    server
-        .at(OBJECT_PATH, HealthObject::new(services.health.clone()))
-        .await?;
+    server.at(OBJECT_PATH, HealthObject::new(services.health.clone())).await?;
+    server.at(OBJECT_PATH, ConfigObject::new(services.config.clone())).await?;
     health::forward_changes(conn.clone(), services.health.subscribe()).await?;
+    config::forward_changes(conn.clone(), services.config.subscribe()).await?;
     Ok(())
 }
 

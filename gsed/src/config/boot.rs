@@ -24,22 +24,8 @@ impl Default for BootConf {
         BootConf {
             primary: "a".into(),
             slots: BTreeMap::from([
-                (
-                    "a".into(),
-                    SlotConf {
-                        device: "LABEL=gse-a".into(),
-                        fstype: "ext4".into(),
-                        subvol: None,
-                    },
-                ),
-                (
-                    "b".into(),
-                    SlotConf {
-                        device: "LABEL=gse-b".into(),
-                        fstype: "ext4".into(),
-                        subvol: None,
-                    },
-                ),
+                ("a".into(), SlotConf { device: "LABEL=gse-a".into(), fstype: "ext4".into(), subvol: None }),
+                ("b".into(), SlotConf { device: "LABEL=gse-b".into(), fstype: "ext4".into(), subvol: None }),
             ]),
             health: HealthConf::default(),
         }
@@ -116,21 +102,13 @@ impl Default for HealthConf {
 }
 
 fn valid_slot_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 16
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    !s.is_empty() && s.len() <= 16 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 impl Validate for BootConf {
     fn validate(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
-        let mut bad = |key: &str, message: String| {
-            out.push(Invalid {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut bad = |key: &str, message: String| out.push(Invalid { key: key.into(), message });
         if !self.slots.contains_key(&self.primary) {
             bad(
                 "primary",
@@ -142,26 +120,14 @@ impl Validate for BootConf {
             );
         }
         if self.slots.len() < 2 {
-            bad(
-                "slots",
-                format!(
-                    "needs two slots (a primary and a backup), found {}",
-                    self.slots.len()
-                ),
-            );
+            bad("slots", format!("needs two slots (a primary and a backup), found {}", self.slots.len()));
         }
         for (name, slot) in &self.slots {
             if !valid_slot_name(name) {
-                bad(
-                    &format!("slots.{name}"),
-                    "slot names are short lowercase words such as \"a\" and \"b\"".into(),
-                );
+                bad(&format!("slots.{name}"), "slot names are short lowercase words such as \"a\" and \"b\"".into());
             }
             let d = &slot.device;
-            if !(d.starts_with('/')
-                || d.starts_with("LABEL=")
-                || d.starts_with("UUID=")
-                || d.starts_with("PARTLABEL="))
+            if !(d.starts_with('/') || d.starts_with("LABEL=") || d.starts_with("UUID=") || d.starts_with("PARTLABEL="))
                 || d.ends_with('=')
             {
                 bad(
@@ -184,10 +150,7 @@ impl Validate for BootConf {
         }
         let h = &self.health;
         if !(1..=100).contains(&h.max_attempts) {
-            bad(
-                "health.max_attempts",
-                format!("{} is out of range: expected 1 to 100", h.max_attempts),
-            );
+            bad("health.max_attempts", format!("{} is out of range: expected 1 to 100", h.max_attempts));
         }
         for (key, d) in [
             ("health.deadline", h.deadline),
@@ -199,18 +162,9 @@ impl Validate for BootConf {
             }
         }
         if h.check_timeout > h.deadline {
-            bad(
-                "health.check_timeout",
-                format!(
-                    "{} is longer than the deadline {}",
-                    h.check_timeout, h.deadline
-                ),
-            );
+            bad("health.check_timeout", format!("{} is longer than the deadline {}", h.check_timeout, h.deadline));
         }
-        for (key, p) in [
-            ("health.required_checks", &h.required_checks),
-            ("health.wanted_checks", &h.wanted_checks),
-        ] {
+        for (key, p) in [("health.required_checks", &h.required_checks), ("health.wanted_checks", &h.wanted_checks)] {
             if !p.is_absolute() {
                 bad(key, format!("'{}' must be an absolute path", p.display()));
             }

@@ -24,9 +24,7 @@ impl FromStr for Duration {
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let bad = || {
-            format!(
-                "'{s}' is not a duration: expected a number and a unit, like \"500ms\", \"30s\", \"5m\" or \"1h\""
-            )
+            format!("'{s}' is not a duration: expected a number and a unit, like \"500ms\", \"30s\", \"5m\" or \"1h\"")
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
         let ms = match unit.trim() {
@@ -72,22 +70,11 @@ mod tests {
 
     #[test]
     fn parses_units_and_rejects_nonsense() {
-        assert_eq!(
-            "500ms".parse::<Duration>().unwrap().0,
-            time::Duration::from_millis(500)
-        );
+        assert_eq!("500ms".parse::<Duration>().unwrap().0, time::Duration::from_millis(500));
         assert_eq!("30s".parse::<Duration>().unwrap(), Duration::secs(30));
         assert_eq!("5m".parse::<Duration>().unwrap(), Duration::secs(300));
         assert_eq!("2h".parse::<Duration>().unwrap(), Duration::secs(7200));
-        for bad in [
-            "",
-            "s",
-            "30",
-            "30 sec",
-            "-1s",
-            "1.5s",
-            "99999999999999999999h",
-        ] {
+        for bad in ["", "s", "30", "30 sec", "-1s", "1.5s", "99999999999999999999h"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} should fail");
         }
         assert_eq!(Duration::secs(300).to_string(), "5m");

@@ -1,19 +1,28 @@
 //! Reading the fragments of one logical file from every layer and merging them.
 
 use std::{
-    fs,
+    collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{ConfigError, Loaded};
+use super::{ConfigError, join_key};
 
 /// Where a merged value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Origin {
     pub file: PathBuf,
     pub line: Option<usize>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}", self.file.display()),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
 }
 
 /// `system/FOO.conf` and its controller override `controller/cFOO.conf`.
@@ -24,35 +33,84 @@ pub struct LogicalFile {
     pub controller: Option<&'static str>,
 }
 
-/// What a validation step may report: a message about a dotted key (relative to the
-/// logical file), which is traced back to the file that set it.
+/// A validation finding about a dotted key (relative to the logical file), traced
+/// back to the file that set it.
 pub struct Invalid {
     pub key: String,
     pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: String) -> Self {
+        Invalid { key: key.into(), message }
+    }
 }
 
 pub trait Validate {
     fn validate(&self) -> Vec<Invalid>;
 }
 
+type Origins = BTreeMap<String, Origin>;
+
 impl LogicalFile {
-    pub const fn new(
-        key: &'static str,
-        system: &'static str,
-        controller: Option<&'static str>,
-    ) -> Self {
-        LogicalFile {
-            key,
-            system,
-            controller,
-        }
+    pub const fn new(key: &'static str, system: &'static str, controller: Option<&'static str>) -> Self {
+        LogicalFile { key, system, controller }
     }
 
-    /// Fragments → merge → validate for this file. `None` when any error was found.
+    /// Fragments → merge → validate for this file across `trees`. `None` when any
+    /// error was found (the errors are appended).
     pub fn load<T>(
         &self,
         trees: &[PathBuf],
-        out: &mut Loaded,
+        origins: &mut Origins,
+        merged: &mut toml::Table,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<T>
+    where
+        T: DeserializeOwned + Validate + Default,
+    {
+        let paths: Vec<PathBuf> = trees
+            .iter()
+            .flat_map(|t| std::iter::once(self.system).chain(self.controller).map(move |rel| t.join(rel)))
+            .collect();
+        self.load_paths(&paths, origins, merged, errors)
+    }
+
+    /// Checks a single file against this schema (used for examples).
+    pub fn load_file(
+        &self,
+        path: &Path,
+        origins: &mut Origins,
+        merged: &mut toml::Table,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        macro_rules! one {
+            ($t:ty) => {{
+                let _: Option<$t> = self.load_paths(&[path.to_owned()], origins, merged, errors);
+            }};
+        }
+        use super::*;
+        match self.key {
+            "boot" => one!(BootConf),
+            "etc" => one!(EtcConf),
+            "fstab" => one!(FstabConf),
+            "network" => one!(NetworkConf),
+            "overlays" => one!(OverlaysConf),
+            "btrfs" => one!(BtrfsConf),
+            "drives" => one!(DrivesConf),
+            "servers" => one!(ServerInfoConf),
+            "tmpfs" => one!(TmpfsConf),
+            "update" => one!(UpdateConf),
+            "sources" => one!(SourcesConf),
+            other => unreachable!("no schema for {other}"),
+        }
+    }
+
+    fn load_paths<T>(
+        &self,
+        paths: &[PathBuf],
+        origins: &mut Origins,
+        merged_all: &mut toml::Table,
         errors: &mut Vec<ConfigError>,
     ) -> Option<T>
     where
@@ -60,14 +118,9 @@ impl LogicalFile {
     {
         let before = errors.len();
         let mut merged = toml::Table::new();
-        for tree in trees {
-            for rel in std::iter::once(self.system).chain(self.controller) {
-                let path = tree.join(rel);
-                let Some((text, table)) = read_fragment::<T>(&path, errors) else {
-                    continue;
-                };
-                merge(&mut merged, table, self.key, &path, &text, &mut out.origins);
-            }
+        for path in paths {
+            let Some((text, table)) = read_fragment::<T>(path, errors) else { continue };
+            merge(&mut merged, table, self.key, path, &text, origins);
         }
         if errors.len() > before {
             return None;
@@ -75,27 +128,29 @@ impl LogicalFile {
         let value: T = match toml::Value::Table(merged.clone()).try_into() {
             Ok(v) => v,
             Err(e) => {
-                errors.push(ConfigError {
-                    file: PathBuf::from(self.system),
-                    line: None,
-                    column: None,
-                    message: format!("merged result is invalid: {}", e.message()),
-                });
+                let file = paths.last().cloned().unwrap_or_else(|| PathBuf::from(self.system));
+                errors
+                    .push(ConfigError::file(&file, format!("the merged {} is invalid: {}", self.system, e.message())));
                 return None;
             }
         };
         for inv in value.validate() {
             let full = format!("{}.{}", self.key, inv.key);
-            let origin = out
-                .origins
-                .iter()
-                .find(|(k, _)| **k == full || k.starts_with(&format!("{full}.")))
-                .map(|(_, o)| o.clone());
+            // The value itself, the first value inside it, or the nearest table above it.
+            let inside = format!("{full}.");
+            let parts = super::split_key(&full);
+            let origin = origins
+                .get(&full)
+                .or_else(|| {
+                    origins.range(inside.clone()..).next().filter(|(k, _)| k.starts_with(&inside)).map(|(_, o)| o)
+                })
+                .or_else(|| (1..parts.len()).rev().find_map(|n| origins.get(&join_key(&parts[..n]))));
+            let file = origin
+                .map(|o| o.file.clone())
+                .or_else(|| paths.iter().rev().find(|p| p.exists()).cloned())
+                .unwrap_or_else(|| PathBuf::from(self.system));
             errors.push(ConfigError {
-                file: origin
-                    .as_ref()
-                    .map(|o| o.file.clone())
-                    .unwrap_or_else(|| PathBuf::from(self.system)),
+                file,
                 line: origin.and_then(|o| o.line),
                 column: None,
                 message: format!("{}: {}", inv.key, inv.message),
@@ -104,50 +159,25 @@ impl LogicalFile {
         if errors.len() > before {
             return None;
         }
-        out.merged
-            .insert(self.key.to_owned(), toml::Value::Table(merged));
+        merged_all.insert(self.key.to_owned(), toml::Value::Table(merged));
         Some(value)
     }
 }
 
 /// Reads one file, checks it against the schema on its own, returns its raw table.
 /// A missing file is simply absent; anything else wrong is an error naming it.
-fn read_fragment<T: DeserializeOwned>(
-    path: &Path,
-    errors: &mut Vec<ConfigError>,
-) -> Option<(String, toml::Table)> {
-    let err = |line, column, message: String| ConfigError {
-        file: path.to_owned(),
-        line,
-        column,
-        message,
-    };
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+fn read_fragment<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>) -> Option<(String, toml::Table)> {
+    let text = match super::read_text(path) {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
         Err(e) => {
-            errors.push(err(None, None, format!("cannot read: {e}")));
-            return None;
-        }
-    };
-    if meta.is_dir() {
-        errors.push(err(
-            None,
-            None,
-            "is a directory, expected a TOML file".into(),
-        ));
-        return None;
-    }
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            errors.push(err(None, None, format!("cannot read: {e}")));
+            errors.push(e);
             return None;
         }
     };
     let located = |e: toml::de::Error| {
-        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unzip();
-        err(line, col, e.message().trim().to_owned())
+        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unzip();
+        ConfigError { file: path.to_owned(), line, column, message: one_line(e.message()) }
     };
     let table: toml::Table = match toml::from_str(&text) {
         Ok(t) => t,
@@ -163,48 +193,39 @@ fn read_fragment<T: DeserializeOwned>(
     Some((text, table))
 }
 
+/// toml's messages may span lines; an error report keeps one error a line.
+fn one_line(msg: &str) -> String {
+    msg.trim().lines().map(str::trim).collect::<Vec<_>>().join("; ")
+}
+
 /// Merges `src` over `dst` key by key; tables merge, everything else replaces.
-fn merge(
-    dst: &mut toml::Table,
-    src: toml::Table,
-    prefix: &str,
-    file: &Path,
-    text: &str,
-    origins: &mut std::collections::BTreeMap<String, Origin>,
-) {
+fn merge(dst: &mut toml::Table, src: toml::Table, prefix: &str, file: &Path, text: &str, origins: &mut Origins) {
+    fn forget(origins: &mut Origins, key: &str) {
+        let inside = format!("{key}.");
+        origins.retain(|o, _| o != key && !o.starts_with(&inside));
+    }
     fn walk(
         dst: &mut toml::Table,
         src: toml::Table,
         path: &mut Vec<String>,
         file: &Path,
         text: &str,
-        origins: &mut std::collections::BTreeMap<String, Origin>,
+        origins: &mut Origins,
     ) {
         for (k, v) in src {
             path.push(k.clone());
+            let key = join_key(path);
             match (dst.get_mut(&k), v) {
-                (Some(toml::Value::Table(d)), toml::Value::Table(s)) => {
-                    walk(d, s, path, file, text, origins)
-                }
+                (Some(toml::Value::Table(d)), toml::Value::Table(s)) => walk(d, s, path, file, text, origins),
                 (_, toml::Value::Table(s)) => {
+                    forget(origins, &key);
                     let mut fresh = toml::Table::new();
-                    // A replaced table loses the origins of its old leaves.
-                    let key = path.join(".");
-                    origins.retain(|o, _| !o.starts_with(&format!("{key}.")) && *o != key);
                     walk(&mut fresh, s, path, file, text, origins);
                     dst.insert(k, toml::Value::Table(fresh));
                 }
                 (_, v) => {
-                    let key = path.join(".");
-                    origins.retain(|o, _| !o.starts_with(&format!("{key}.")));
-                    let line = locate(text, &path[1..]);
-                    origins.insert(
-                        key,
-                        Origin {
-                            file: file.to_owned(),
-                            line,
-                        },
-                    );
+                    forget(origins, &key);
+                    origins.insert(key, Origin { file: file.to_owned(), line: locate(text, &path[1..]) });
                     dst.insert(k, v);
                 }
             }
@@ -219,10 +240,7 @@ fn merge(
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, col)
 }
 
@@ -232,28 +250,28 @@ fn locate(text: &str, key: &[String]) -> Option<usize> {
     let mut table: Vec<String> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
+        if line.starts_with('#') {
+            continue;
+        }
         if let Some(h) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-            table = split_key(h);
-        } else if let Some(h) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-            table = split_key(h);
-        } else if let Some((k, _)) = line.split_once('=') {
-            if line.starts_with('#') {
+            table = super::split_key(h.trim());
+            if !key.starts_with(&table) {
                 continue;
             }
+            if table.len() == key.len() {
+                return Some(i + 1);
+            }
+        } else if let Some(h) = line.strip_prefix('[').and_then(|l| l.rsplit_once(']')).map(|(h, _)| h) {
+            table = super::split_key(h.trim());
+        } else if let Some((k, _)) = line.split_once('=') {
             let mut full = table.clone();
-            full.extend(split_key(k));
+            full.extend(super::split_key(k.trim()));
             if full.len() <= key.len() && full[..] == key[..full.len()] {
                 return Some(i + 1);
             }
         }
     }
     None
-}
-
-fn split_key(k: &str) -> Vec<String> {
-    k.split('.')
-        .map(|p| p.trim().trim_matches('"').trim_matches('\'').to_owned())
-        .collect()
 }
 
 #[cfg(test)]
@@ -269,11 +287,12 @@ mod tests {
 
     #[test]
     fn locate_follows_headers() {
-        let t = "primary = \"a\"\n\n[health]\n# max_attempts = 9\nmax_attempts = 3\n[slots.b]\ndevice = \"x\"\n";
-        let k = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
+        let t = "primary = \"a\"\n\n[health]\n# max_attempts = 9\nmax_attempts = 3\n[slots.b]\ndevice = \"x\"\n[mount.\"/tmp\"]\nsize = \"1G\"\n";
+        let k = |s: &str| super::super::split_key(s);
         assert_eq!(locate(t, &k("primary")), Some(1));
         assert_eq!(locate(t, &k("health.max_attempts")), Some(5));
         assert_eq!(locate(t, &k("slots.b.device")), Some(7));
+        assert_eq!(locate(t, &k("mount.\"/tmp\".size")), Some(9));
         assert_eq!(locate(t, &k("slots.a.device")), None);
     }
 }

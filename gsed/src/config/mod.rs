@@ -7,21 +7,39 @@
 //!    (`/usr/share/gse/config.d`), then the synced tree
 //!    (`/user-data/persistent/config.d`), and inside each tree `system/FOO.conf`
 //!    before `controller/cFOO.conf` — remembering where every value came from;
-//! 3. *validate*: the merged view is turned into typed [`Settings`] and checked as a
-//!    whole (ranges, cross-field rules).
+//! 3. *validate*: the merged view is turned into typed [`Settings`] and checked.
 //!
 //! Any error rejects the whole load; the caller keeps its last good [`Settings`].
 
 mod boot;
+mod drives;
 mod duration;
+mod keys;
 mod layer;
+mod mounts;
+mod network;
+pub mod runlevel;
+mod servers;
+mod system;
+pub mod values;
 
-use std::{collections::BTreeMap, fmt, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
 
 pub use boot::{BootConf, HealthConf, InitSystem, OnFailure, SlotConf};
+pub use drives::{DrivesConf, Partition};
 pub use duration::Duration;
-use layer::{LogicalFile, Origin};
+pub use keys::{join_key, split_key};
+use layer::LogicalFile;
+pub use layer::Origin;
+pub use mounts::{BtrfsConf, FstabConf, FstabEntry, OverlayEntry, OverlaysConf, TmpfsConf, TmpfsEntry, Upper};
+pub use network::{InterfaceConf, Method, NetworkConf, parse_cidr};
 use serde::Serialize;
+pub use servers::{Server, ServerInfoConf, UpdateConf, UpdatePolicy};
+pub use system::{EtcConf, EtcFile, SourcesConf};
 
 use crate::paths::Paths;
 
@@ -32,6 +50,12 @@ pub struct ConfigError {
     pub line: Option<usize>,
     pub column: Option<usize>,
     pub message: String,
+}
+
+impl ConfigError {
+    fn file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError { file: file.to_owned(), line: None, column: None, message: message.into() }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -51,17 +75,46 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Settings {
     pub boot: BootConf,
+    pub etc: EtcConf,
+    pub fstab: FstabConf,
+    pub network: NetworkConf,
+    pub overlays: OverlaysConf,
+    pub btrfs: BtrfsConf,
+    pub drives: DrivesConf,
+    pub servers: ServerInfoConf,
+    pub tmpfs: TmpfsConf,
+    pub update: UpdateConf,
+    pub sources: SourcesConf,
+    /// OpenRC's default runlevel; `None` leaves the image's as it is.
+    pub default_runlevel: Option<Vec<String>>,
 }
 
-/// A successful load: settings plus where each value came from.
-#[derive(Debug, Clone, Default)]
+/// A successful load: settings, the merged values and where each came from.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
     pub settings: Settings,
     /// Dotted key (`boot.health.max_attempts`) → file and line that set it.
     pub origins: BTreeMap<String, Origin>,
-    /// Merged values as TOML, by the same dotted keys as `origins`' prefixes.
+    /// Merged values as TOML, one table per logical file.
     pub merged: toml::Table,
 }
+
+const RUNLEVEL_FILE: &str = "controller/services/default-runlevel";
+
+/// Every logical TOML file: key in the merged view, system file, controller override.
+const FILES: &[LogicalFile] = &[
+    LogicalFile::new("boot", "system/boot.conf", Some("controller/cboot.conf")),
+    LogicalFile::new("etc", "system/etc.conf", Some("controller/cetc.conf")),
+    LogicalFile::new("fstab", "system/fstab.conf", Some("controller/cfstab.conf")),
+    LogicalFile::new("network", "system/network.conf", Some("controller/cnetwork.conf")),
+    LogicalFile::new("overlays", "system/overlays.conf", Some("controller/coverlays.conf")),
+    LogicalFile::new("btrfs", "controller/btrfs.conf", None),
+    LogicalFile::new("drives", "controller/drives.conf", None),
+    LogicalFile::new("servers", "controller/server/server.info.conf", None),
+    LogicalFile::new("tmpfs", "controller/tmpfs.conf", None),
+    LogicalFile::new("update", "controller/update.chk.conf", None),
+    LogicalFile::new("sources", "sources/sources.conf", None),
+];
 
 /// The config.d trees to read, lowest priority first.
 pub fn layers(paths: &Paths) -> Vec<PathBuf> {
@@ -72,29 +125,184 @@ pub fn layers(paths: &Paths) -> Vec<PathBuf> {
 /// Returns every error found, not just the first.
 pub fn load(trees: &[PathBuf]) -> Result<Loaded, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let mut loaded = Loaded::default();
+    let mut out = Loaded::default();
+    let s = &mut out.settings;
+    macro_rules! section {
+        ($field:ident, $i:expr) => {
+            if let Some(v) = FILES[$i].load(trees, &mut out.origins, &mut out.merged, &mut errors) {
+                s.$field = v;
+            }
+        };
+    }
+    section!(boot, 0);
+    section!(etc, 1);
+    section!(fstab, 2);
+    section!(network, 3);
+    section!(overlays, 4);
+    section!(btrfs, 5);
+    section!(drives, 6);
+    section!(servers, 7);
+    section!(tmpfs, 8);
+    section!(update, 9);
+    section!(sources, 10);
 
-    let boot = LogicalFile::new("boot", "system/boot.conf", Some("controller/cboot.conf"));
-    if let Some(b) = boot.load::<BootConf>(trees, &mut loaded, &mut errors) {
-        loaded.settings.boot = b;
+    // The runlevel list is plain text: the highest layer that has it wins whole.
+    for tree in trees.iter().rev() {
+        let path = tree.join(RUNLEVEL_FILE);
+        match read_text(&path) {
+            Ok(None) => continue,
+            Ok(Some(text)) => match runlevel::parse(&path, &text) {
+                Ok(list) => {
+                    out.merged.insert(
+                        "runlevel".into(),
+                        toml::Value::Array(list.iter().cloned().map(toml::Value::String).collect()),
+                    );
+                    out.origins.insert("runlevel".into(), Origin { file: path, line: None });
+                    s.default_runlevel = Some(list);
+                }
+                Err(e) => errors.extend(e),
+            },
+            Err(e) => errors.push(e),
+        }
+        break;
     }
 
-    if errors.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(errors)
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// Reads a text file; `Ok(None)` when it does not exist.
+fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::file(path, format!("cannot read: {e}"))),
+        Ok(m) if m.is_dir() => Err(ConfigError::file(path, "is a directory, expected a file")),
+        Ok(_) => {
+            std::fs::read_to_string(path).map(Some).map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))
+        }
     }
 }
 
-/// Checks one tree on its own, as an administrator does before publishing it.
-pub fn check_tree(dir: &std::path::Path) -> Result<Loaded, Vec<ConfigError>> {
+/// Checks one tree on its own, as an administrator does before publishing it:
+/// the files GSE reads, every example under `examples/` against the schema of the
+/// file it shows, and no `.conf` file that GSE would silently ignore.
+pub fn check_tree(dir: &Path) -> Result<Loaded, Vec<ConfigError>> {
     if !dir.is_dir() {
-        return Err(vec![ConfigError {
-            file: dir.to_owned(),
-            line: None,
-            column: None,
-            message: "is not a directory (expected a config.d tree)".into(),
-        }]);
+        return Err(vec![ConfigError::file(dir, "is not a directory (expected a config.d tree)")]);
     }
-    load(&[dir.to_owned()])
+    let mut errors = Vec::new();
+    let loaded = load(&[dir.to_owned()]).map_err(|e| errors.extend(e)).ok();
+    for file in walk(dir) {
+        let rel = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if rel.split('/').any(|c| c == "examples") {
+            check_example(&file, &name, &mut errors);
+        } else if name.ends_with(".conf") && !is_known(&rel) {
+            errors.push(ConfigError::file(&file, "unknown file: GSE does not read it (a typo in the name?)"));
+        }
+    }
+    match loaded {
+        Some(l) if errors.is_empty() => Ok(l),
+        _ => Err(errors),
+    }
 }
+
+/// The files GSE reads, relative to a tree.
+fn is_known(rel: &str) -> bool {
+    FILES.iter().any(|f| f.system == rel || f.controller == Some(rel))
+}
+
+/// `examples/cboot.repair.conf` is checked as `boot`, `examples/network.static.conf`
+/// as `network`; the longest matching file name wins.
+fn check_example(path: &Path, name: &str, errors: &mut Vec<ConfigError>) {
+    if !name.ends_with(".conf") {
+        return; // READMEs and other notes
+    }
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).trim_end_matches(".conf").to_owned();
+    let matched = FILES
+        .iter()
+        .flat_map(|f| std::iter::once(f.system).chain(f.controller).map(move |p| (base(p), f)))
+        .filter(|(b, _)| name == format!("{b}.conf") || name.starts_with(&format!("{b}.")))
+        .max_by_key(|(b, _)| b.len());
+    match matched {
+        Some((_, f)) => {
+            let mut origins = BTreeMap::new();
+            let mut merged = toml::Table::new();
+            f.load_file(path, &mut origins, &mut merged, errors);
+        }
+        None => errors.push(ConfigError::file(
+            path,
+            "example does not name the file it shows: call it <file>.<variant>.conf, e.g. network.static.conf",
+        )),
+    }
+}
+
+/// Every regular file below `dir`, sorted.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Loaded {
+    /// The merged value at a dotted key (`boot.health`, `tmpfs.mount."/tmp".size`).
+    pub fn get(&self, key: &str) -> Option<toml::Value> {
+        let mut v = toml::Value::Table(self.merged.clone());
+        for part in split_key(key) {
+            v = match v {
+                toml::Value::Table(mut t) => t.remove(&part)?,
+                toml::Value::Array(mut a) => {
+                    let i: usize = part.parse().ok()?;
+                    (i < a.len()).then(|| a.swap_remove(i))?
+                }
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// Every leaf value as (dotted key, value as TOML), with the origin of its
+    /// nearest recorded key. Keys are sorted.
+    pub fn flatten(&self, under: Option<&str>) -> Vec<(String, String, Option<Origin>)> {
+        fn walk(prefix: &mut Vec<String>, v: &toml::Value, out: &mut Vec<(Vec<String>, String)>) {
+            match v {
+                toml::Value::Table(t) if !t.is_empty() => {
+                    for (k, v) in t {
+                        prefix.push(k.clone());
+                        walk(prefix, v, out);
+                        prefix.pop();
+                    }
+                }
+                other => out.push((prefix.clone(), other.to_string())),
+            }
+        }
+        let mut leaves = Vec::new();
+        let start = match under {
+            Some(k) => self.get(k).map(|v| (split_key(k), v)),
+            None => Some((Vec::new(), toml::Value::Table(self.merged.clone()))),
+        };
+        if let Some((mut prefix, v)) = start {
+            walk(&mut prefix, &v, &mut leaves);
+        }
+        leaves
+            .into_iter()
+            .map(|(parts, value)| {
+                let origin = (1..=parts.len()).rev().find_map(|n| self.origins.get(&join_key(&parts[..n])).cloned());
+                (join_key(&parts), value, origin)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

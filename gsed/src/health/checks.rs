@@ -46,11 +46,7 @@ pub fn discover(dir: &Path, kind: CheckKind) -> Vec<CheckSpec> {
                 return None;
             }
             let meta = std::fs::metadata(e.path()).ok()?;
-            (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| CheckSpec {
-                name,
-                path: e.path(),
-                kind,
-            })
+            (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| CheckSpec { name, path: e.path(), kind })
         })
         .collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -82,14 +78,8 @@ pub async fn run(spec: &CheckSpec, timeout: Duration) -> Outcome {
     // One buffer for both streams, in the order the lines arrived.
     let output = Arc::new(Mutex::new(Vec::new()));
     let readers = [
-        child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(collect(s, output.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(collect(s, output.clone()))),
+        child.stdout.take().map(|s| tokio::spawn(collect(s, output.clone()))),
+        child.stderr.take().map(|s| tokio::spawn(collect(s, output.clone()))),
     ];
 
     let waited = tokio::time::timeout(timeout, child.wait()).await;
@@ -106,10 +96,7 @@ pub async fn run(spec: &CheckSpec, timeout: Duration) -> Outcome {
     let (state, detail) = match waited {
         Err(_) => {
             let _ = child.wait().await;
-            (
-                CheckState::TimedOut,
-                format!("timed out after {:.0?} and was killed", timeout),
-            )
+            (CheckState::TimedOut, format!("timed out after {:.0?} and was killed", timeout))
         }
         Ok(Err(e)) => (CheckState::Failed, format!("could not be waited for: {e}")),
         Ok(Ok(status)) if status.success() => (CheckState::Passed, String::new()),
@@ -123,17 +110,8 @@ pub async fn run(spec: &CheckSpec, timeout: Duration) -> Outcome {
             (CheckState::Failed, why)
         }
     };
-    let output = if state == CheckState::Passed {
-        String::new()
-    } else {
-        output
-    };
-    Outcome {
-        state,
-        detail,
-        output,
-        duration,
-    }
+    let output = if state == CheckState::Passed { String::new() } else { output };
+    Outcome { state, detail, output, duration }
 }
 
 async fn collect(mut stream: impl tokio::io::AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
@@ -187,10 +165,7 @@ mod tests {
         script(d.path(), ".hidden", "true");
         script(d.path(), "old~", "true");
         fs::write(d.path().join("README"), "not a check").unwrap();
-        let names: Vec<_> = discover(d.path(), CheckKind::Required)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
+        let names: Vec<_> = discover(d.path(), CheckKind::Required).into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["10-a", "20-b"]);
         assert!(discover(&d.path().join("missing"), CheckKind::Wanted).is_empty());
     }
@@ -206,33 +181,17 @@ mod tests {
         let ok = run(&spec("ok", "echo fine"), Duration::from_secs(5)).await;
         assert_eq!(ok.state, CheckState::Passed);
 
-        let bad = run(
-            &spec("bad", "echo line1; echo disk full >&2; exit 3"),
-            Duration::from_secs(5),
-        )
-        .await;
+        let bad = run(&spec("bad", "echo line1; echo disk full >&2; exit 3"), Duration::from_secs(5)).await;
         assert_eq!(bad.state, CheckState::Failed);
         assert_eq!(bad.detail, "exited with status 3");
-        assert!(
-            bad.output.contains("line1") && bad.output.contains("disk full"),
-            "{:?}",
-            bad.output
-        );
+        assert!(bad.output.contains("line1") && bad.output.contains("disk full"), "{:?}", bad.output);
 
         // The sleeping grandchild is in the same group and must die with it.
         let t0 = Instant::now();
-        let hang = run(
-            &spec("hang", "echo waiting; sleep 60 & wait"),
-            Duration::from_millis(300),
-        )
-        .await;
+        let hang = run(&spec("hang", "echo waiting; sleep 60 & wait"), Duration::from_millis(300)).await;
         assert_eq!(hang.state, CheckState::TimedOut);
         assert!(hang.output.contains("waiting"));
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            t0.elapsed()
-        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
     }
 
     #[test]

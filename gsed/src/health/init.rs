@@ -11,11 +11,7 @@ use crate::{config::InitSystem, paths::Paths};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitCheck {
     None,
-    OpenRc {
-        runlevel: PathBuf,
-        started: PathBuf,
-        failed: PathBuf,
-    },
+    OpenRc { runlevel: PathBuf, started: PathBuf, failed: PathBuf },
     Systemd,
 }
 
@@ -50,43 +46,21 @@ impl InitCheck {
         match self {
             InitCheck::None => (CheckState::Passed, String::new()),
             InitCheck::Systemd if boot_complete => (CheckState::Passed, String::new()),
-            InitCheck::Systemd => (
-                CheckState::Pending,
-                "boot-complete.target not reached yet".into(),
-            ),
-            InitCheck::OpenRc {
-                runlevel,
-                started,
-                failed,
-            } => {
+            InitCheck::Systemd => (CheckState::Pending, "boot-complete.target not reached yet".into()),
+            InitCheck::OpenRc { runlevel, started, failed } => {
                 let services = list(runlevel);
-                let failed: Vec<_> = services
-                    .iter()
-                    .filter(|s| failed.join(s).exists())
-                    .cloned()
-                    .collect();
-                let missing: Vec<_> = services
-                    .iter()
-                    .filter(|s| !started.join(s).exists() && !failed.contains(s))
-                    .cloned()
-                    .collect();
+                let failed: Vec<_> = services.iter().filter(|s| failed.join(s).exists()).cloned().collect();
+                let missing: Vec<_> =
+                    services.iter().filter(|s| !started.join(s).exists() && !failed.contains(s)).cloned().collect();
                 match (failed.is_empty(), missing.is_empty()) {
                     (true, true) => (CheckState::Passed, String::new()),
                     (false, _) => (
                         CheckState::Failed,
-                        format!(
-                            "default-runlevel services failed: {}{}",
-                            failed.join(", "),
-                            not_started(&missing)
-                        ),
+                        format!("default-runlevel services failed: {}{}", failed.join(", "), not_started(&missing)),
                     ),
-                    (true, false) => (
-                        CheckState::Pending,
-                        format!(
-                            "default-runlevel services not started: {}",
-                            missing.join(", ")
-                        ),
-                    ),
+                    (true, false) => {
+                        (CheckState::Pending, format!("default-runlevel services not started: {}", missing.join(", ")))
+                    }
                 }
             }
         }
@@ -94,20 +68,12 @@ impl InitCheck {
 }
 
 fn not_started(missing: &[String]) -> String {
-    if missing.is_empty() {
-        String::new()
-    } else {
-        format!("; not started: {}", missing.join(", "))
-    }
+    if missing.is_empty() { String::new() } else { format!("; not started: {}", missing.join(", ")) }
 }
 
 fn list(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -122,11 +88,7 @@ mod tests {
     fn openrc_waits_for_every_default_service() {
         let d = tempfile::tempdir().unwrap();
         let paths = Paths::new(d.path());
-        for dir in [
-            "etc/runlevels/default",
-            "run/openrc/started",
-            "run/openrc/failed",
-        ] {
+        for dir in ["etc/runlevels/default", "run/openrc/started", "run/openrc/failed"] {
             fs::create_dir_all(d.path().join(dir)).unwrap();
         }
         for svc in ["dbus", "gsed", "sshd"] {
@@ -141,10 +103,7 @@ mod tests {
         fs::write(d.path().join("run/openrc/failed/sshd"), "").unwrap();
         assert_eq!(
             check.check(false),
-            (
-                CheckState::Failed,
-                "default-runlevel services failed: sshd; not started: gsed".into()
-            )
+            (CheckState::Failed, "default-runlevel services failed: sshd; not started: gsed".into())
         );
         fs::remove_file(d.path().join("run/openrc/failed/sshd")).unwrap();
         fs::write(d.path().join("run/openrc/started/sshd"), "").unwrap();
@@ -155,10 +114,7 @@ mod tests {
     #[test]
     fn auto_without_init_markers_is_none() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(
-            InitCheck::detect(InitSystem::Auto, &Paths::new(d.path())),
-            InitCheck::None
-        );
+        assert_eq!(InitCheck::detect(InitSystem::Auto, &Paths::new(d.path())), InitCheck::None);
         assert_eq!(InitCheck::Systemd.check(false).0, CheckState::Pending);
         assert_eq!(InitCheck::Systemd.check(true).0, CheckState::Passed);
     }

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::{
+    confd::ConfigState,
     config::HealthConf,
     journal::{self, Event, Journal, JournalError, Record},
     paths::Paths,
@@ -53,7 +54,7 @@ pub struct Snapshot {
 
 pub struct HealthService {
     paths: Paths,
-    conf: HealthConf,
+    config: watch::Receiver<Arc<ConfigState>>,
     boot_id: String,
     journal: Mutex<Journal>,
     state: watch::Sender<Snapshot>,
@@ -68,9 +69,9 @@ impl HealthService {
     pub fn new(
         paths: &Paths,
         boot_id: &str,
-        conf: HealthConf,
-        primary_slot: &str,
+        config: watch::Receiver<Arc<ConfigState>>,
     ) -> Result<Arc<Self>, HealthError> {
+        let primary_slot = config.borrow().loaded.settings.boot.primary.clone();
         let (journal, recovery) = Journal::open(&paths.health_journal())?;
         if recovery.torn_bytes > 0 || recovery.skipped > 0 {
             warn!(
@@ -85,8 +86,8 @@ impl HealthService {
             .as_ref()
             .and_then(|b| b.get("slot"))
             .and_then(|s| s.as_str())
-            .unwrap_or(primary_slot)
-            .to_owned();
+            .map(str::to_owned)
+            .unwrap_or(primary_slot);
         let mut snapshot = Snapshot {
             status: Status::Unknown,
             reason: "checks have not started".into(),
@@ -103,7 +104,7 @@ impl HealthService {
         }
         Ok(Arc::new(HealthService {
             paths: paths.clone(),
-            conf,
+            config,
             boot_id: boot_id.to_owned(),
             journal: Mutex::new(journal),
             state: watch::Sender::new(snapshot),
@@ -131,10 +132,7 @@ impl HealthService {
         let slot = self.snapshot().booted_slot;
         let is_new_boot = {
             let mut j = self.lock_journal();
-            let seen = j
-                .records()
-                .iter()
-                .any(|r| r.boot_id == self.boot_id && r.event == Event::BootStarted);
+            let seen = j.records().iter().any(|r| r.boot_id == self.boot_id && r.event == Event::BootStarted);
             if !seen {
                 j.append(&self.boot_id, &slot, Event::BootStarted)?;
             }
@@ -152,37 +150,33 @@ impl HealthService {
         self.check_until_verdict().await
     }
 
+    /// The health settings in force now; a config change applies at the next round.
+    fn conf(&self) -> HealthConf {
+        self.config.borrow().loaded.settings.boot.health.clone()
+    }
+
     async fn check_until_verdict(&self) -> Result<(), HealthError> {
-        let conf = &self.conf;
-        let deadline = Instant::now() + conf.deadline.get();
-        let init = InitCheck::detect(conf.init, &self.paths);
+        let started = Instant::now();
         let mut results: Vec<CheckResult> = Vec::new();
         loop {
-            let specs: Vec<CheckSpec> = checks::discover(
-                &self.paths.resolve(&conf.required_checks),
-                CheckKind::Required,
-            )
-            .into_iter()
-            .chain(checks::discover(
-                &self.paths.resolve(&conf.wanted_checks),
-                CheckKind::Wanted,
-            ))
-            .collect();
+            let conf = &self.conf();
+            let deadline = started + conf.deadline.get();
+            let init = InitCheck::detect(conf.init, &self.paths);
+            let specs: Vec<CheckSpec> =
+                checks::discover(&self.paths.resolve(&conf.required_checks), CheckKind::Required)
+                    .into_iter()
+                    .chain(checks::discover(&self.paths.resolve(&conf.wanted_checks), CheckKind::Wanted))
+                    .collect();
             // Passed checks are not run again; new programs are picked up each round.
             let pending: Vec<&CheckSpec> = specs
                 .iter()
                 .filter(|s| {
-                    !results.iter().any(|r| {
-                        r.name == s.name && r.kind == s.kind && r.state == CheckState::Passed
-                    })
+                    !results.iter().any(|r| r.name == s.name && r.kind == s.kind && r.state == CheckState::Passed)
                 })
                 .collect();
-            let outcomes = futures_util::future::join_all(
-                pending
-                    .iter()
-                    .map(|s| checks::run(s, conf.check_timeout.get())),
-            )
-            .await;
+            results.retain(|r| r.kind == CheckKind::Init || specs.iter().any(|s| s.name == r.name && s.kind == r.kind));
+            let outcomes =
+                futures_util::future::join_all(pending.iter().map(|s| checks::run(s, conf.check_timeout.get()))).await;
             for (spec, outcome) in pending.into_iter().zip(outcomes) {
                 upsert(&mut results, spec.name.clone(), spec.kind, outcome);
             }
@@ -191,13 +185,9 @@ impl HealthService {
                 &mut results,
                 init.name().into(),
                 CheckKind::Init,
-                checks::Outcome {
-                    state,
-                    detail,
-                    output: String::new(),
-                    duration: Default::default(),
-                },
+                checks::Outcome { state, detail, output: String::new(), duration: Default::default() },
             );
+            results.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
             self.state.send_if_modified(|s| {
                 let changed = s.checks != results;
                 s.checks = results.clone();
@@ -207,15 +197,10 @@ impl HealthService {
             if self.snapshot().status != Status::Starting {
                 return Ok(()); // an administrator decided meanwhile
             }
-            let blocking: Vec<&CheckResult> = results
-                .iter()
-                .filter(|r| r.kind != CheckKind::Wanted && r.state != CheckState::Passed)
-                .collect();
+            let blocking: Vec<&CheckResult> =
+                results.iter().filter(|r| r.kind != CheckKind::Wanted && r.state != CheckState::Passed).collect();
             if blocking.is_empty() {
-                let wanted_failed = results
-                    .iter()
-                    .filter(|r| r.state != CheckState::Passed)
-                    .count();
+                let wanted_failed = results.iter().filter(|r| r.state != CheckState::Passed).count();
                 let reason = match wanted_failed {
                     0 => "all checks passed".to_owned(),
                     n => format!("all required checks passed; {n} wanted check(s) failed"),
@@ -260,8 +245,7 @@ impl HealthService {
         j.append(&self.boot_id, &slot, event)?;
         let cycles = healthy_cycles(j.records(), &slot);
         self.state.send_if_modified(|s| {
-            let changed = s.healthy_cycles != cycles
-                || status.is_some_and(|st| st != s.status || reason != s.reason);
+            let changed = s.healthy_cycles != cycles || status.is_some_and(|st| st != s.status || reason != s.reason);
             s.healthy_cycles = cycles;
             if let Some(st) = status {
                 info!(status = %st, %reason, "health status changed");
@@ -290,12 +274,7 @@ impl HealthService {
 
     pub fn mark_good(&self) -> Result<(), HealthError> {
         let mut j = self.lock_journal();
-        self.record(
-            &mut j,
-            Event::Healthy {
-                reason: "marked good by an administrator".into(),
-            },
-        )
+        self.record(&mut j, Event::Healthy { reason: "marked good by an administrator".into() })
     }
 
     pub fn mark_bad(&self, reason: &str) -> Result<(), HealthError> {
@@ -304,20 +283,14 @@ impl HealthService {
             return Err(HealthError::EmptyReason);
         }
         let mut j = self.lock_journal();
-        let event = Event::Red {
-            reason: format!("marked bad by an administrator: {reason}"),
-            failures: Vec::new(),
-        };
+        let event = Event::Red { reason: format!("marked bad by an administrator: {reason}"), failures: Vec::new() };
         self.record(&mut j, event)
     }
 
     /// Records the clean shutdown of this boot; a second call in the same boot is a no-op.
     pub fn record_shutdown(&self) -> Result<(), HealthError> {
         let mut j = self.lock_journal();
-        let done = j
-            .records()
-            .iter()
-            .any(|r| r.boot_id == self.boot_id && r.event == Event::CleanShutdown);
+        let done = j.records().iter().any(|r| r.boot_id == self.boot_id && r.event == Event::CleanShutdown);
         if !done {
             self.record(&mut j, Event::CleanShutdown)?;
             info!(boot_id = %self.boot_id, "clean shutdown recorded");
@@ -336,10 +309,7 @@ impl HealthService {
         let events = {
             let j = self.lock_journal();
             let recs = j.records();
-            recs[recs.len().saturating_sub(REPORT_EVENTS)..]
-                .iter()
-                .map(report_event)
-                .collect()
+            recs[recs.len().saturating_sub(REPORT_EVENTS)..].iter().map(report_event).collect()
         };
         HealthReport {
             status: s.status,
@@ -357,10 +327,7 @@ impl HealthService {
 }
 
 fn upsert(results: &mut Vec<CheckResult>, name: String, kind: CheckKind, o: checks::Outcome) {
-    let runs = results
-        .iter()
-        .find(|r| r.name == name && r.kind == kind)
-        .map_or(0, |r| r.runs);
+    let runs = results.iter().find(|r| r.name == name && r.kind == kind).map_or(0, |r| r.runs);
     let new = CheckResult {
         name,
         kind,
@@ -370,10 +337,7 @@ fn upsert(results: &mut Vec<CheckResult>, name: String, kind: CheckKind, o: chec
         duration_ms: o.duration.as_millis() as u64,
         runs: runs + u32::from(kind != CheckKind::Init),
     };
-    match results
-        .iter_mut()
-        .find(|r| r.name == new.name && r.kind == kind)
-    {
+    match results.iter_mut().find(|r| r.name == new.name && r.kind == kind) {
         Some(r) => *r = new,
         None => results.push(new),
     }
@@ -390,12 +354,7 @@ fn failures(results: &[CheckResult]) -> Vec<String> {
                 CheckKind::Wanted => "wanted check",
                 CheckKind::Init => "init check",
             };
-            let last = r
-                .output
-                .lines()
-                .last()
-                .map(|l| format!(": {l}"))
-                .unwrap_or_default();
+            let last = r.output.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
             (r.kind, format!("{kind} '{}' {}{last}", r.name, r.detail))
         })
         .collect();
@@ -405,15 +364,11 @@ fn failures(results: &[CheckResult]) -> Vec<String> {
 
 /// The verdict this boot already has in the journal, if any: time, status, reason.
 fn verdict_of(records: &[Record], boot_id: &str) -> Option<(u64, Status, String)> {
-    records
-        .iter()
-        .rev()
-        .filter(|r| r.boot_id == boot_id)
-        .find_map(|r| match &r.event {
-            Event::Healthy { reason } => Some((r.time, Status::Green, reason.clone())),
-            Event::Red { reason, .. } => Some((r.time, Status::Red, reason.clone())),
-            _ => None,
-        })
+    records.iter().rev().filter(|r| r.boot_id == boot_id).find_map(|r| match &r.event {
+        Event::Healthy { reason } => Some((r.time, Status::Green, reason.clone())),
+        Event::Red { reason, .. } => Some((r.time, Status::Red, reason.clone())),
+        _ => None,
+    })
 }
 
 /// Boots of `slot` whose last verdict was healthy and that shut down cleanly.
@@ -444,13 +399,7 @@ fn report_event(r: &Record) -> ReportEvent {
         Event::Red { reason, failures } => format!("{reason}: {}", failures.join("; ")),
         _ => String::new(),
     };
-    ReportEvent {
-        time: r.time,
-        event: r.event.name().into(),
-        boot_id: r.boot_id.clone(),
-        slot: r.slot.clone(),
-        detail,
-    }
+    ReportEvent { time: r.time, event: r.event.name().into(), boot_id: r.boot_id.clone(), slot: r.slot.clone(), detail }
 }
 
 fn read_boot_record(path: &Path) -> Option<serde_json::Value> {

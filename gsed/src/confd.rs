@@ -1,0 +1,251 @@
+//! The live config.d: the last good configuration, the errors of the current
+//! files, and a watcher that reloads on change.
+//!
+//! Consumers hold a `watch::Receiver` and read the newest [`ConfigState`] whenever
+//! they act, so a change applies without a restart. A load that fails publishes its
+//! errors and keeps the last good configuration in force.
+
+use std::{
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use notify::{EventKind, RecursiveMode, Watcher, event::AccessKind};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{self, ConfigError, Loaded},
+    paths::Paths,
+};
+
+/// A burst of events ends after this much quiet…
+const QUIET: Duration = Duration::from_millis(150);
+/// …or after this long at most, so a constant writer cannot starve reloads.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct ConfigState {
+    /// +1 on every applied change.
+    pub generation: u64,
+    /// The configuration in force (the last good one).
+    pub loaded: Arc<Loaded>,
+    /// What is wrong with the files as they are now; empty when they are valid.
+    pub errors: Vec<ConfigError>,
+    /// Files that changed in the last applied change.
+    pub changed: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Unchanged,
+    Applied(Vec<PathBuf>),
+    Rejected(Vec<ConfigError>),
+}
+
+pub struct ConfigService {
+    trees: Vec<PathBuf>,
+    state: watch::Sender<Arc<ConfigState>>,
+    /// Content hashes of the files behind the configuration in force.
+    applied: Mutex<BTreeMap<PathBuf, u64>>,
+}
+
+impl ConfigService {
+    /// Loads the layers under `paths`; with errors, runs on built-in defaults and
+    /// publishes them.
+    pub fn new(paths: &Paths) -> Arc<Self> {
+        Self::with_trees(config::layers(paths))
+    }
+
+    pub fn with_trees(trees: Vec<PathBuf>) -> Arc<Self> {
+        let fp = fingerprint(&trees);
+        let (loaded, errors) = match config::load(&trees) {
+            Ok(l) => (l, Vec::new()),
+            Err(errors) => {
+                for e in &errors {
+                    warn!("config: {e}");
+                }
+                warn!("configuration has {} error(s); running on built-in defaults", errors.len());
+                (Loaded::default(), errors)
+            }
+        };
+        let state = ConfigState { generation: 1, loaded: Arc::new(loaded), errors, changed: Vec::new() };
+        Arc::new(ConfigService { trees, state: watch::Sender::new(Arc::new(state)), applied: Mutex::new(fp) })
+    }
+
+    pub fn current(&self) -> Arc<ConfigState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigState>> {
+        self.state.subscribe()
+    }
+
+    /// Reads the files again and applies them if they changed and are valid.
+    pub fn reload(&self) -> Outcome {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let now = fingerprint(&self.trees);
+        match config::load(&self.trees) {
+            Err(errors) => {
+                for e in &errors {
+                    warn!("config: {e}");
+                }
+                warn!("configuration change rejected; the last good configuration stays in force");
+                self.state.send_if_modified(|s| {
+                    if s.errors == errors {
+                        return false;
+                    }
+                    *s = Arc::new(ConfigState { errors: errors.clone(), changed: Vec::new(), ..(**s).clone() });
+                    true
+                });
+                Outcome::Rejected(errors)
+            }
+            Ok(loaded) => {
+                let changed = diff(&applied, &now);
+                if changed.is_empty() {
+                    // Back to the files in force: only the errors go away.
+                    self.state.send_if_modified(|s| {
+                        let had = !s.errors.is_empty();
+                        if had {
+                            *s = Arc::new(ConfigState { errors: Vec::new(), changed: Vec::new(), ..(**s).clone() });
+                        }
+                        had
+                    });
+                    return Outcome::Unchanged;
+                }
+                *applied = now;
+                let generation = self.current().generation + 1;
+                info!(generation, files = ?changed, "configuration applied");
+                self.state.send_replace(Arc::new(ConfigState {
+                    generation,
+                    loaded: Arc::new(loaded),
+                    errors: Vec::new(),
+                    changed: changed.clone(),
+                }));
+                Outcome::Applied(changed)
+            }
+        }
+    }
+
+    /// Watches the trees and reloads after each burst of changes. Runs until the
+    /// watcher fails; uses no CPU while nothing changes (inotify, no polling).
+    pub async fn watch(self: Arc<Self>) -> notify::Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let _ = tx.send(ev);
+        })?;
+        let mut watched: BTreeMap<PathBuf, Option<(u64, u64)>> = BTreeMap::new();
+        self.rewatch(&mut watcher, &mut watched);
+        while let Some(ev) = rx.recv().await {
+            if !relevant(&ev) {
+                continue;
+            }
+            let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
+            loop {
+                match tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + QUIET), rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(_) => break,
+                }
+            }
+            // A tree replaced by rename (a sync) is a new directory: watch it anew.
+            self.rewatch(&mut watcher, &mut watched);
+            let outcome = self.reload();
+            debug!(?outcome, "reload after file change");
+        }
+        Ok(())
+    }
+
+    fn rewatch(&self, watcher: &mut impl Watcher, watched: &mut BTreeMap<PathBuf, Option<(u64, u64)>>) {
+        for tree in &self.trees {
+            let id = std::fs::metadata(tree).ok().map(|m| (m.dev(), m.ino()));
+            if watched.get(tree) == Some(&id) {
+                continue;
+            }
+            let _ = watcher.unwatch(tree);
+            // The parent sees the tree itself appear, vanish or be renamed over.
+            if let Some(parent) = tree.parent().filter(|p| p.is_dir()) {
+                let _ = watcher.watch(parent, RecursiveMode::NonRecursive);
+            }
+            if id.is_some()
+                && let Err(e) = watcher.watch(tree, RecursiveMode::Recursive)
+            {
+                warn!(tree = %tree.display(), error = %e, "cannot watch config.d; changes apply on Reload()");
+            }
+            watched.insert(tree.clone(), id);
+        }
+    }
+}
+
+fn relevant(ev: &notify::Result<notify::Event>) -> bool {
+    match ev {
+        Ok(e) => !matches!(
+            e.kind,
+            EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Other | AccessKind::Any)
+                | EventKind::Access(AccessKind::Close(notify::event::AccessMode::Read))
+        ),
+        Err(_) => true,
+    }
+}
+
+/// Hash of every file's content in the trees, by path.
+fn fingerprint(trees: &[PathBuf]) -> BTreeMap<PathBuf, u64> {
+    trees
+        .iter()
+        .flat_map(|t| config::walk(t))
+        .filter_map(|p| {
+            let data = std::fs::read(&p).ok()?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            Some((p, h.finish()))
+        })
+        .collect()
+}
+
+fn diff(old: &BTreeMap<PathBuf, u64>, new: &BTreeMap<PathBuf, u64>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = new.iter().filter(|(p, h)| old.get(*p) != Some(h)).map(|(p, _)| p.clone()).collect();
+    out.extend(old.keys().filter(|p| !new.contains_key(*p)).cloned());
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn reload_applies_rejects_and_recovers() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("config.d");
+        let boot = tree.join("system/boot.conf");
+        fs::create_dir_all(boot.parent().unwrap()).unwrap();
+        fs::write(&boot, "[health]\nmax_attempts = 3\n").unwrap();
+        let svc = ConfigService::with_trees(vec![tree.clone()]);
+        assert_eq!(svc.current().generation, 1);
+        assert_eq!(svc.reload(), Outcome::Unchanged);
+
+        fs::write(&boot, "[health]\nmax_attempts = 4\n").unwrap();
+        assert_eq!(svc.reload(), Outcome::Applied(vec![boot.clone()]));
+        assert_eq!(svc.current().generation, 2);
+        assert_eq!(svc.current().loaded.settings.boot.health.max_attempts, 4);
+
+        fs::write(&boot, "[health]\nmax_attempts = \"many\"\n").unwrap();
+        assert!(matches!(svc.reload(), Outcome::Rejected(e) if e.len() == 1));
+        let s = svc.current();
+        assert_eq!((s.generation, s.loaded.settings.boot.health.max_attempts), (2, 4), "last good stays");
+        assert_eq!(s.errors[0].line, Some(2));
+
+        fs::write(&boot, "[health]\nmax_attempts = 4\n").unwrap();
+        assert_eq!(svc.reload(), Outcome::Unchanged);
+        assert!(svc.current().errors.is_empty(), "fixing the file clears the errors");
+
+        fs::remove_file(&boot).unwrap();
+        assert_eq!(svc.reload(), Outcome::Applied(vec![boot]));
+        assert_eq!(svc.current().loaded.settings.boot.health.max_attempts, 3, "back to the default");
+    }
+}

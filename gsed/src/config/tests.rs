@@ -1,0 +1,121 @@
+use std::fs;
+
+use super::*;
+
+struct Tree(tempfile::TempDir);
+
+impl Tree {
+    fn new() -> Tree {
+        Tree(tempfile::tempdir().unwrap())
+    }
+    fn put(&self, rel: &str, text: &str) -> &Self {
+        let p = self.0.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+        self
+    }
+    fn path(&self) -> PathBuf {
+        self.0.path().to_owned()
+    }
+}
+
+#[test]
+fn controller_file_wins_key_by_key_and_lower_values_survive() {
+    let image = Tree::new();
+    image.put("system/boot.conf", "primary = \"a\"\n[health]\nmax_attempts = 3\ndeadline = \"2m\"\n");
+    let synced = Tree::new();
+    synced.put("system/boot.conf", "[health]\nmax_attempts = 5\non_failure = \"repair\"\n");
+    synced.put("controller/cboot.conf", "# lab override\n[health]\nmax_attempts = 7\n");
+
+    let l = load(&[image.path(), synced.path()]).unwrap();
+    let h = &l.settings.boot.health;
+    assert_eq!(h.max_attempts, 7, "the c file wins");
+    assert_eq!(h.on_failure, OnFailure::Repair, "synced system value survives");
+    assert_eq!(h.deadline, Duration::secs(120), "image value survives");
+    assert_eq!(h.check_timeout, Duration::secs(30), "built-in default fills the rest");
+
+    let origin = |k: &str| l.origins.get(k).map(|o| o.to_string()).unwrap_or_default();
+    assert_eq!(
+        origin("boot.health.max_attempts"),
+        format!("{}:3", synced.path().join("controller/cboot.conf").display())
+    );
+    assert_eq!(origin("boot.health.on_failure"), format!("{}:3", synced.path().join("system/boot.conf").display()));
+    assert_eq!(origin("boot.health.deadline"), format!("{}:4", image.path().join("system/boot.conf").display()));
+    assert_eq!(l.get("boot.health.max_attempts"), Some(toml::Value::Integer(7)));
+}
+
+#[test]
+fn errors_name_file_line_column_and_field() {
+    let t = Tree::new();
+    t.put("system/boot.conf", "primary = \"a\"\n[health]\nmax_atempts = 3\n");
+    t.put("controller/tmpfs.conf", "[mount.\"/tmp\"]\nsize = 12\n");
+    t.put("system/network.conf", "[interface.eth0]\nmethod = \"static\"\naddress = \"192.0.2.300/24\"\n");
+    t.put("controller/update.chk.conf", "check_interval = \"forever\"\n");
+    fs::create_dir_all(t.path().join("controller/drives.conf")).unwrap();
+    t.put("controller/services/default-runlevel", "dbus\nbad name\n");
+
+    let errs = load(&[t.path()]).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string().replace(&t.path().display().to_string(), "")).collect();
+    let has = |needle: &str| assert!(msgs.iter().any(|m| m.contains(needle)), "no {needle:?} in {msgs:#?}");
+    has("/system/boot.conf:3:1: unknown field `max_atempts`, expected one of");
+    has("/controller/tmpfs.conf:2:8: invalid type: integer `12`, expected a string");
+    has("/system/network.conf:3: interface.eth0.address: '192.0.2.300' is not an IPv4 address");
+    has("/controller/update.chk.conf:1:18: 'forever' is not a duration");
+    has("/controller/drives.conf: is a directory, expected a file");
+    has("/controller/services/default-runlevel:2: 'bad name' is not a service name");
+    assert_eq!(errs.len(), 6, "{msgs:#?}");
+}
+
+#[test]
+fn out_of_range_and_cross_field_rules() {
+    let t = Tree::new();
+    t.put("system/boot.conf", "primary = \"c\"\n[health]\nmax_attempts = 0\ncheck_timeout = \"10m\"\n");
+    t.put("system/network.conf", "[interface.eth0]\nmethod = \"dhcp\"\ngateway = \"192.0.2.1\"\n");
+    let errs = load(&[t.path()]).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("boot.conf:1: primary: slot 'c' is not defined")), "{msgs:#?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("boot.conf:3: health.max_attempts: 0 is out of range: expected 1 to 100")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("health.check_timeout: 10m is longer than the deadline 5m")), "{msgs:#?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("network.conf:3: interface.eth0.gateway: only applies to method = \"static\"")),
+        "{msgs:#?}"
+    );
+}
+
+#[test]
+fn empty_tree_gives_defaults_and_runlevel_is_left_alone() {
+    let t = Tree::new();
+    let l = load(&[t.path()]).unwrap();
+    assert_eq!(l.settings, Settings::default());
+    assert_eq!(l.settings.default_runlevel, None);
+}
+
+#[test]
+fn check_tree_flags_unknown_files_and_bad_examples() {
+    let t = Tree::new();
+    t.put("system/boot.cnf.conf", "primary = \"a\"\n");
+    t.put("system/examples/network.static.conf", "[interface.eth0]\nmethod = \"static\"\n");
+    t.put("system/examples/whatever.conf", "x = 1\n");
+    t.put("system/examples/README", "notes");
+    let errs = check_tree(&t.path()).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("boot.cnf.conf: unknown file")));
+    assert!(msgs.iter().any(|m| m.contains("network.static.conf") && m.contains("needs an address")));
+    assert!(msgs.iter().any(|m| m.contains("whatever.conf: example does not name the file")));
+}
+
+#[test]
+fn flatten_lists_leaves_with_origins() {
+    let t = Tree::new();
+    t.put("controller/tmpfs.conf", "[mount.\"/etc\"]\nsize = \"64M\"\n[mount.\"/var\"]\nsize = \"1G\"\n[mount.\"/tmp\"]\nsize = \"10%\"\nmode = \"1777\"\n");
+    let l = load(&[t.path()]).unwrap();
+    let rows = l.flatten(Some("tmpfs.mount.\"/tmp\""));
+    let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["tmpfs.mount.\"/tmp\".mode", "tmpfs.mount.\"/tmp\".size"]);
+    assert_eq!(rows[0].1, "\"1777\"");
+    assert_eq!(rows[0].2.as_ref().unwrap().line, Some(7));
+}

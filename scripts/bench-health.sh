@@ -1,0 +1,53 @@
+#!/bin/bash
+# Figures for the health slice, printed, not asserted:
+#  - `gsectl health --json` whole-process wall time, median of 20, next to
+#    `busctl get-property ... Status` on the same private bus in the same run;
+#  - gsed's resident memory when idle, and whether it wakes up while idle
+#    (context switches over 5 s of doing nothing).
+# Run as root after `cargo build --release --workspace --bins`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-20}
+work=$(mktemp -d /tmp/gse-bench.XXXXXX)
+chmod 755 "$work"
+trap 'kill ${gsed_pid:-} ${bus_pid:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+sed -e "s#@SOCKET@#$work/bus.sock#" -e "s#@POLICY@#$PWD/dbus/org.gentoo.Gse1.conf#" \
+	tests/data/system-bus.conf.in >"$work/bus.conf"
+dbus-daemon --config-file="$work/bus.conf" --nofork --nopidfile 2>/dev/null &
+bus_pid=$!
+bus="unix:path=$work/bus.sock"
+for _ in $(seq 50); do [ -S "$work/bus.sock" ] && break; sleep 0.1; done
+mkdir -p "$work/root/usr/share/gse"
+cp -r config.d "$work/root/usr/share/gse/config.d"
+target/release/gsed --bus "$bus" --root "$work/root" --boot-id bench 2>/dev/null &
+gsed_pid=$!
+until target/release/gsectl --bus "$bus" health >/dev/null 2>&1; do sleep 0.05; done
+
+# Median wall time in milliseconds of a command run $runs times.
+median_ms() {
+	local times=()
+	for _ in $(seq "$runs"); do
+		local t0 t1
+		t0=$(date +%s%N)
+		"$@" >/dev/null
+		t1=$(date +%s%N)
+		times+=($(((t1 - t0) / 1000)))
+	done
+	printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m/1000}'
+}
+
+g=$(median_ms target/release/gsectl --bus "$bus" health --json)
+b=$(median_ms busctl --address="$bus" get-property org.gentoo.Gse1 /org/gentoo/Gse1 org.gentoo.Gse1.Health Status)
+echo "gsectl health --json: median ${g} ms over $runs runs"
+echo "busctl get-property Status: median ${b} ms over $runs runs"
+awk -v g="$g" -v b="$b" 'BEGIN {printf "ratio gsectl/busctl: %.2f\n", g/b}'
+
+sleep 1
+rss=$(awk '/VmRSS/ {print $2, $3}' "/proc/$gsed_pid/status")
+ctx() { awk '/voluntary_ctxt_switches/ {s+=$2} END {print s}' /proc/"$gsed_pid"/task/*/status; }
+c0=$(ctx)
+sleep 5
+c1=$(ctx)
+echo "gsed idle VmRSS: $rss"
+echo "gsed context switches during 5 s idle: $((c1 - c0))"
