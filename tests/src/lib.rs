@@ -24,8 +24,11 @@ pub fn repo() -> PathBuf {
 /// command does it first).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>/<name>
+    let mut dir = exe.parent().expect("binary has a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

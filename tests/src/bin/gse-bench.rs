@@ -1,0 +1,71 @@
+//! Figures that are measured, not asserted (run as root, release build):
+//!
+//!   cargo build --release --workspace --bins
+//!   target/release/gse-bench config
+//!
+//! `config`: time from a file write in the synced config.d to the `Changed`
+//! signal at a client (median of 20), and the CPU time gsed uses over 10 s in
+//! which nothing changes.
+
+use std::{fs, time::Duration, time::Instant};
+
+use futures_util::StreamExt;
+use gse_dbus::config::ConfigProxy;
+use gse_tests::{TestBus, TestRoot, start_gsed};
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is 14th, stime 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+async fn config_bench() {
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let boot = root.write("user-data/persistent/config.d/system/boot.conf", "[health]\ninit = \"none\"\n");
+    let gsed = start_gsed(&bus, &root, "bench");
+    let conn = bus.connect().await;
+    let proxy = ConfigProxy::new(&conn).await.expect("proxy");
+    let mut changed = proxy.receive_changed().await.expect("signal stream");
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        fs::write(&boot, format!("[health]\ninit = \"none\"\nmax_attempts = {}\n", 1 + i % 9)).expect("write");
+        tokio::time::timeout(Duration::from_secs(5), changed.next()).await.expect("Changed within 5 s");
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "config write -> Changed at the client: median {:.1} ms over {} writes (min {:.1}, max {:.1})",
+        median(samples.clone()),
+        samples.len(),
+        samples.iter().cloned().fold(f64::MAX, f64::min),
+        samples.iter().cloned().fold(0.0, f64::max)
+    );
+    let pid = gsed.pid();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ticks = cpu_ticks(pid) - before;
+    println!("gsed CPU while nothing changes: {ticks} clock ticks in 10 s ({:.2} ms)", ticks as f64 * 10.0);
+}
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match which.as_str() {
+        "config" => rt.block_on(config_bench()),
+        _ => {
+            eprintln!("usage: gse-bench config");
+            std::process::exit(2);
+        }
+    }
+}
