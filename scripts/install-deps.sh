@@ -5,7 +5,8 @@ set -eu
 
 packages="
   build-essential pkg-config libudev-dev
-  dbus dbus-daemon libglib2.0-bin systemd util-linux
+  dbus dbus-daemon libglib2.0-bin systemd util-linux mount
+  e2fsprogs btrfs-progs fdisk attr busybox-static
   shellcheck
 "
 

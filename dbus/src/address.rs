@@ -46,6 +46,18 @@ impl BusAddress {
         }
     }
 
+    /// Connects to a peer (no bus daemon), as `gsectl boot` does to `gsed --early`.
+    /// Only `unix:path=` addresses name a peer.
+    pub async fn connect_peer(&self) -> zbus::Result<Connection> {
+        let path = match self {
+            BusAddress::Address(a) => a.strip_prefix("unix:path=").map(|p| p.split(',').next().unwrap_or(p)),
+            _ => None,
+        }
+        .ok_or_else(|| zbus::Error::Address(format!("{self} is not a peer socket (unix:path=...)")))?;
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        connection::Builder::unix_stream(stream).p2p().build().await
+    }
+
     /// Connects as a plain client.
     pub async fn connect(&self) -> zbus::Result<Connection> {
         self.builder().build().await

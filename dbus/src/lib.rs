@@ -6,6 +6,7 @@
 //! live beside this crate; a test keeps the XML equal to what `gsed` exports.
 
 mod address;
+pub mod boot;
 pub mod config;
 mod error;
 pub mod health;
@@ -36,3 +37,7 @@ pub const INTERFACE_XML: &[(&str, &str)] = &[
     (interface::HEALTH, include_str!("../interfaces/org.gentoo.Gse1.Health.xml")),
     (interface::CONFIG, include_str!("../interfaces/org.gentoo.Gse1.Config.xml")),
 ];
+
+/// Introspection XML of the interfaces `gsed --early` serves on its socket.
+pub const EARLY_INTERFACE_XML: &[(&str, &str)] =
+    &[(interface::BOOT, include_str!("../interfaces/org.gentoo.Gse1.Boot.xml"))];

@@ -3,6 +3,7 @@
 //! Exit codes follow DESIGN §9: for `health`, 0 green, 1 red, 2 starting or
 //! unknown; for every command, 3 when gsed cannot be reached and 1 on other errors.
 
+mod boot;
 mod config;
 mod health;
 mod output;
@@ -15,9 +16,10 @@ use gse_dbus::{BusAddress, DBusError};
 #[derive(Parser, Debug)]
 #[command(version, about = "Control and inspect GSE (gsed) on this machine")]
 struct Cli {
-    /// Bus where gsed runs: system, session, or a D-Bus address (unix:path=...).
-    #[arg(long, global = true, default_value = "system")]
-    bus: BusAddress,
+    /// Bus where gsed runs: system (default), session, or a D-Bus address
+    /// (unix:path=...). For `boot`, the early socket under --root by default.
+    #[arg(long, global = true)]
+    bus: Option<BusAddress>,
     /// Prefix for every path GSE uses, for offline commands.
     #[arg(long, global = true, default_value = "/")]
     root: PathBuf,
@@ -31,6 +33,11 @@ enum Command {
     Health(health::HealthArgs),
     /// Check config.d offline, or show the configuration in force.
     Config(config::ConfigArgs),
+    /// Early boot (run by the initramfs hook).
+    Boot(boot::BootArgs),
+    /// Prepare this machine's disk: user-data tree, flag key, first boot flags;
+    /// with --format also partitions and filesystems from drives.conf.
+    Provision(boot::ProvisionArgs),
 }
 
 /// How a command ended; mapped to the exit code in one place.
@@ -88,10 +95,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let bus = cli.bus.clone().unwrap_or(BusAddress::System);
     let result = rt.block_on(async {
         match cli.command {
-            Command::Health(args) => health::run(&cli.bus, args).await,
-            Command::Config(args) => config::run(&cli.bus, &cli.root, args).await,
+            Command::Health(args) => health::run(&bus, args).await,
+            Command::Config(args) => config::run(&bus, &cli.root, args).await,
+            Command::Boot(args) => boot::run(cli.bus.as_ref(), &cli.root, args).await,
+            Command::Provision(args) => boot::provision(&cli.root, args),
         }
     });
     match result {

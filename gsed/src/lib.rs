@@ -1,6 +1,7 @@
 //! gsed, the GSE daemon, as a library: the plain services that do the work, and the
 //! thin D-Bus layer over them. The binary in `main.rs` only wires them together.
 
+pub mod boot;
 pub mod bus;
 pub mod confd;
 pub mod config;

@@ -27,6 +27,10 @@ struct Args {
     /// Use this boot id instead of the kernel's (to simulate successive boots).
     #[arg(long)]
     boot_id: Option<String>,
+    /// Early-boot mode (initramfs): serve org.gentoo.Gse1.Boot peer-to-peer on
+    /// /run/gse/early.sock until the hook calls Finish().
+    #[arg(long, conflicts_with_all = ["bus", "boot_id"])]
+    early: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,15 @@ async fn run(args: Args) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot register SIGINT")?;
 
     let paths = Paths::new(&args.root);
+    if args.early {
+        return early::run(&paths, async move {
+            tokio::select! {
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+            }
+        })
+        .await;
+    }
     let boot_id = match args.boot_id {
         Some(id) => id,
         None => kernel_boot_id()?,
@@ -92,6 +105,65 @@ async fn run(args: Args) -> Result<()> {
     // Release the name explicitly so a successor can take it at once.
     let _ = conn.release_name(BUS_NAME).await;
     Ok(())
+}
+
+mod early {
+    //! `gsed --early`: no bus daemon in the initramfs, so the Boot interface is
+    //! served peer-to-peer to each client that connects to the early socket.
+
+    use std::{os::unix::fs::PermissionsExt, sync::Arc};
+
+    use anyhow::{Context, Result};
+    use gse_dbus::OBJECT_PATH;
+    use gsed::{boot::BootService, bus::BootObject, confd::ConfigService, config, paths::Paths};
+    use tokio::{net::UnixListener, sync::Notify};
+    use tracing::{info, warn};
+    use zbus::{Guid, connection};
+
+    pub async fn run(paths: &Paths, signal: impl std::future::Future<Output = &'static str>) -> Result<()> {
+        let config = ConfigService::with_trees(config::early_layers(paths));
+        let boot = BootService::new(paths, config);
+        let finished = Arc::new(Notify::new());
+
+        let sock = paths.early_socket();
+        if let Some(dir) = sock.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).with_context(|| format!("cannot listen on {}", sock.display()))?;
+        // Only root drives early boot.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+        info!(socket = %sock.display(), "gsed --early ready");
+
+        let mut conns = Vec::new();
+        tokio::pin!(signal);
+        let why = loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _) = accepted.context("accepting a connection")?;
+                    let obj = BootObject::new(boot.clone(), finished.clone());
+                    let built = connection::Builder::unix_stream(stream.into_std()?)
+                        .server(Guid::generate())
+                        .p2p()
+                        .serve_at(OBJECT_PATH, obj)
+                        .build()
+                        .await;
+                    match built {
+                        Ok(c) => conns.push(c),
+                        Err(e) => warn!(error = %e, "a client could not connect"),
+                    }
+                }
+                _ = finished.notified() => break "the boot was handed over",
+                s = &mut signal => break s,
+            }
+        };
+        info!(why, "gsed --early stopping");
+        // Let the reply to Finish() go out before the connections close.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(conns);
+        let _ = std::fs::remove_file(&sock);
+        Ok(())
+    }
 }
 
 fn kernel_boot_id() -> Result<String> {

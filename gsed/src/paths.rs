@@ -62,6 +62,26 @@ impl Paths {
         self.state_dir().join("health.journal")
     }
 
+    /// Early boot's attempt counters and unfinished repair.
+    pub fn boot_state(&self) -> PathBuf {
+        self.state_dir().join("boot-state.json")
+    }
+
+    /// The machine key that signs the boot flags, on the boot partition.
+    pub fn flag_key(&self) -> PathBuf {
+        self.resolve("/boot/gse/flag.key")
+    }
+
+    /// The copy of config.d on the boot partition, for early boot.
+    pub fn boot_config(&self) -> PathBuf {
+        self.resolve("/boot/gse/config.d")
+    }
+
+    /// The peer-to-peer socket of `gsed --early`.
+    pub fn early_socket(&self) -> PathBuf {
+        self.resolve("/run/gse/early.sock")
+    }
+
     /// What early boot decided, for the running system.
     pub fn boot_json(&self) -> PathBuf {
         self.resolve("/run/gse/boot.json")

@@ -2,6 +2,8 @@
 //! `dbus-daemon` with the project's real policy, temporary roots. Every process and
 //! directory is owned by a guard that removes it on drop, even when a test fails.
 
+pub mod disk;
+
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -67,6 +69,19 @@ pub struct ProcessGuard {
 impl ProcessGuard {
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// Sends `sig` and waits up to `timeout` for exit; returns the exit status.

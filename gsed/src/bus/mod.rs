@@ -2,6 +2,7 @@
 //! plain services, and the tasks that turn service state changes into signals.
 //! Errors are mapped to [`DBusError`] here, once.
 
+mod boot;
 mod config;
 mod health;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use gse_dbus::{DBusError, OBJECT_PATH};
 use zbus::Connection;
 
+pub use boot::BootObject;
 pub use config::ConfigObject;
 pub use health::HealthObject;
 

@@ -121,6 +121,12 @@ pub fn layers(paths: &Paths) -> Vec<PathBuf> {
     vec![paths.image_config(), paths.synced_config()]
 }
 
+/// Early boot's trees: the image's (the initramfs's copy), the copy on the boot
+/// partition, then the synced tree on the user-data area.
+pub fn early_layers(paths: &Paths) -> Vec<PathBuf> {
+    vec![paths.image_config(), paths.boot_config(), paths.synced_config()]
+}
+
 /// Loads and validates the whole configuration from `trees` (lowest first).
 /// Returns every error found, not just the first.
 pub fn load(trees: &[PathBuf]) -> Result<Loaded, Vec<ConfigError>> {

@@ -92,7 +92,7 @@ impl HealthService {
             status: Status::Unknown,
             reason: "checks have not started".into(),
             since: journal::now(),
-            healthy_cycles: healthy_cycles(journal.records(), &booted_slot),
+            healthy_cycles: cycles(boot_record.as_ref(), journal.records(), &booted_slot, boot_id),
             booted_slot,
             checks: Vec::new(),
         };
@@ -243,7 +243,7 @@ impl HealthService {
             _ => (None, String::new()),
         };
         j.append(&self.boot_id, &slot, event)?;
-        let cycles = healthy_cycles(j.records(), &slot);
+        let cycles = cycles(self.boot_record.as_ref(), j.records(), &slot, &self.boot_id);
         self.state.send_if_modified(|s| {
             let changed = s.healthy_cycles != cycles || status.is_some_and(|st| st != s.status || reason != s.reason);
             s.healthy_cycles = cycles;
@@ -369,6 +369,18 @@ fn verdict_of(records: &[Record], boot_id: &str) -> Option<(u64, Status, String)
         Event::Red { reason, .. } => Some((r.time, Status::Red, reason.clone())),
         _ => None,
     })
+}
+
+/// HealthyCycles: the booted slot's flag count as early boot found it, plus this
+/// boot once it completes its cycle; without an early-boot record, the journal's count.
+fn cycles(boot_record: Option<&serde_json::Value>, records: &[Record], slot: &str, boot_id: &str) -> u64 {
+    match boot_record.and_then(|b| b.get("healthy_cycles")).and_then(|c| c.as_u64()) {
+        Some(base) => {
+            let this: Vec<Record> = records.iter().filter(|r| r.boot_id == boot_id).cloned().collect();
+            base + healthy_cycles(&this, slot)
+        }
+        None => healthy_cycles(records, slot),
+    }
 }
 
 /// Boots of `slot` whose last verdict was healthy and that shut down cleanly.

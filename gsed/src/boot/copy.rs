@@ -1,0 +1,161 @@
+//! File-level copy of a root tree that keeps what a root needs: owners, modes,
+//! timestamps, symlinks, hard links, device nodes, FIFOs and extended attributes.
+//! Used to repair a slot on filesystems without snapshots, and to fill the
+//! RAM-backed /etc and /var from the image. Never follows symlinks and never
+//! leaves the source filesystem.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink},
+    path::{Path, PathBuf},
+};
+
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::sys::time::TimeSpec;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot copy {path}: {source}")]
+pub struct CopyError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn err(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
+    move |source| CopyError { path: path.to_owned(), source }
+}
+
+/// Copies the contents of `src` into the existing directory `dst` (which should be
+/// empty but for directories it keeps, such as `lost+found`).
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<u64, CopyError> {
+    let dev = fs::symlink_metadata(src).map_err(err(src))?.dev();
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut count = 0;
+    copy_dir(src, dst, dev, &mut links, &mut count)?;
+    copy_meta(src, dst, &fs::symlink_metadata(src).map_err(err(src))?)?;
+    Ok(count)
+}
+
+fn copy_dir(
+    src: &Path,
+    dst: &Path,
+    dev: u64,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    count: &mut u64,
+) -> Result<(), CopyError> {
+    let mut entries: Vec<_> = fs::read_dir(src).map_err(err(src))?.collect::<Result<_, _>>().map_err(err(src))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let from = e.path();
+        let to = dst.join(e.file_name());
+        let meta = fs::symlink_metadata(&from).map_err(err(&from))?;
+        let ft = meta.file_type();
+        *count += 1;
+        if !ft.is_dir() && meta.nlink() > 1 {
+            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                fs::hard_link(first, &to).map_err(err(&to))?;
+                continue;
+            }
+            links.insert((meta.dev(), meta.ino()), to.clone());
+        }
+        if ft.is_dir() {
+            // A directory the target keeps (lost+found) is merged into.
+            if !to.is_dir() {
+                fs::create_dir(&to).map_err(err(&to))?;
+            }
+            // A mount point inside the tree is copied as an empty directory.
+            if meta.dev() == dev {
+                copy_dir(&from, &to, dev, links, count)?;
+            }
+        } else if ft.is_symlink() {
+            symlink(fs::read_link(&from).map_err(err(&from))?, &to).map_err(err(&to))?;
+        } else if ft.is_file() {
+            fs::copy(&from, &to).map_err(err(&from))?;
+        } else {
+            let kind = SFlag::from_bits_truncate(meta.mode() & SFlag::S_IFMT.bits());
+            mknod(&to, kind, Mode::from_bits_truncate(meta.mode() & 0o7777), meta.rdev())
+                .map_err(|e| CopyError { path: to.clone(), source: e.into() })?;
+        }
+        copy_meta(&from, &to, &meta)?;
+    }
+    Ok(())
+}
+
+/// Owner, extended attributes, mode (after chown, which clears set-id bits), times.
+fn copy_meta(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
+    lchown(to, Some(meta.uid()), Some(meta.gid())).map_err(err(to))?;
+    if let Ok(names) = xattr::list(from) {
+        for name in names {
+            if let Ok(Some(value)) = xattr::get(from, &name) {
+                xattr::set(to, &name, &value).map_err(err(to))?;
+            }
+        }
+    }
+    if !meta.file_type().is_symlink() {
+        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(err(to))?;
+    }
+    let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    utimensat(None, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| CopyError { path: to.to_owned(), source: e.into() })
+}
+
+/// Removes everything inside `dir` except the names in `keep`.
+pub fn clear_dir(dir: &Path, keep: &[&str]) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if keep.iter().any(|k| e.file_name() == *k) {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(e.path())?;
+        } else {
+            fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+
+    #[test]
+    fn keeps_links_nodes_modes_owners_times_and_xattrs() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        fs::create_dir_all(src.join("etc/sub")).unwrap();
+        fs::create_dir(&dst).unwrap();
+        fs::write(src.join("etc/shadow"), "root:*:").unwrap();
+        fs::set_permissions(src.join("etc/shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+        lchown(src.join("etc/shadow"), Some(0), Some(42)).unwrap();
+        fs::write(src.join("bin"), "x").unwrap();
+        fs::set_permissions(src.join("bin"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::hard_link(src.join("bin"), src.join("etc/sub/bin-link")).unwrap();
+        symlink("../bin", src.join("etc/link")).unwrap();
+        mknod(&src.join("null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3))
+            .unwrap();
+        xattr::set(src.join("bin"), "user.gse", b"yes").unwrap();
+        let t = TimeSpec::new(1_000_000, 0);
+        utimensat(None, &src.join("etc/shadow"), &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
+
+        copy_tree(&src, &dst).unwrap();
+
+        let m = |p: &str| fs::symlink_metadata(dst.join(p)).unwrap();
+        assert_eq!(m("etc/shadow").mode() & 0o7777, 0o640);
+        assert_eq!(m("etc/shadow").gid(), 42);
+        assert_eq!(m("etc/shadow").mtime(), 1_000_000);
+        assert_eq!(m("bin").mode() & 0o7777, 0o4755);
+        assert_eq!(m("bin").ino(), m("etc/sub/bin-link").ino(), "hard link kept");
+        assert_eq!(fs::read_link(dst.join("etc/link")).unwrap(), Path::new("../bin"));
+        assert!(m("null").file_type().is_char_device());
+        assert_eq!(m("null").rdev(), nix::sys::stat::makedev(1, 3));
+        assert_eq!(xattr::get(dst.join("bin"), "user.gse").unwrap().as_deref(), Some(&b"yes"[..]));
+
+        clear_dir(&dst, &["etc"]).unwrap();
+        let left: Vec<_> = fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["etc"]);
+    }
+}

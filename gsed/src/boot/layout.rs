@@ -1,0 +1,140 @@
+//! The stateless layout of DESIGN §6 on top of a slot mounted read-only at the new
+//! root: RAM-backed /etc and /var filled from the image, empty /tmp and /var/tmp,
+//! config.d's /etc overrides, /user-data and the persistent binds, overlays.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    os::unix::fs::{PermissionsExt, symlink},
+    path::{Path, PathBuf},
+};
+
+use nix::mount::MsFlags;
+
+use super::{
+    BootError,
+    copy::copy_tree,
+    mount::{Mounts, split_options},
+};
+use crate::{
+    config::{Settings, TmpfsEntry, Upper, runlevel},
+    paths::Paths,
+};
+
+/// Directories whose image content is copied into their tmpfs.
+const POPULATED: &[&str] = &["/etc", "/var"];
+
+fn escape(path: &str) -> String {
+    path.trim_matches('/').replace('/', "-")
+}
+
+/// Mounts everything below `sysroot`, which already holds the slot read-only.
+pub fn mount_layout(mounts: &mut Mounts, settings: &Settings, paths: &Paths, sysroot: &Path) -> Result<(), BootError> {
+    let at = |p: &str| sysroot.join(p.trim_start_matches('/'));
+    let stage = paths.resolve("/run/gse/stage");
+
+    // Shallow paths first, so /var is in place before /var/tmp.
+    let mut tmpfs: Vec<(&String, &TmpfsEntry)> = settings.tmpfs.mount.iter().collect();
+    tmpfs.sort_by_key(|(p, _)| p.matches('/').count());
+    for (path, t) in tmpfs {
+        let mut options = vec![format!("size={}", t.size), format!("mode={:o}", t.mode.0)];
+        options.extend(t.options.iter().cloned());
+        let (flags, data) = split_options(&options);
+        let step = format!("tmpfs {path}");
+        if POPULATED.contains(&path.as_str()) && at(path).is_dir() {
+            // Fill a staged tmpfs from the image, then move it over the image's copy.
+            let staged = stage.join(escape(path));
+            mounts.mount(&step, "tmpfs", &staged, "tmpfs", flags, &data)?;
+            copy_tree(&at(path), &staged).map_err(|e| {
+                BootError::Io(format!("{step}: filling from the image: {}", e.path.display()), e.source)
+            })?;
+            mounts.move_mount(&step, &staged, &at(path))?;
+        } else {
+            mounts.mount(&step, "tmpfs", &at(path), "tmpfs", flags, &data)?;
+        }
+    }
+
+    apply_etc(settings, &at("/etc"))?;
+
+    mounts.bind("user data", &paths.resolve("/user-data"), &at("/user-data"), false)?;
+    for dir in &settings.fstab.persistent {
+        let src = paths.resolve("/user-data/persistent/local").join(escape(dir));
+        fs::create_dir_all(&src)
+            .map_err(|e| BootError::Io(format!("persistent {dir}: creating {}", src.display()), e))?;
+        mounts.bind(&format!("persistent {dir}"), &src, &at(dir), false)?;
+    }
+
+    for (dir, o) in &settings.overlays.overlay {
+        let step = format!("overlay {dir}");
+        let base = match o.upper {
+            Upper::Tmpfs => {
+                let base = stage.join(format!("overlay-{}", escape(dir)));
+                let size = o.size.map(|s| format!("size={s}")).unwrap_or_default();
+                mounts.mount(&step, "tmpfs", &base, "tmpfs", MsFlags::empty(), &size)?;
+                base
+            }
+            Upper::Persistent => paths.resolve("/user-data/persistent/overlays").join(escape(dir)),
+        };
+        let (upper, work) = (base.join("upper"), base.join("work"));
+        for d in [&upper, &work] {
+            fs::create_dir_all(d).map_err(|e| BootError::Io(format!("{step}: creating {}", d.display()), e))?;
+        }
+        let data = format!("lowerdir={},upperdir={},workdir={}", at(dir).display(), upper.display(), work.display());
+        mounts.mount(&step, "overlay", &at(dir), "overlay", MsFlags::empty(), &data)?;
+    }
+    Ok(())
+}
+
+/// Writes config.d's view of /etc into the RAM-backed /etc.
+pub fn apply_etc(settings: &Settings, etc: &Path) -> Result<(), BootError> {
+    let io = |what: String| move |e| BootError::Io(what, e);
+    let e = &settings.etc;
+    if !e.hostname.is_empty() {
+        fs::write(etc.join("hostname"), format!("{}\n", e.hostname)).map_err(io("/etc/hostname".into()))?;
+    }
+    if !e.timezone.is_empty() {
+        let lt = etc.join("localtime");
+        let _ = fs::remove_file(&lt);
+        symlink(Path::new("/usr/share/zoneinfo").join(&e.timezone), &lt).map_err(io("/etc/localtime".into()))?;
+        fs::write(etc.join("timezone"), format!("{}\n", e.timezone)).map_err(io("/etc/timezone".into()))?;
+    }
+    for p in &e.remove {
+        let f = under(etc, p);
+        match fs::remove_file(&f) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(p.clone())(err)),
+            _ => {}
+        }
+    }
+    for (p, file) in &e.file {
+        let f = under(etc, p);
+        if let Some(dir) = f.parent() {
+            fs::create_dir_all(dir).map_err(io(p.clone()))?;
+        }
+        fs::write(&f, &file.content).map_err(io(p.clone()))?;
+        fs::set_permissions(&f, fs::Permissions::from_mode(file.mode.0)).map_err(io(p.clone()))?;
+    }
+    fs::write(etc.join("fstab"), fstab(settings)).map_err(io("/etc/fstab".into()))?;
+    if let Some(list) = &settings.default_runlevel {
+        let applied = runlevel::apply(etc, list).map_err(io("/etc/runlevels/default".into()))?;
+        if !applied.missing.is_empty() {
+            tracing::warn!(missing = ?applied.missing, "default-runlevel names services the image does not have");
+        }
+    }
+    Ok(())
+}
+
+/// `/etc/X` in config → `<etc>/X`.
+fn under(etc: &Path, p: &str) -> PathBuf {
+    etc.join(p.trim_start_matches("/etc/"))
+}
+
+/// /etc/fstab as generated from fstab.conf (with cfstab.conf merged in).
+pub fn fstab(settings: &Settings) -> String {
+    let mut out = String::from(
+        "# Generated by GSE early boot from config.d (system/fstab.conf, controller/cfstab.conf).\n# This file is in RAM: edit config.d instead.\n",
+    );
+    for (at, m) in &settings.fstab.mount {
+        let _ = writeln!(out, "{}\t{}\t{}\t{}\t{} {}", m.device, at, m.fstype, m.options.join(","), m.dump, m.pass);
+    }
+    out
+}

@@ -1,0 +1,126 @@
+//! Early boot (DESIGN §5, §6): decide from the health journal and the signed boot
+//! flags whether the primary slot can be trusted, act on the failure policy
+//! (bailout or repair), mount the chosen slot with the stateless layout and write
+//! `/run/gse/boot.json` for the running system.
+
+pub mod copy;
+pub mod decide;
+pub mod flag;
+pub mod layout;
+pub mod mount;
+pub mod provision;
+pub mod slots;
+pub mod state;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use gse_dbus::boot::BootRecord;
+use tracing::{info, warn};
+
+use crate::{
+    confd::ConfigService,
+    fsutil::write_atomic,
+    journal::{self, Journal},
+    paths::Paths,
+};
+use decide::{Action, decide};
+use flag::{FlagKey, FlagState};
+use mount::{MountError, Mounts};
+use slots::Slots;
+use state::BootState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Tool(String),
+    #[error("no machine key at {path} ({source}); run `gsectl provision` first")]
+    NoKey { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+}
+
+pub struct BootService {
+    paths: Paths,
+    config: Arc<ConfigService>,
+    /// How long to wait for slot devices to appear.
+    pub device_wait: Duration,
+}
+
+impl BootService {
+    pub fn new(paths: &Paths, config: Arc<ConfigService>) -> Arc<Self> {
+        Arc::new(BootService { paths: paths.clone(), config, device_wait: Duration::from_secs(10) })
+    }
+
+    /// The whole early-boot sequence for the new root at `sysroot`.
+    pub fn prepare(&self, sysroot: &Path) -> Result<BootRecord, BootError> {
+        let cfg = self.config.current();
+        for e in &cfg.errors {
+            warn!("config: {e}");
+        }
+        let settings = &cfg.loaded.settings;
+        let key_path = self.paths.flag_key();
+        let key = FlagKey::load(&key_path)
+            .map_err(|source| BootError::NoKey { path: key_path.display().to_string(), source })?;
+        let (journal, _) = Journal::open(&self.paths.health_journal())?;
+        let state_path = self.paths.boot_state();
+        let old = BootState::load(&state_path);
+        let slots = Slots { paths: &self.paths, settings, device_wait: self.device_wait };
+
+        let flags = slots.read_flags(&key);
+        let now = journal::now();
+        let d = decide(&settings.boot, journal.records(), &old, &flags, now);
+        info!(slot = %d.slot, action = ?d.action, reason = %d.reason, "boot decision");
+
+        let save = |s: &BootState| {
+            s.save(&state_path).map_err(|e| BootError::Io(format!("saving {}", state_path.display()), e))
+        };
+        // Counting this boot comes first: a boot that dies later must still count.
+        save(&d.state)?;
+        if let Some(m) = &d.repair {
+            let fresh = d.write_flags.get(&m.target).cloned().expect("a repair carries a fresh flag");
+            info!(target = %m.target, source = %m.source, "repairing");
+            slots.repair(&m.target, &m.source, &fresh, &key)?;
+            save(&BootState { repair: None, ..d.state.clone() })?;
+        }
+        for (slot, f) in d.write_flags.iter().filter(|(s, _)| d.repair.as_ref().is_none_or(|m| m.target != **s)) {
+            slots.write_flag(slot, f, &key)?;
+        }
+
+        let mut mounts = Mounts::new();
+        slots.mount(&mut mounts, &d.slot, sysroot, false)?;
+        layout::mount_layout(&mut mounts, settings, &self.paths, sysroot)?;
+
+        let booted =
+            d.write_flags.get(&d.slot).cloned().or_else(|| flags.get(&d.slot).and_then(FlagState::flag).cloned());
+        let record = BootRecord {
+            slot: d.slot.clone(),
+            action: match d.action {
+                Action::Normal => "normal",
+                Action::Bailout => "bailout",
+                Action::Repair => "repair",
+            }
+            .into(),
+            reason: d.reason.clone(),
+            flags: flags.iter().map(|(s, f)| (s.clone(), f.to_string())).collect(),
+            flag: flags.get(&d.slot).map_or("missing", FlagState::name).into(),
+            healthy_cycles: booted.as_ref().map_or(0, |f| f.healthy_cycles),
+            image_version: booted.map(|f| f.image_version).unwrap_or_default(),
+            attempts: d.state.attempts.clone(),
+            previous: d.last_boot.as_ref().map(|l| {
+                serde_json::to_value(l.verdict).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            }),
+            time: now,
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("record serialises");
+        let path = self.paths.boot_json();
+        write_atomic(&path, &json, 0o644).map_err(|e| BootError::Io(format!("writing {}", path.display()), e))?;
+        mounts.keep();
+        Ok(record)
+    }
+}

@@ -1,0 +1,52 @@
+//! `org.gentoo.Gse1.Boot` over [`BootService`], served by `gsed --early` only.
+
+use std::{path::PathBuf, sync::Arc};
+
+use gse_dbus::DBusError;
+use tokio::sync::Notify;
+use zbus::interface;
+
+use crate::boot::{BootError, BootService};
+
+pub struct BootObject {
+    svc: Arc<BootService>,
+    finished: Arc<Notify>,
+}
+
+impl BootObject {
+    pub fn new(svc: Arc<BootService>, finished: Arc<Notify>) -> Self {
+        BootObject { svc, finished }
+    }
+}
+
+impl From<BootError> for DBusError {
+    fn from(e: BootError) -> Self {
+        match e {
+            BootError::Config(m) => DBusError::InvalidConfig(m),
+            BootError::NoKey { .. } => DBusError::NotPossible(e.to_string()),
+            other => DBusError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Early boot: decide the slot and mount the new root.
+#[interface(name = "org.gentoo.Gse1.Boot")]
+impl BootObject {
+    /// Decide the slot, act on the failure policy, mount the new root at sysroot with the
+    /// stateless layout and write /run/gse/boot.json; returns the boot record as JSON.
+    async fn prepare(&self, sysroot: String) -> Result<String, DBusError> {
+        if !sysroot.starts_with('/') {
+            return Err(DBusError::InvalidArgs(format!("sysroot '{sysroot}' must be an absolute path")));
+        }
+        let svc = self.svc.clone();
+        let record = tokio::task::spawn_blocking(move || svc.prepare(&PathBuf::from(sysroot)))
+            .await
+            .map_err(|e| DBusError::Failed(format!("early boot crashed: {e}")))??;
+        serde_json::to_string(&record).map_err(|e| DBusError::Failed(e.to_string()))
+    }
+
+    /// The boot is handed over: gsed --early exits.
+    fn finish(&self) {
+        self.finished.notify_one();
+    }
+}
