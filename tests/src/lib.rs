@@ -2,6 +2,7 @@
 //! `dbus-daemon` with the project's real policy, temporary roots. Every process and
 //! directory is owned by a guard that removes it on drop, even when a test fails.
 
+pub mod client;
 pub mod disk;
 
 use std::{

@@ -99,17 +99,10 @@ fn normalise(xml: &str) -> String {
     xml.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
 }
 
-#[tokio::test]
-async fn shipped_xml_equals_live_introspection() {
-    let (bus, root) = (TestBus::start(), TestRoot::new());
-    let _gsed = start_gsed(&bus, &root, "boot-xml");
-    let conn = bus.connect().await;
-    let intro =
-        zbus::fdo::IntrospectableProxy::builder(&conn).destination(BUS_NAME).path(OBJECT_PATH).build().await.unwrap();
-    let live = intro.introspect().await.unwrap();
+fn check_xml(live: &str, shipped: &[(&str, &str)]) {
     let bless = std::env::var_os("GSE_BLESS").is_some();
-    for (name, shipped) in INTERFACE_XML {
-        let element = interface_element(&live, name).unwrap_or_else(|| panic!("gsed does not export {name}:\n{live}"));
+    for (name, text) in shipped {
+        let element = interface_element(live, name).unwrap_or_else(|| panic!("gsed does not export {name}:\n{live}"));
         let file = repo().join(format!("dbus/interfaces/{name}.xml"));
         let expected = format!(
             "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n{element}\n</node>\n"
@@ -118,11 +111,55 @@ async fn shipped_xml_equals_live_introspection() {
             fs::write(&file, &expected).unwrap();
         } else {
             assert_eq!(
-                normalise(shipped),
+                normalise(text),
                 normalise(&expected),
                 "{} differs from the live interface; rerun with GSE_BLESS=1 if the change is intended",
                 file.display()
             );
         }
     }
+}
+
+#[tokio::test]
+async fn early_boot_interface_matches_and_finish_ends_gsed() {
+    let root = TestRoot::new();
+    let child = std::process::Command::new(bin("gsed"))
+        .arg("--early")
+        .arg("--root")
+        .arg(root.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut early = ProcessGuard { child: Some(child), name: "gsed --early".into() };
+    let sock = root.path().join("run/gse/early.sock");
+    wait_for(Duration::from_secs(10), "the early socket", || sock.exists().then_some(()));
+    let addr: gse_dbus::BusAddress = format!("unix:path={}", sock.display()).parse().unwrap();
+    let conn = addr.connect_peer().await.unwrap();
+    let intro =
+        zbus::fdo::IntrospectableProxy::builder(&conn).destination(BUS_NAME).path(OBJECT_PATH).build().await.unwrap();
+    check_xml(&intro.introspect().await.unwrap(), gse_dbus::EARLY_INTERFACE_XML);
+
+    let boot = gse_dbus::boot::BootProxy::new(&conn).await.unwrap();
+    match boot.prepare("relative/path").await {
+        Err(DBusError::InvalidArgs(m)) => assert!(m.contains("must be an absolute path"), "{m}"),
+        other => panic!("expected InvalidArgs, got {other:?}"),
+    }
+    match boot.prepare(root.path().join("sysroot").to_str().unwrap()).await {
+        Err(DBusError::NotPossible(m)) => assert!(m.contains("no machine key"), "{m}"),
+        other => panic!("expected NotPossible, got {other:?}"),
+    }
+    boot.finish().await.unwrap();
+    let status = early.wait_exit(Duration::from_secs(5)).expect("gsed --early exits after Finish()");
+    assert!(status.success());
+    assert!(!sock.exists(), "the socket is removed");
+}
+
+#[tokio::test]
+async fn shipped_xml_equals_live_introspection() {
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    let _gsed = start_gsed(&bus, &root, "boot-xml");
+    let conn = bus.connect().await;
+    let intro =
+        zbus::fdo::IntrospectableProxy::builder(&conn).destination(BUS_NAME).path(OBJECT_PATH).build().await.unwrap();
+    check_xml(&intro.introspect().await.unwrap(), INTERFACE_XML);
 }

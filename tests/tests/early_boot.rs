@@ -2,186 +2,11 @@
 //! a private mount namespace, `gsed --early` driven by `gsectl boot prepare`, and
 //! the running system simulated by gsed on a private bus with `--boot-id`.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{fs, time::Duration};
 
-use gse_tests::{disk::*, *};
+use gse_tests::{client::Client, disk::*, *};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-/// One lab client: two slots on loop devices, a `--root` tree holding /boot and
-/// /user-data, and a sysroot where early boot mounts the new root.
-struct Client {
-    ns: MountNs,
-    root: TestRoot,
-    sysroot: PathBuf,
-    _devs: Vec<Loop>,
-    slot_dev: [String; 2],
-    btrfs: bool,
-    _images: tempfile::TempDir,
-}
-
-impl Client {
-    fn new(btrfs: bool, boot_conf: &str) -> Client {
-        let ns = MountNs::new();
-        let images = tempfile::Builder::new().prefix("gse-disk-").tempdir().unwrap();
-        let tree = images.path().join("tree");
-        tiny_root(&tree, "test-1");
-        let root = TestRoot::new();
-        let mut devs = Vec::new();
-        let slot_dev;
-        if btrfs {
-            let d = Loop::new(images.path(), "root", 160);
-            d.mkfs_btrfs("gse-test-root");
-            ns.ok(&format!(
-                "set -e; m=$(mktemp -d); mount {dev} $m; for s in @a @b; do btrfs -q subvolume create $m/$s; cp -a {tree}/. $m/$s/; done; umount $m",
-                dev = d.dev,
-                tree = tree.display()
-            ));
-            slot_dev = [d.dev.clone(), d.dev.clone()];
-            devs.push(d);
-        } else {
-            for s in ["a", "b"] {
-                let d = Loop::new(images.path(), s, 48);
-                d.mkfs_ext4(&format!("gse-test-{s}"), Some(&tree));
-                devs.push(d);
-            }
-            slot_dev = [devs[0].dev.clone(), devs[1].dev.clone()];
-        }
-        let image_conf = root.path().join("usr/share/gse/config.d");
-        fs::create_dir_all(image_conf.parent().unwrap()).unwrap();
-        let out =
-            std::process::Command::new("cp").arg("-a").arg(repo().join("config.d")).arg(&image_conf).output().unwrap();
-        assert!(out.status.success());
-        let sysroot = images.path().join("sysroot");
-        fs::create_dir_all(&sysroot).unwrap();
-        let c = Client { ns, root, sysroot, _devs: devs, slot_dev, btrfs, _images: images };
-        c.conf(boot_conf);
-        c
-    }
-
-    /// Sets controller/cboot.conf in the image's config.d: the slots, plus `extra`.
-    fn conf(&self, extra: &str) {
-        let slot = |name: &str, dev: &str| {
-            if self.btrfs {
-                format!("[slots.{name}]\ndevice = \"{dev}\"\nfstype = \"btrfs\"\nsubvol = \"@{name}\"\n")
-            } else {
-                format!("[slots.{name}]\ndevice = \"{dev}\"\nfstype = \"ext4\"\n")
-            }
-        };
-        let text = format!("{extra}\n{}{}", slot("a", &self.slot_dev[0]), slot("b", &self.slot_dev[1]));
-        self.root.write("usr/share/gse/config.d/controller/cboot.conf", &text);
-    }
-
-    fn gsectl(&self, args: &[&str]) -> std::process::Output {
-        self.ns.command(bin("gsectl")).arg("--root").arg(self.root.path()).args(args).output().unwrap()
-    }
-
-    fn provision(&self) {
-        let out = self.gsectl(&["provision"]);
-        assert!(out.status.success(), "provision: {}", text(&out.stderr));
-    }
-
-    fn start_early(&self) -> ProcessGuard {
-        let child = self
-            .ns
-            .command(bin("gsed"))
-            .arg("--early")
-            .arg("--root")
-            .arg(self.root.path())
-            .stderr(fs::File::create(self.root.path().join("gsed-early.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let guard = ProcessGuard { child: Some(child), name: "gsed --early".into() };
-        let sock = self.root.path().join("run/gse/early.sock");
-        wait_for(Duration::from_secs(10), "the early socket", || sock.exists().then_some(()));
-        guard
-    }
-
-    /// One early boot; returns /run/gse/boot.json.
-    fn early_boot(&self) -> Value {
-        let mut early = self.start_early();
-        let out = self.gsectl(&["boot", "prepare", "--sysroot", self.sysroot.to_str().unwrap()]);
-        let log = fs::read_to_string(self.root.path().join("gsed-early.log")).unwrap_or_default();
-        assert!(out.status.success(), "boot prepare: {}\n{log}", text(&out.stderr));
-        let stdout: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let status = early.wait_exit(Duration::from_secs(5)).expect("gsed --early exits after Finish()");
-        assert!(status.success());
-        let record: Value =
-            serde_json::from_str(&fs::read_to_string(self.root.path().join("run/gse/boot.json")).unwrap()).unwrap();
-        assert_eq!(record, stdout);
-        record
-    }
-
-    /// The running system: gsed records this boot; `clean` adds the shutdown record.
-    fn run_system(&self, boot_id: &str, clean: bool) -> Value {
-        let bus = TestBus::start();
-        let gsed = start_gsed(&bus, &self.root, boot_id);
-        let report = wait_for(Duration::from_secs(20), "a verdict", || {
-            let out = gsectl(&bus.address, &["health", "--json"]);
-            let r: Value = serde_json::from_slice(&out.stdout).ok()?;
-            matches!(r["status"].as_str(), Some("green" | "red")).then_some(r)
-        });
-        if clean {
-            assert!(gsectl(&bus.address, &["health", "record-shutdown"]).status.success());
-        }
-        drop(gsed);
-        report
-    }
-
-    /// Unmounts the new root and forgets the RAM of this boot (/run).
-    fn power_off(&self) {
-        let (s, r) = (self.sysroot.display().to_string(), self.root.path().join("run").display().to_string());
-        self.ns.ok(&format!(
-            "for m in $(awk '{{print $2}}' /proc/self/mounts | grep -E '^({s}|{r})' | sort -r); do umount $m || umount -l $m; done; rm -rf {r}/gse"
-        ));
-    }
-
-    /// Runs `script` with slot `slot` mounted read-write at $M.
-    fn on_slot(&self, slot: &str, script: &str) -> String {
-        let (dev, opts) = if self.btrfs {
-            (&self.slot_dev[0], format!("-o subvol=@{slot}"))
-        } else {
-            (&self.slot_dev[if slot == "a" { 0 } else { 1 }], String::new())
-        };
-        self.ns
-            .ok(&format!("set -e; M=$(mktemp -d); mount {opts} {dev} $M; cd $M; {script}; cd /; umount $M; rmdir $M"))
-    }
-
-    /// Asserts that two slots hold the same tree, showing only the lines that differ.
-    fn assert_same_tree(&self, x: &str, y: &str) {
-        let (lx, ly) = (self.listing(x), self.listing(y));
-        let only =
-            |a: &str, b: &str| a.lines().filter(|l| !b.lines().any(|m| m == *l)).map(String::from).collect::<Vec<_>>();
-        let (ox, oy) = (only(&lx, &ly), only(&ly, &lx));
-        assert!(
-            ox.is_empty() && oy.is_empty(),
-            "slot {x} and slot {y} differ:\n only in {x}: {ox:#?}\n only in {y}: {oy:#?}"
-        );
-    }
-
-    fn in_ns(&self, script: &str) -> std::process::Output {
-        self.ns.sh(script)
-    }
-
-    /// Files of a slot with their metadata, for comparing two slots. A directory's
-    /// size is how the filesystem laid it out, not content, so it is left out.
-    fn listing(&self, slot: &str) -> String {
-        let raw = self.on_slot(
-            slot,
-            "find . -xdev \\( -path ./lost+found -o -path ./.gse \\) -prune -o -print0 | sort -z | xargs -0 stat -c '%n|%f|%u|%g|%s|%Y|%t:%T|%h|%N'; getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^# file: ./.gse' || true",
-        );
-        raw.lines()
-            .map(|l| {
-                let mut f: Vec<&str> = l.split('|').collect();
-                if f.len() > 4 && f[1].starts_with("41") {
-                    f[4] = "dir";
-                }
-                f.join("|")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
@@ -386,4 +211,146 @@ fn a_repair_killed_halfway_is_finished_next_boot() {
     let b = c.early_boot();
     assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"));
     c.power_off();
+}
+
+fn hook(c: &Client, gsed: &std::path::Path) -> std::process::Output {
+    c.ns.command("sh")
+        .arg(repo().join("init-scripts/initramfs/gse-hook.sh"))
+        .arg(&c.sysroot)
+        .env("GSE_ROOT", c.root.path())
+        .env("GSED", gsed)
+        .env("GSECTL", bin("gsectl"))
+        .env("GSE_BOOT_DEV", "")
+        .env("GSE_DATA_DEV", "")
+        .env("GSE_FALLBACK_DEV", &c.slot_dev[0])
+        .env("GSE_RESCUE", "0")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_generic_hook_boots_through_gse_and_falls_back_loudly() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    c.provision();
+    let out = hook(&c, &bin("gsed"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("gse: booting slot a (normal)"), "{}", text(&out.stderr));
+    assert!(c.root.path().join("run/gse/boot.json").exists());
+    assert!(!c.root.path().join("run/gse/early.sock").exists(), "gsed --early is gone");
+    c.power_off();
+
+    // gsed itself broken: a loud message, and the primary mounted as it is.
+    let out = hook(&c, std::path::Path::new("/bin/false"));
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("EARLY BOOT FAILED: gsed --early exited at start"), "{err}");
+    assert!(err.contains(&format!("booting the primary slot as it is: {}", c.slot_dev[0])), "{err}");
+    let sys = c.sysroot.display();
+    assert_eq!(c.ns.ok(&format!("cat {sys}/etc/gse-release")).lines().nth(1), Some("VERSION=test-1"));
+    assert!(!c.in_ns(&format!("touch {sys}/x")).status.success(), "read-only");
+    assert!(!c.root.path().join("run/gse/boot.json").exists());
+    c.power_off();
+}
+
+#[test]
+fn early_boot_reports_clear_errors_and_leaves_nothing_mounted() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    // No provisioning: no machine key.
+    let _early = c.start_early();
+    let out = c.gsectl(&["boot", "prepare", "--sysroot", c.sysroot.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no machine key at") && text(&out.stderr).contains("run `gsectl provision` first"),
+        "{}",
+        text(&out.stderr)
+    );
+    c.power_off();
+
+    // A tmpfs that cannot be mounted half way through the layout: everything is unwound.
+    c.provision();
+    c.root.write("usr/share/gse/config.d/controller/tmpfs.conf", "[mount.\"/etc\"]\nsize = \"64M\"\n[mount.\"/var\"]\nsize = \"64M\"\n[mount.\"/tmp\"]\nsize = \"64M\"\n[mount.\"/no/such/dir\"]\nsize = \"1M\"\n");
+    let _early = c.start_early();
+    let out = c.gsectl(&["boot", "prepare", "--sysroot", c.sysroot.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("tmpfs /no/such/dir") && err.contains("Read-only file system"), "{err}");
+    let sys = c.sysroot.display().to_string();
+    let left = c.ns.ok(&format!("awk '$2 ~ \"^{sys}\"' /proc/self/mounts"));
+    assert_eq!(left, "", "nothing is left mounted");
+}
+
+#[test]
+fn provision_format_refuses_data_then_lays_out_the_disk() {
+    let ns = MountNs::new();
+    let dir = tempfile::Builder::new().prefix("gse-fmt-").tempdir().unwrap();
+    let disk = Loop::new(dir.path(), "disk", 320);
+    disk.mkfs_ext4("gse-old-data", None);
+    let tag = format!("{:x}", std::process::id() % 0xffff);
+    let conf = dir.path().join("config.d");
+    let w = |rel: &str, t: &str| {
+        let p = conf.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, t).unwrap();
+    };
+    w(
+        "controller/drives.conf",
+        &format!(
+            "device = \"{d}\"\n[[partition]]\nname = \"boot\"\nsize = \"32M\"\nfstype = \"ext4\"\nlabel = \"gb-{tag}\"\n\
+             [[partition]]\nname = \"root\"\nsize = \"180M\"\nfstype = \"btrfs\"\nlabel = \"gr-{tag}\"\nsubvolumes = [\"@a\", \"@b\"]\n\
+             [[partition]]\nname = \"data\"\nsize = \"rest\"\nfstype = \"ext4\"\nlabel = \"gd-{tag}\"\n",
+            d = disk.dev
+        ),
+    );
+    w(
+        "system/boot.conf",
+        &format!(
+            "[slots.a]\ndevice = \"{d}p2\"\nfstype = \"btrfs\"\nsubvol = \"@a\"\n[slots.b]\ndevice = \"{d}p2\"\nfstype = \"btrfs\"\nsubvol = \"@b\"\n",
+            d = disk.dev
+        ),
+    );
+    w(
+        "system/fstab.conf",
+        &format!(
+            "[mount.\"/boot\"]\ndevice = \"LABEL=gb-{tag}\"\nfstype = \"ext4\"\n[mount.\"/user-data\"]\ndevice = \"LABEL=gd-{tag}\"\nfstype = \"ext4\"\n"
+        ),
+    );
+    let root = TestRoot::new();
+    let provision = |force: bool| {
+        let mut c = ns.command(bin("gsectl"));
+        c.arg("--root").arg(root.path()).args(["provision", "--format", "--config"]).arg(&conf);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+
+    let out = provision(false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("refusing to format {}: it holds data (ext4)", disk.dev)) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(ns.ok(&format!("blkid -o value -s LABEL {}", disk.dev)).trim(), "gse-old-data", "untouched");
+
+    let out = provision(true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let labels = ns.ok(&format!("for p in 1 2 3; do blkid -o value -s LABEL {}p$p; done", disk.dev));
+    assert_eq!(
+        labels.split_whitespace().collect::<Vec<_>>(),
+        [format!("gb-{tag}"), format!("gr-{tag}"), format!("gd-{tag}")]
+    );
+    let d = &disk.dev;
+    let check = ns.ok(&format!(
+        "set -e; m=$(mktemp -d); mount {d}p1 $m; stat -c %a $m/gse/flag.key; umount $m; \
+         mount {d}p3 $m; ls $m/persistent | tr '\\n' ' '; echo; ls $m/persistent/local | tr '\\n' ' '; echo; umount $m; \
+         mount {d}p2 $m; btrfs subvolume list $m | awk '{{print $NF}}' | tr '\\n' ' '; echo; head -2 $m/@a/.gse/bootflag | tail -1; head -2 $m/@b/.gse/bootflag | tail -1; umount $m"
+    ));
+    let lines: Vec<&str> = check.lines().collect();
+    assert_eq!(lines[0], "600", "the flag key is private");
+    assert_eq!(lines[1].trim(), "config.d gse local logs overlays");
+    assert_eq!(lines[2].trim(), "home root");
+    assert_eq!(lines[3].trim(), "@a @b");
+    assert_eq!(&lines[4..6], ["slot=a", "slot=b"]);
+    assert_eq!(ns.ok(&format!("awk '$1 ~ \"^{d}\"' /proc/self/mounts")), "", "provision unmounts what it mounted");
 }

@@ -13,7 +13,7 @@ use super::{
 
 /// Extra mounts for the client's `/etc/fstab`, by mount point, and the
 /// directories kept on the persistent area.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FstabConf {
     /// Bind-mounted from `/user-data/persistent/local/<name>` at early boot.
@@ -32,6 +32,12 @@ pub struct FstabEntry {
     pub dump: u8,
     #[serde(default)]
     pub pass: u8,
+}
+
+impl Default for FstabConf {
+    fn default() -> Self {
+        FstabConf { persistent: vec!["/home".into(), "/root".into()], mount: BTreeMap::new() }
+    }
 }
 
 fn defaults() -> Vec<String> {

@@ -1,0 +1,105 @@
+#!/bin/sh
+# GSE early-boot hook, for any initramfs generator (the dracut module in
+# dracut/90gse calls it; the initramfs built by `gsectl initramfs build` runs it
+# from /init).
+#
+# It mounts the boot partition and the user-data area, starts `gsed --early`,
+# and lets `gsectl boot prepare` decide the slot and mount the new root at
+# SYSROOT with the stateless layout. If anything in GSE fails, it says so loudly
+# on the console and mounts the primary slot read-only as it is, so the machine
+# still boots; with gse.rescue on the kernel command line (or GSE_RESCUE=1) it
+# opens a rescue shell instead.
+#
+# Usage: gse-hook.sh [SYSROOT]          (default /sysroot)
+# Settings (environment, or gse.* on the kernel command line):
+#   GSE_ROOT           prefix of every GSE path (default /; tests use a directory)
+#   GSE_BOOT_DEV       boot partition (default LABEL=gse-boot; empty: already there)
+#   GSE_DATA_DEV       user-data area (default LABEL=gse-data; empty: already there)
+#   GSE_FALLBACK_DEV   the primary slot, mounted as is when GSE fails
+#                      (default LABEL=gse-a; gse.fallback=)
+#   GSE_FALLBACK_FSTYPE, GSE_FALLBACK_OPTS  its filesystem type and options
+#   GSED, GSECTL       the binaries (default /usr/sbin/gsed, /usr/bin/gsectl)
+
+SYSROOT=${1:-${GSE_SYSROOT:-/sysroot}}
+
+cmdline_arg() {
+	line=
+	read -r line </proc/cmdline 2>/dev/null
+	for word in $line; do
+		case "$word" in
+		"$1"=*) echo "${word#*=}" ;;
+		"$1") echo 1 ;;
+		esac
+	done
+}
+
+: "${GSE_ROOT:=/}"
+: "${GSED:=/usr/sbin/gsed}"
+: "${GSECTL:=/usr/bin/gsectl}"
+: "${GSE_BOOT_DEV=LABEL=gse-boot}"
+: "${GSE_DATA_DEV=LABEL=gse-data}"
+: "${GSE_FALLBACK_DEV:=$(cmdline_arg gse.fallback)}"
+: "${GSE_FALLBACK_DEV:=LABEL=gse-a}"
+: "${GSE_FALLBACK_FSTYPE:=auto}"
+: "${GSE_FALLBACK_OPTS:=ro}"
+: "${GSE_RESCUE:=$(cmdline_arg gse.rescue)}"
+root=${GSE_ROOT%/}
+
+# In an initramfs, stderr is the console.
+say() {
+	echo "gse: $*" >&2
+}
+
+# Resolves LABEL=/UUID= to a device (blkid, or busybox findfs).
+device() {
+	case "$1" in
+	LABEL=* | UUID=* | PARTLABEL=*)
+		blkid -l -o device -t "$1" 2>/dev/null || findfs "$1" 2>/dev/null
+		;;
+	*) echo "$1" ;;
+	esac
+}
+
+mount_area() { # DEVICE TARGET
+	[ -n "$1" ] || return 0
+	mkdir -p "$2"
+	dev=$(device "$1")
+	[ -n "$dev" ] && mount "$dev" "$2"
+}
+
+fail() {
+	say "=================================================================="
+	say "EARLY BOOT FAILED: $*"
+	say "the health record and boot flags were NOT checked for this boot"
+	say "=================================================================="
+	[ -n "${gsed_pid:-}" ] && kill "$gsed_pid" 2>/dev/null
+	if [ "$GSE_RESCUE" = 1 ]; then
+		say "gse.rescue is set: starting a rescue shell; exit it to go on booting"
+		sh -i </dev/console >/dev/console 2>&1 || sh -i
+	fi
+	if ! mountpoint -q "$SYSROOT" 2>/dev/null; then
+		say "booting the primary slot as it is: $GSE_FALLBACK_DEV, read-only"
+		mkdir -p "$SYSROOT"
+		mount -t "$GSE_FALLBACK_FSTYPE" -o "$GSE_FALLBACK_OPTS" "$(device "$GSE_FALLBACK_DEV")" "$SYSROOT" ||
+			say "cannot mount $GSE_FALLBACK_DEV either; the boot cannot go on"
+	fi
+	exit 0
+}
+
+mount_area "$GSE_BOOT_DEV" "$root/boot" || fail "cannot mount the boot partition $GSE_BOOT_DEV"
+mount_area "$GSE_DATA_DEV" "$root/user-data" || fail "cannot mount the user-data area $GSE_DATA_DEV"
+
+mkdir -p "$root/run/gse"
+"$GSED" --early --root "$GSE_ROOT" &
+gsed_pid=$!
+tries=0
+until [ -S "$root/run/gse/early.sock" ]; do
+	kill -0 "$gsed_pid" 2>/dev/null || fail "gsed --early exited at start"
+	tries=$((tries + 1))
+	[ "$tries" -gt 100 ] && fail "gsed --early did not open its socket within 10 s"
+	sleep 0.1
+done
+
+"$GSECTL" --root "$GSE_ROOT" boot prepare --sysroot "$SYSROOT" >/dev/null || fail "gsectl boot prepare failed (see above)"
+wait "$gsed_pid" 2>/dev/null
+exit 0
