@@ -111,7 +111,10 @@ mod early {
     //! `gsed --early`: no bus daemon in the initramfs, so the Boot interface is
     //! served peer-to-peer to each client that connects to the early socket.
 
-    use std::{os::unix::fs::PermissionsExt, sync::Arc};
+    use std::{
+        os::unix::fs::{MetadataExt, PermissionsExt},
+        sync::Arc,
+    };
 
     use anyhow::{Context, Result};
     use gse_dbus::OBJECT_PATH;
@@ -133,6 +136,7 @@ mod early {
         let listener = UnixListener::bind(&sock).with_context(|| format!("cannot listen on {}", sock.display()))?;
         // Only root drives early boot.
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+        let ours = std::fs::metadata(&sock).map(|m| (m.dev(), m.ino())).ok();
         info!(socket = %sock.display(), "gsed --early ready");
 
         let mut conns = Vec::new();
@@ -161,7 +165,10 @@ mod early {
         // Let the reply to Finish() go out before the connections close.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         drop(conns);
-        let _ = std::fs::remove_file(&sock);
+        // A successor may already listen on the same path; leave its socket alone.
+        if std::fs::metadata(&sock).map(|m| (m.dev(), m.ino())).ok() == ours {
+            let _ = std::fs::remove_file(&sock);
+        }
         Ok(())
     }
 }

@@ -256,7 +256,7 @@ fn the_generic_hook_boots_through_gse_and_falls_back_loudly() {
 fn early_boot_reports_clear_errors_and_leaves_nothing_mounted() {
     let c = Client::new(false, "[health]\ninit = \"none\"\n");
     // No provisioning: no machine key.
-    let _early = c.start_early();
+    let mut early = c.start_early();
     let out = c.gsectl(&["boot", "prepare", "--sysroot", c.sysroot.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -264,6 +264,7 @@ fn early_boot_reports_clear_errors_and_leaves_nothing_mounted() {
         "{}",
         text(&out.stderr)
     );
+    assert!(early.wait_exit(Duration::from_secs(5)).is_some(), "Finish() is sent even after a failure");
     c.power_off();
 
     // A tmpfs that cannot be mounted half way through the layout: everything is unwound.
