@@ -11,3 +11,4 @@ pub mod journal;
 pub mod logging;
 pub mod paths;
 pub mod sd_notify;
+pub mod servers;

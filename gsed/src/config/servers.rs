@@ -46,7 +46,7 @@ impl Default for ServerInfoConf {
             probe_timeout: Duration::secs(5),
             fail_after: 3,
             switch_margin: 0.3,
-            jitter: Duration::secs(60),
+            jitter: Duration::secs(600),
             sync_interval: Duration::secs(900),
             server: Vec::new(),
         }
