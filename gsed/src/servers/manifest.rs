@@ -223,7 +223,7 @@ mod tests {
         let sig = sign(&d.path().join("k.sec"), text.as_bytes(), "gse config.d").unwrap();
         verify(&pk, text.as_bytes(), &sig).unwrap();
         let mut tampered = text.clone();
-        tampered.push_str("x");
+        tampered.push('x');
         assert!(matches!(verify(&pk, tampered.as_bytes(), &sig), Err(ManifestError::Signature(_))));
         let (_, _, other) = keygen().unwrap();
         assert!(verify(&other, text.as_bytes(), &sig).is_err());
