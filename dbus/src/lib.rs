@@ -10,6 +10,7 @@ pub mod boot;
 pub mod config;
 mod error;
 pub mod health;
+pub mod servers;
 
 pub use address::BusAddress;
 pub use error::DBusError;
@@ -36,6 +37,8 @@ pub const POLICY: &str = include_str!("../org.gentoo.Gse1.conf");
 pub const INTERFACE_XML: &[(&str, &str)] = &[
     (interface::HEALTH, include_str!("../interfaces/org.gentoo.Gse1.Health.xml")),
     (interface::CONFIG, include_str!("../interfaces/org.gentoo.Gse1.Config.xml")),
+    (interface::SERVERS, include_str!("../interfaces/org.gentoo.Gse1.Servers.xml")),
+    (interface::UPDATE, include_str!("../interfaces/org.gentoo.Gse1.Update.xml")),
 ];
 
 /// Introspection XML of the interfaces `gsed --early` serves on its socket.

@@ -7,6 +7,7 @@ mod boot;
 mod config;
 mod health;
 mod output;
+mod servers;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -38,6 +39,14 @@ enum Command {
     /// Prepare this machine's disk: user-data tree, flag key, first boot flags;
     /// with --format also partitions and filesystems from drives.conf.
     Provision(boot::ProvisionArgs),
+    /// The servers this client syncs from (and switch, unpin, sync).
+    Servers(servers::ServersArgs),
+    /// The version check (and check, approve, decline).
+    Update(servers::UpdateArgs),
+    /// Make a minisign key pair for signing what the server publishes.
+    Keygen(servers::KeygenArgs),
+    /// Server side: publish config.d or an image into a static tree.
+    Publish(servers::PublishArgs),
 }
 
 /// How a command ended; mapped to the exit code in one place.
@@ -102,6 +111,10 @@ fn main() -> ExitCode {
             Command::Config(args) => config::run(&bus, &cli.root, args).await,
             Command::Boot(args) => boot::run(cli.bus.as_ref(), &cli.root, args).await,
             Command::Provision(args) => boot::provision(&cli.root, args),
+            Command::Servers(args) => servers::servers(&bus, args).await,
+            Command::Update(args) => servers::update(&bus, args).await,
+            Command::Keygen(args) => servers::keygen(args),
+            Command::Publish(args) => servers::publish(args),
         }
     });
     match result {

@@ -5,6 +5,7 @@
 mod boot;
 mod config;
 mod health;
+mod servers;
 
 use std::sync::Arc;
 
@@ -14,16 +15,19 @@ use zbus::Connection;
 pub use boot::BootObject;
 pub use config::ConfigObject;
 pub use health::HealthObject;
+pub use servers::{ServersObject, UpdateObject};
 
 use crate::{
     confd::ConfigService,
     health::{HealthError, HealthService},
+    servers::ServersService,
 };
 
 /// The services the daemon exports.
 pub struct Services {
     pub config: Arc<ConfigService>,
     pub health: Arc<HealthService>,
+    pub servers: Arc<ServersService>,
 }
 
 /// Exports every interface on `conn` at [`OBJECT_PATH`] and starts forwarding state
@@ -33,7 +37,10 @@ pub async fn serve(conn: &Connection, services: &Services) -> zbus::Result<()> {
     server.at(OBJECT_PATH, HealthObject::new(services.health.clone())).await?;
     server.at(OBJECT_PATH, ConfigObject::new(services.config.clone())).await?;
     health::forward_changes(conn.clone(), services.health.subscribe()).await?;
+    server.at(OBJECT_PATH, ServersObject::new(services.servers.clone())).await?;
+    server.at(OBJECT_PATH, UpdateObject::new(services.servers.clone())).await?;
     config::forward_changes(conn.clone(), services.config.subscribe()).await?;
+    servers::forward_changes(conn.clone(), services.servers.clone()).await?;
     Ok(())
 }
 

@@ -2,5 +2,10 @@ pub mod http;
 pub mod manifest;
 pub mod publish;
 pub mod select;
+pub mod service;
 pub mod sim;
 pub mod sync;
+pub mod update;
+
+pub use service::{ServersService, ServersSnapshot};
+pub use update::UpdateService;

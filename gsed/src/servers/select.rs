@@ -70,8 +70,11 @@ impl Selector {
         self.pending.as_ref().map(|(n, _)| n.as_str())
     }
 
+    /// Servers to choose from: those that answered the last probe, or if none did,
+    /// those not yet given up on.
     fn up<'a>(&self, servers: &'a [View], policy: &Policy) -> Vec<&'a View> {
-        servers.iter().filter(|v| v.failures < policy.fail_after).collect()
+        let answered: Vec<&View> = servers.iter().filter(|v| v.failures == 0).collect();
+        if answered.is_empty() { servers.iter().filter(|v| v.failures < policy.fail_after).collect() } else { answered }
     }
 
     /// A random server among those scoring within the margin of the best.

@@ -1,0 +1,336 @@
+//! Servers end to end: trees published by `gsectl publish` and served by real
+//! nginx on 127.0.0.x, and a gsed that probes them, syncs config.d from the best,
+//! fails over, follows list changes, and refuses anything tampered with.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use gse_dbus::servers::{ServersProxy, UpdateProxy};
+use gse_tests::{http::*, *};
+
+struct Room {
+    keys: tempfile::TempDir,
+    public_key: String,
+    docroots: tempfile::TempDir,
+    servers: Vec<Nginx>,
+    source: PathBuf,
+    client: TestRoot,
+    bus: TestBus,
+}
+
+fn server_info(public_key: &str, servers: &[(&str, String)]) -> String {
+    let mut s = format!(
+        "public_key = \"{public_key}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"500ms\"\nfail_after = 2\nswitch_margin = 0.3\njitter = \"2s\"\nsync_interval = \"1m\"\n"
+    );
+    for (name, url) in servers {
+        s.push_str(&format!("[[server]]\nname = \"{name}\"\nurl = \"{url}\"\n"));
+    }
+    s
+}
+
+fn keygen(dir: &Path, name: &str) -> String {
+    let out = gsectl(
+        "system",
+        &[
+            "keygen",
+            "--secret",
+            dir.join(format!("{name}.sec")).to_str().unwrap(),
+            "--public",
+            dir.join(format!("{name}.pub")).to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned()
+}
+
+impl Room {
+    /// `n` servers on 127.0.0.11.. with `loads`, all publishing the same config.d.
+    fn new(loads: &[f64]) -> Room {
+        let keys = tempfile::tempdir().unwrap();
+        let public_key = keygen(keys.path(), "k");
+        let docroots = tempfile::tempdir().unwrap();
+        let servers: Vec<Nginx> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, load)| {
+                let root = docroots.path().join(format!("s{i}"));
+                fs::create_dir_all(&root).unwrap();
+                let n = Nginx::start(&format!("127.0.0.{}", 11 + i), &root);
+                n.set_load(*load);
+                n
+            })
+            .collect();
+        let source = docroots.path().join("source");
+        cp(&repo().join("config.d"), &source);
+        let list: Vec<(&str, String)> =
+            ["s0", "s1", "s2", "s3"].iter().zip(&servers).map(|(n, s)| (*n, s.url())).collect();
+        fs::write(source.join("controller/server/server.info.conf"), server_info(&public_key, &list)).unwrap();
+        let client = TestRoot::new();
+        cp(&source, &client.path().join("usr/share/gse/config.d"));
+        client.write("etc/gse-release", "VERSION=1.0\n");
+        let room = Room { keys, public_key, docroots, servers, source, client, bus: TestBus::start() };
+        for i in 0..room.servers.len() {
+            room.publish(i, &room.source, "k");
+        }
+        room
+    }
+
+    fn secret(&self, key: &str) -> PathBuf {
+        self.keys.path().join(format!("{key}.sec"))
+    }
+
+    fn publish(&self, server: usize, tree: &Path, key: &str) {
+        let to = &self.servers[server].docroot;
+        let out = gsectl(
+            "system",
+            &[
+                "publish",
+                "config",
+                "--from",
+                tree.to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+                "--secret",
+                self.secret(key).to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    fn synced(&self) -> PathBuf {
+        self.client.path().join("user-data/persistent/config.d")
+    }
+}
+
+fn cp(from: &Path, to: &Path) {
+    fs::create_dir_all(to.parent().unwrap()).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
+/// Every file under `dir` with its content, to compare trees byte for byte.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    gsed::config::walk(dir)
+        .into_iter()
+        .map(|p| (p.strip_prefix(dir).unwrap().to_owned(), fs::read(&p).unwrap()))
+        .collect()
+}
+
+async fn eventually<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {secs} s waiting for {what}"))
+}
+
+fn uncached<'a>(b: zbus::proxy::Builder<'a, ServersProxy<'a>>) -> zbus::proxy::Builder<'a, ServersProxy<'a>> {
+    b.cache_properties(zbus::proxy::CacheProperties::No)
+}
+
+#[tokio::test]
+async fn syncs_from_the_best_fails_over_and_moves_back_only_with_hysteresis() {
+    let mut room = tokio::task::spawn_blocking(|| Room::new(&[0.9, 0.1, 0.5])).await.unwrap();
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-servers");
+    let conn = room.bus.connect().await;
+    let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+    let mut switched = servers.receive_switched().await.unwrap();
+
+    // The first choice may be signalled before this client subscribed: read the property.
+    let first = eventually("a first choice", 10, async || servers.current().await.ok().filter(|c| !c.is_empty())).await;
+    assert_eq!(first, "s1", "the least loaded server");
+    let synced = eventually("the first sync", 10, async || {
+        let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.ok()?).ok()?;
+        (l["result"] == "ok").then_some(l)
+    })
+    .await;
+    assert_eq!(synced["server"], "s1");
+    assert_eq!(snapshot(&room.synced()), snapshot(&room.source), "the synced tree is the published one");
+    let table = gsectl(&room.bus.address, &["servers"]);
+    let table = text(&table.stdout);
+    assert!(table.contains("* s1") && table.contains("Current: s1") && table.contains("Last sync:"), "{table}");
+
+    // s1 dies: gsed leaves it by itself and keeps syncing from the next best.
+    room.servers[1].stop();
+    let t0 = std::time::Instant::now();
+    let sw = tokio::time::timeout(Duration::from_secs(10), switched.next()).await.expect("a failover").unwrap();
+    let args = sw.args().unwrap();
+    assert_eq!((args.old(), args.new()), (&"s1", &"s2"));
+    assert_eq!(args.reason(), &"s1 failed 2 probes in a row");
+    assert!(t0.elapsed() < Duration::from_secs(5), "failover took {:?}", t0.elapsed());
+    let r: serde_json::Value = serde_json::from_str(&servers.sync().await.unwrap()).unwrap();
+    assert_eq!(r["server"], "s2");
+
+    // s1 returns about as loaded as s2: within the margin, nobody moves.
+    room.servers[1].restart();
+    room.servers[1].set_load(0.45);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), switched.next()).await.is_err(),
+        "no flapping within the margin"
+    );
+    // s1 becomes clearly better: gsed moves back after its jitter.
+    room.servers[1].set_load(0.05);
+    let sw = tokio::time::timeout(Duration::from_secs(10), switched.next()).await.expect("a move back").unwrap();
+    let args = sw.args().unwrap();
+    assert_eq!((args.old(), args.new()), (&"s2", &"s1"));
+    assert!(args.reason().starts_with("rebalancing: s1 scores"), "{}", args.reason());
+}
+
+#[tokio::test]
+async fn a_server_list_change_applies_without_a_restart() {
+    let room = tokio::task::spawn_blocking(|| Room::new(&[0.1, 0.8])).await.unwrap();
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-list");
+    let conn = room.bus.connect().await;
+    let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+    let mut switched = servers.receive_switched().await.unwrap();
+    let first = eventually("a first choice", 10, async || servers.current().await.ok().filter(|c| !c.is_empty())).await;
+    assert_eq!(first, "s0");
+
+    // The administrator publishes a list without s0, on both servers.
+    let list = [("s1", room.servers[1].url())];
+    fs::write(room.source.join("controller/server/server.info.conf"), server_info(&room.public_key, &list)).unwrap();
+    room.publish(0, &room.source, "k");
+    room.publish(1, &room.source, "k");
+    servers.sync().await.unwrap();
+    let sw = tokio::time::timeout(Duration::from_secs(5), switched.next()).await.expect("leaves s0").unwrap();
+    let args = sw.args().unwrap();
+    assert_eq!((args.old(), args.new(), args.reason()), (&"s0", &"s1", &"s0 was removed from the server list"));
+    let rows = servers.servers().await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["s1"]);
+}
+
+#[tokio::test]
+async fn tampered_or_broken_publishes_change_nothing() {
+    let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
+    let bad500 = BadServer::start(false);
+    let hang = BadServer::start(true);
+    // Two more entries the test pins to: one answers 500, one never answers.
+    let mut list = vec![("s0", room.servers[0].url()), ("broken", bad500.url()), ("hangs", hang.url())];
+    let conf = server_info(&room.public_key, &list);
+    fs::write(room.source.join("controller/server/server.info.conf"), &conf).unwrap();
+    room.client.write("usr/share/gse/config.d/controller/server/server.info.conf", &conf);
+    room.publish(0, &room.source, "k");
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-tamper");
+    let conn = room.bus.connect().await;
+    let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+    eventually("the first sync", 10, async || {
+        let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.ok()?).ok()?;
+        (l["result"] == "ok" && l["server"] == "s0").then_some(())
+    })
+    .await;
+    servers.switch("s0").await.unwrap();
+    let good = snapshot(&room.synced());
+    let live = room.servers[0].docroot.join("gse1/config.d");
+    let key = room.secret("k");
+    let sync_fails = async |expect: &str| {
+        let out = gsectl(&room.bus.address, &["servers", "sync"]);
+        assert_eq!(out.status.code(), Some(1), "{expect}: {}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(err.contains(expect), "expected {expect:?} in {err}");
+        assert_eq!(snapshot(&room.synced()), good, "{expect}: the persistent config.d is unchanged");
+    };
+    let changed = room.source.join("controller/update.chk.conf");
+    let mut edited = fs::read_to_string(&changed).unwrap();
+    edited.push_str("\n# a change\n");
+    fs::write(&changed, &edited).unwrap();
+
+    // Signed by another key.
+    keygen(room.keys.path(), "other");
+    room.publish(0, &room.source, "other");
+    sync_fails("does not verify with the configured public key").await;
+    // A file whose digest does not match.
+    room.publish(0, &room.source, "k");
+    fs::write(live.join("controller/update.chk.conf"), edited.replace("a change", "b change")).unwrap();
+    sync_fails("controller/update.chk.conf: its digest does not match the MANIFEST").await;
+    // A truncated download.
+    fs::write(live.join("controller/update.chk.conf"), &edited[..edited.len() / 2]).unwrap();
+    sync_fails("(truncated?)").await;
+    // A MANIFEST naming a path outside the tree, properly signed.
+    let evil = format!("# GSE config.d manifest 1\n{} 5 644 ../../etc/shadow\n", "a".repeat(64));
+    let sig = gsed::servers::manifest::sign(&key, evil.as_bytes(), "evil").unwrap();
+    let dir = fs::canonicalize(&live).unwrap();
+    fs::write(dir.join("MANIFEST"), &evil).unwrap();
+    fs::write(dir.join("MANIFEST.minisig"), sig).unwrap();
+    sync_fails("MANIFEST names '../../etc/shadow', which escapes the config.d tree").await;
+    assert!(
+        !room.client.path().join("etc/shadow").exists() && !room.client.path().join("user-data/etc/shadow").exists()
+    );
+    // A server that answers 500, and one that hangs.
+    servers.switch("broken").await.unwrap();
+    sync_fails("HTTP 500").await;
+    servers.switch("hangs").await.unwrap();
+    sync_fails("timed out").await;
+    list.truncate(1);
+    let _ = list;
+}
+
+#[tokio::test]
+async fn version_check_asks_and_records_the_decision() {
+    let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
+    let image = room.docroots.path().join("stage4-2.0.tar.zst");
+    fs::write(&image, b"not really an image, but signed and hashed like one").unwrap();
+    let out = gsectl(
+        "system",
+        &[
+            "publish",
+            "image",
+            "--image",
+            image.to_str().unwrap(),
+            "--version",
+            "2.0",
+            "--channel",
+            "stable",
+            "--to",
+            room.servers[0].docroot.to_str().unwrap(),
+            "--secret",
+            room.secret("k").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let channel = room.servers[0].docroot.join("gse1/channels/stable.json");
+    let v = Command::new(require_tool("minisign", "minisign"))
+        .arg("-V")
+        .arg("-p")
+        .arg(room.keys.path().join("k.pub"))
+        .arg("-m")
+        .arg(&channel)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "minisign -V: {}", text(&v.stderr));
+
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-update");
+    let conn = room.bus.connect().await;
+    let update = UpdateProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    let mut available = update.receive_update_available().await.unwrap();
+    let state = eventually("a version check", 10, async || {
+        let s = update.state().await.ok()?;
+        (s != "unknown").then_some(s)
+    })
+    .await;
+    assert_eq!(state, "available", "{:?}", update.detail().await);
+    assert_eq!(update.local_version().await.unwrap(), "1.0");
+    assert_eq!(update.available_version().await.unwrap(), "2.0");
+    let _ = tokio::time::timeout(Duration::from_secs(2), available.next()).await;
+
+    let denied = gsectl_as_nobody(&room.bus.address, &["update", "approve"]);
+    assert!(text(&denied.stderr).contains("permission denied"), "{}", text(&denied.stderr));
+    let out = gsectl(&room.bus.address, &["update", "approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(update.state().await.unwrap(), "approved");
+    let recorded: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(room.client.path().join("user-data/persistent/gse/update.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((recorded["available_version"].as_str(), recorded["state"].as_str()), (Some("2.0"), Some("approved")));
+    let status = text(&gsectl(&room.bus.address, &["update"]).stdout);
+    assert!(status.contains("Available: 2.0") && status.contains("State:     approved"), "{status}");
+}
