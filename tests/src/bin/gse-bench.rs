@@ -7,6 +7,11 @@
 //! network (median of 10), and of a repair per GiB of root (file copy on ext4,
 //! snapshot on btrfs).
 //!
+//! `sim`: the room-scale simulation of server selection, one line per round.
+//!
+//! `servers`: sync time of the shipped config.d over loopback, and failover time
+//! (current server killed -> Switched signal), median of 10.
+//!
 //! `config`: time from a file write in the synced config.d to the `Changed`
 //! signal at a client (median of 20), and the CPU time gsed uses over 10 s in
 //! which nothing changes.
@@ -117,14 +122,149 @@ fn boot_bench() {
     }
 }
 
+fn sim_bench() {
+    use gsed::servers::sim::{Scenario, run, table};
+    let sc = Scenario::default();
+    println!(
+        "{} clients, {} servers (capacity {} clients at load 1.0), probe every {} s, fail_after {}, margin {}, jitter {} s",
+        sc.clients,
+        sc.servers,
+        sc.capacity,
+        sc.probe_interval_ms / 1000,
+        sc.policy.fail_after,
+        sc.policy.margin,
+        sc.policy.jitter_ms / 1000
+    );
+    print!("{}", table(&sc, &run(&sc)));
+}
+
+/// A key pair, config.d published to `n` nginx servers, and a client root listing them.
+fn server_room(n: usize, dir: &std::path::Path) -> (Vec<gse_tests::http::Nginx>, TestRoot, String) {
+    use gse_tests::{bin, repo};
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin("gsectl")).args(args).output().expect("gsectl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (sec, publ) = (dir.join("k.sec"), dir.join("k.pub"));
+    let line = run(&["keygen", "--secret", sec.to_str().expect("utf-8"), "--public", publ.to_str().expect("utf-8")]);
+    let key = line.trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned();
+    let servers: Vec<_> = (0..n)
+        .map(|i| {
+            let root = dir.join(format!("s{i}"));
+            fs::create_dir_all(&root).expect("mkdir");
+            gse_tests::http::Nginx::start(&format!("127.0.0.{}", 21 + i), &root)
+        })
+        .collect();
+    let src = dir.join("source");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo().join("config.d"))
+            .arg(&src)
+            .status()
+            .expect("cp")
+            .success()
+    );
+    let mut info = format!(
+        "public_key = \"{key}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"500ms\"\nfail_after = 2\njitter = \"10s\"\n"
+    );
+    for (i, s) in servers.iter().enumerate() {
+        info.push_str(&format!("[[server]]\nname = \"s{i}\"\nurl = \"{}\"\n", s.url()));
+    }
+    fs::write(src.join("controller/server/server.info.conf"), info).expect("write");
+    for s in &servers {
+        run(&[
+            "publish",
+            "config",
+            "--from",
+            src.to_str().expect("utf-8"),
+            "--to",
+            s.docroot.to_str().expect("utf-8"),
+            "--secret",
+            sec.to_str().expect("utf-8"),
+        ]);
+    }
+    let client = TestRoot::new();
+    fs::create_dir_all(client.path().join("usr/share/gse")).expect("mkdir");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(client.path().join("usr/share/gse/config.d"))
+            .status()
+            .expect("cp")
+            .success()
+    );
+    (servers, client, key)
+}
+
+async fn servers_bench() {
+    use gse_dbus::servers::ServersProxy;
+    use gsed::{
+        paths::Paths,
+        servers::{http::Http, sync::sync_config},
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut servers, client, key) = server_room(2, dir.path());
+
+    // Sync of the shipped config.d into an empty persistent area, over loopback.
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let fresh = TestRoot::new();
+        let t0 = Instant::now();
+        let r = sync_config(&Http::new(Duration::from_secs(5)), &servers[0].url(), &key, &Paths::new(fresh.path()))
+            .expect("sync");
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert!(r.downloaded > 20);
+    }
+    println!(
+        "sync of the shipped config.d (30 files) over loopback from nginx: median {:.1} ms over 10",
+        median(samples)
+    );
+
+    // Failover: the current server is killed; time until the Switched signal.
+    let bus = TestBus::start();
+    let _gsed = start_gsed(&bus, &client, "bench-failover");
+    let conn = bus.connect().await;
+    let proxy =
+        ServersProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.expect("proxy");
+    let mut switched = proxy.receive_switched().await.expect("stream");
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let current = loop {
+            let c = proxy.current().await.expect("current");
+            if !c.is_empty() {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let i: usize = current.trim_start_matches('s').parse().expect("sN");
+        let t0 = Instant::now();
+        servers[i].stop();
+        tokio::time::timeout(Duration::from_secs(10), switched.next()).await.expect("a switch within 10 s");
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        servers[i].restart();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    println!(
+        "failover (server killed -> Switched at the client), probe_interval 1s, fail_after 2: median {:.0} ms over 10 (min {:.0}, max {:.0})",
+        median(samples.clone()),
+        samples.iter().cloned().fold(f64::MAX, f64::min),
+        samples.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     match which.as_str() {
         "config" => rt.block_on(config_bench()),
         "boot" => boot_bench(),
+        "sim" => sim_bench(),
+        "servers" => rt.block_on(servers_bench()),
         _ => {
-            eprintln!("usage: gse-bench config|boot");
+            eprintln!("usage: gse-bench config|boot|sim|servers");
             std::process::exit(2);
         }
     }
