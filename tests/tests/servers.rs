@@ -334,3 +334,61 @@ async fn version_check_asks_and_records_the_decision() {
     let status = text(&gsectl(&room.bus.address, &["update"]).stdout);
     assert!(status.contains("Available: 2.0") && status.contains("State:     approved"), "{status}");
 }
+
+#[test]
+fn keys_work_with_minisign_and_publish_refuses_an_invalid_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "k");
+    let minisign = require_tool("minisign", "minisign");
+    let file = dir.path().join("note");
+    fs::write(&file, "signed by minisign with a key from gsectl keygen\n").unwrap();
+    let sign = Command::new(&minisign)
+        .arg("-S")
+        .arg("-s")
+        .arg(dir.path().join("k.sec"))
+        .arg("-m")
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(sign.status.success(), "minisign -S: {}", text(&sign.stderr));
+    let verify = Command::new(&minisign)
+        .arg("-V")
+        .arg("-p")
+        .arg(dir.path().join("k.pub"))
+        .arg("-m")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "minisign -V: {}", text(&verify.stderr));
+
+    let tree = dir.path().join("config.d");
+    cp(&repo().join("config.d"), &tree);
+    let to = dir.path().join("www");
+    let publish = || {
+        gsectl(
+            "system",
+            &[
+                "publish",
+                "config",
+                "--from",
+                tree.to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+                "--secret",
+                dir.path().join("k.sec").to_str().unwrap(),
+            ],
+        )
+    };
+    assert!(publish().status.success());
+    let before = fs::read_link(to.join("gse1/config.d")).unwrap();
+    fs::write(tree.join("system/network.conf"), "[interface.eth0]\nmethod = \"static\"\n").unwrap();
+    let out = publish();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("network.conf") && text(&out.stderr).contains("needs an address"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read_link(to.join("gse1/config.d")).unwrap(), before, "the published tree is unchanged");
+}
