@@ -7,7 +7,7 @@ packages="
   build-essential pkg-config libudev-dev
   dbus dbus-daemon libglib2.0-bin systemd util-linux mount
   e2fsprogs btrfs-progs fdisk attr busybox-static
-  nginx minisign
+  nginx minisign zstd cpio tar
   shellcheck
 "
 

@@ -6,6 +6,8 @@
 mod boot;
 mod config;
 mod health;
+mod image;
+mod initramfs;
 mod output;
 mod servers;
 
@@ -47,6 +49,34 @@ enum Command {
     Keygen(servers::KeygenArgs),
     /// Server side: publish config.d or an image into a static tree.
     Publish(servers::PublishArgs),
+    /// Server side: build a system image (stage4) from a root tree.
+    Image(ImageArgs),
+    /// Server side: build the initramfs that runs GSE's early boot.
+    Initramfs(InitramfsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InitramfsArgs {
+    #[command(subcommand)]
+    action: InitramfsAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum InitramfsAction {
+    /// Build a self-contained initramfs: modules, gsed, gsectl, busybox, hook, config.d.
+    Build(initramfs::InitramfsBuildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ImageArgs {
+    #[command(subcommand)]
+    action: ImageAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageAction {
+    /// Turn a root tree into a GSE image: make.conf, hooks, GSE, stateless layout, tar.zst.
+    Build(image::ImageBuildArgs),
 }
 
 /// How a command ended; mapped to the exit code in one place.
@@ -115,6 +145,8 @@ fn main() -> ExitCode {
             Command::Update(args) => servers::update(&bus, args).await,
             Command::Keygen(args) => servers::keygen(args),
             Command::Publish(args) => servers::publish(args),
+            Command::Image(ImageArgs { action: ImageAction::Build(args) }) => image::build(args),
+            Command::Initramfs(InitramfsArgs { action: InitramfsAction::Build(args) }) => initramfs::build(args),
         }
     });
     match result {

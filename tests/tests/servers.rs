@@ -133,6 +133,23 @@ async fn eventually<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option
     .unwrap_or_else(|_| panic!("timed out after {secs} s waiting for {what}"))
 }
 
+/// The next Switched signal, skipping a first choice that may have been queued
+/// before the test looked (old server empty).
+async fn next_switch(stream: &mut gse_dbus::servers::SwitchedStream, secs: u64) -> Option<(String, String, String)> {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            let sig = stream.next().await?;
+            let a = sig.args().ok()?;
+            if !a.old().is_empty() {
+                return Some((a.old().to_string(), a.new().to_string(), a.reason().to_string()));
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 fn uncached<'a>(b: zbus::proxy::Builder<'a, ServersProxy<'a>>) -> zbus::proxy::Builder<'a, ServersProxy<'a>> {
     b.cache_properties(zbus::proxy::CacheProperties::No)
 }
@@ -162,10 +179,9 @@ async fn syncs_from_the_best_fails_over_and_moves_back_only_with_hysteresis() {
     // s1 dies: gsed leaves it by itself and keeps syncing from the next best.
     room.servers[1].stop();
     let t0 = std::time::Instant::now();
-    let sw = tokio::time::timeout(Duration::from_secs(10), switched.next()).await.expect("a failover").unwrap();
-    let args = sw.args().unwrap();
-    assert_eq!((args.old(), args.new()), (&"s1", &"s2"));
-    assert_eq!(args.reason(), &"s1 failed 2 probes in a row");
+    let (old, new, reason) = next_switch(&mut switched, 10).await.expect("a failover");
+    assert_eq!((old.as_str(), new.as_str()), ("s1", "s2"));
+    assert_eq!(reason, "s1 failed 2 probes in a row");
     assert!(t0.elapsed() < Duration::from_secs(5), "failover took {:?}", t0.elapsed());
     let r: serde_json::Value = serde_json::from_str(&servers.sync().await.unwrap()).unwrap();
     assert_eq!(r["server"], "s2");
@@ -179,10 +195,9 @@ async fn syncs_from_the_best_fails_over_and_moves_back_only_with_hysteresis() {
     );
     // s1 becomes clearly better: gsed moves back after its jitter.
     room.servers[1].set_load(0.05);
-    let sw = tokio::time::timeout(Duration::from_secs(10), switched.next()).await.expect("a move back").unwrap();
-    let args = sw.args().unwrap();
-    assert_eq!((args.old(), args.new()), (&"s2", &"s1"));
-    assert!(args.reason().starts_with("rebalancing: s1 scores"), "{}", args.reason());
+    let (old, new, reason) = next_switch(&mut switched, 10).await.expect("a move back");
+    assert_eq!((old.as_str(), new.as_str()), ("s2", "s1"));
+    assert!(reason.starts_with("rebalancing: s1 scores"), "{reason}");
 }
 
 #[tokio::test]
@@ -201,9 +216,8 @@ async fn a_server_list_change_applies_without_a_restart() {
     room.publish(0, &room.source, "k");
     room.publish(1, &room.source, "k");
     servers.sync().await.unwrap();
-    let sw = tokio::time::timeout(Duration::from_secs(5), switched.next()).await.expect("leaves s0").unwrap();
-    let args = sw.args().unwrap();
-    assert_eq!((args.old(), args.new(), args.reason()), (&"s0", &"s1", &"s0 was removed from the server list"));
+    let (old, new, reason) = next_switch(&mut switched, 5).await.expect("leaves s0");
+    assert_eq!((old.as_str(), new.as_str(), reason.as_str()), ("s0", "s1", "s0 was removed from the server list"));
     let rows = servers.servers().await.unwrap();
     assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["s1"]);
 }

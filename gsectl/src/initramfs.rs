@@ -1,0 +1,387 @@
+//! `gsectl initramfs build`: a self-contained initramfs (cpio newc, gzip) that
+//! loads the kernel modules GSE needs, runs the early-boot hook and switches root.
+//! It carries gsed, gsectl and every shared library `ldd` names for them, a
+//! busybox for the shell and tools, the modules with their dependencies from
+//! `modules.dep`, and a copy of config.d. Entries are sorted with fixed times and
+//! owners, so the same inputs give the same bytes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use clap::Args;
+
+use crate::Failure;
+
+/// Modules GSE needs in early boot (those built into the kernel are skipped).
+pub const MODULES: &[&str] = &[
+    "virtio",
+    "virtio_ring",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "failover",
+    "net_failover",
+    "e1000",
+    "e1000e",
+    "ext4",
+    "btrfs",
+    "overlay",
+    "loop",
+    "squashfs",
+];
+
+#[derive(Args, Debug)]
+pub struct InitramfsBuildArgs {
+    /// Kernel version (the directory under lib/modules).
+    #[arg(long)]
+    kver: String,
+    /// Root that holds lib/modules/KVER (default /).
+    #[arg(long, default_value = "/")]
+    modules_root: PathBuf,
+    /// The initramfs to write (gzip-compressed cpio).
+    #[arg(long)]
+    out: PathBuf,
+    /// config.d to carry (default /usr/share/gse/config.d).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The busybox to carry (default: the one on PATH; a static one is best).
+    #[arg(long)]
+    busybox: Option<PathBuf>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
+}
+
+fn say(s: impl AsRef<str>) {
+    eprintln!("initramfs: {}", s.as_ref());
+}
+
+/// An archive under construction: path inside → (mode, content or link target).
+#[derive(Default)]
+struct Tree {
+    entries: BTreeMap<String, Node>,
+}
+
+enum Node {
+    Dir,
+    File(Vec<u8>, u32),
+    Link(String),
+}
+
+impl Tree {
+    fn dirs_for(&mut self, path: &str) {
+        let mut acc = String::new();
+        for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d.to_vec()).unwrap_or_default() {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            self.entries.entry(acc.clone()).or_insert(Node::Dir);
+        }
+    }
+    fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) {
+        self.dirs_for(path);
+        self.entries.insert(path.to_owned(), Node::File(data, mode));
+    }
+    fn link(&mut self, path: &str, target: &str) {
+        self.dirs_for(path);
+        self.entries.entry(path.to_owned()).or_insert(Node::Link(target.to_owned()));
+    }
+    fn dir(&mut self, path: &str) {
+        self.dirs_for(&format!("{path}/x"));
+    }
+    /// A host file at the same path inside, following symlinks for the content.
+    fn host_file(&mut self, host: &Path) -> Result<(), Failure> {
+        let data = fs::read(host).map_err(|e| Failure::Error(format!("reading {}: {e}", host.display())))?;
+        let mode = fs::metadata(host).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755);
+        self.file(host.to_string_lossy().trim_start_matches('/'), data, mode);
+        Ok(())
+    }
+}
+
+/// The shared libraries (and loader) a dynamic binary needs, from `ldd`.
+pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let out = Command::new("ldd").arg(binary).output().map_err(|e| Failure::Error(format!("cannot run ldd: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success()
+        && (text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable"))
+    {
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        } else if line.contains("not found") {
+            return Err(Failure::Error(format!("{}: ldd cannot find {}", binary.display(), line.trim())));
+        }
+    }
+    Ok(libs)
+}
+
+/// Modules in load order (dependencies first), as paths relative to the
+/// modules directory, resolved from `modules.dep`.
+pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> (Vec<String>, Vec<String>) {
+    let norm = |s: &str| s.replace('-', "_");
+    let name_of = |path: &str| {
+        let base = path.rsplit('/').next().unwrap_or(path);
+        norm(base.split(".ko").next().unwrap_or(base))
+    };
+    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in modules_dep.lines() {
+        if let Some((m, d)) = line.split_once(':') {
+            deps.insert(name_of(m), (m.trim().to_owned(), d.split_whitespace().map(String::from).collect()));
+        }
+    }
+    let by_path: BTreeMap<String, String> = deps.values().map(|(p, _)| (p.clone(), name_of(p))).collect();
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit(
+        name: &str,
+        deps: &BTreeMap<String, (String, Vec<String>)>,
+        by_path: &BTreeMap<String, String>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) {
+        if !seen.insert(name.to_owned()) {
+            return;
+        }
+        if let Some((path, ds)) = deps.get(name) {
+            for d in ds {
+                let dn = by_path.get(d).cloned().unwrap_or_else(|| d.clone());
+                visit(&dn, deps, by_path, seen, order);
+            }
+            order.push(path.clone());
+        }
+    }
+    let mut builtin = Vec::new();
+    for w in wanted {
+        if deps.contains_key(&norm(w)) {
+            visit(&norm(w), &deps, &by_path, &mut seen, &mut order);
+        } else {
+            builtin.push((*w).to_owned());
+        }
+    }
+    (order, builtin)
+}
+
+const INIT: &str = r#"#!/bin/sh
+# /init of a GSE initramfs, written by `gsectl initramfs build`.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+echo "gse: initramfs for kernel @KVER@"
+while read -r m; do
+	insmod "/lib/modules/@KVER@/$m" 2>/dev/null || echo "gse: could not load $m (already loaded or built in?)"
+done </etc/gse/modules
+# Block devices appear a moment after their drivers load.
+tries=0
+while [ -z "$(blkid 2>/dev/null)" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+mkdir -p /sysroot
+/bin/sh /usr/lib/gse/gse-hook.sh /sysroot
+if ! mountpoint -q /sysroot; then
+	echo "gse: no root could be mounted; here is a shell"
+	exec sh
+fi
+# The running system reads /run/gse/boot.json.
+mkdir -p /sysroot/run /sysroot/dev
+mount --move /run /sysroot/run
+mount --move /dev /sysroot/dev
+umount /sys /proc
+exec switch_root /sysroot /sbin/init
+echo "gse: switch_root failed; here is a shell"
+exec sh
+"#;
+
+pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
+    if args.out.exists() && !args.force {
+        return Err(Failure::Error(format!("{} exists; pass --force to replace it", args.out.display())));
+    }
+    let moddir = args.modules_root.join("lib/modules").join(&args.kver);
+    let dep = fs::read_to_string(moddir.join("modules.dep"))
+        .map_err(|e| Failure::Error(format!("cannot read {}: {e}", moddir.join("modules.dep").display())))?;
+    let mut tree = Tree::default();
+    for d in ["proc", "sys", "dev", "run", "sysroot", "tmp", "user-data", "boot", "etc/gse"] {
+        tree.dir(d);
+    }
+
+    let (order, builtin) = resolve_modules(&dep, MODULES);
+    say(format!(
+        "{} modules for kernel {} ({} built in or absent: {})",
+        order.len(),
+        args.kver,
+        builtin.len(),
+        builtin.join(", ")
+    ));
+    let mut dep_lines = String::new();
+    let included: BTreeSet<&String> = order.iter().collect();
+    for line in dep.lines() {
+        if line.split_once(':').is_some_and(|(m, _)| included.contains(&m.trim().to_owned())) {
+            dep_lines.push_str(line);
+            dep_lines.push('\n');
+        }
+    }
+    for m in &order {
+        let data = fs::read(moddir.join(m)).map_err(|e| Failure::Error(format!("reading module {m}: {e}")))?;
+        tree.file(&format!("lib/modules/{}/{m}", args.kver), data, 0o644);
+    }
+    tree.file(&format!("lib/modules/{}/modules.dep", args.kver), dep_lines.into_bytes(), 0o644);
+    tree.file("etc/gse/modules", format!("{}\n", order.join("\n")).into_bytes(), 0o644);
+
+    let me = std::env::current_exe().map_err(|e| Failure::Error(format!("finding gsectl: {e}")))?;
+    let busybox = match args.busybox {
+        Some(b) => b,
+        None => which("busybox")
+            .ok_or_else(|| Failure::Error("no busybox on PATH (apt-get install busybox-static)".into()))?,
+    };
+    let mut binaries = vec![
+        (me.with_file_name("gsed"), "usr/sbin/gsed"),
+        (me.clone(), "usr/bin/gsectl"),
+        (busybox.clone(), "bin/busybox"),
+    ];
+    if let Some(btrfs) = which("btrfs") {
+        binaries.push((btrfs, "sbin/btrfs"));
+    }
+    let mut libs = BTreeSet::new();
+    for (host, inside) in &binaries {
+        let data = fs::read(host).map_err(|e| Failure::Error(format!("reading {}: {e}", host.display())))?;
+        tree.file(inside, data, 0o755);
+        libs.extend(libraries(host)?);
+    }
+    for lib in &libs {
+        tree.host_file(lib)?;
+    }
+    say(format!(
+        "gsed, gsectl, busybox{} and {} shared libraries",
+        if binaries.len() > 3 { ", btrfs" } else { "" },
+        libs.len()
+    ));
+    let applets =
+        Command::new(&busybox).arg("--list").output().map_err(|e| Failure::Error(format!("running busybox: {e}")))?;
+    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        tree.link(&format!("bin/{applet}"), "busybox");
+    }
+    tree.link("sbin", "bin");
+
+    tree.file("init", INIT.replace("@KVER@", &args.kver).into_bytes(), 0o755);
+    tree.file("usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh").to_vec(), 0o755);
+    let config = args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d"));
+    gsed::config::check_tree(&config).map_err(|errors| {
+        Failure::Error(format!(
+            "{} is not a valid config.d:\n{}",
+            config.display(),
+            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+        ))
+    })?;
+    for f in gsed::config::walk(&config) {
+        let rel = f.strip_prefix(&config).expect("under config").to_string_lossy().into_owned();
+        let data = fs::read(&f).map_err(|e| Failure::Error(format!("reading {}: {e}", f.display())))?;
+        tree.file(&format!("usr/share/gse/config.d/{rel}"), data, 0o644);
+    }
+
+    let tmp = args.out.with_file_name(format!(
+        ".{}.tmp-{}",
+        args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = write_cpio_gz(&tree, &tmp).and_then(|_| {
+        fs::rename(&tmp, &args.out).map_err(|e| Failure::Error(format!("placing {}: {e}", args.out.display())))
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    let size = fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    say(format!("wrote {} ({} entries, {size} bytes)", args.out.display(), tree.entries.len()));
+    println!("{}  {size} bytes", args.out.display());
+    Ok(0)
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.is_file()))
+}
+
+/// cpio "newc" with fixed times and owners, gzip-compressed.
+fn write_cpio_gz(tree: &Tree, out: &Path) -> Result<(), Failure> {
+    let io = |e: std::io::Error| Failure::Error(format!("writing {}: {e}", out.display()));
+    let file = fs::File::create(out).map_err(io)?;
+    let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default());
+    let mut ino = 1u32;
+    let mut entry = |w: &mut dyn Write, name: &str, mode: u32, data: &[u8]| -> std::io::Result<()> {
+        let namesize = name.len() + 1;
+        write!(
+            w,
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            namesize,
+            0
+        )?;
+        ino += 1;
+        w.write_all(name.as_bytes())?;
+        w.write_all(&[0])?;
+        w.write_all(&[0u8; 3][..(4 - (110 + namesize) % 4) % 4])?;
+        w.write_all(data)?;
+        w.write_all(&[0u8; 3][..(4 - data.len() % 4) % 4])
+    };
+    for (path, node) in &tree.entries {
+        let r = match node {
+            Node::Dir => entry(&mut gz, path, 0o040755, &[]),
+            Node::File(data, mode) => entry(&mut gz, path, 0o100000 | mode, data),
+            Node::Link(target) => entry(&mut gz, path, 0o120777, target.as_bytes()),
+        };
+        r.map_err(io)?;
+    }
+    entry(&mut gz, "TRAILER!!!", 0, &[]).map_err(io)?;
+    let mut w = gz.finish().map_err(io)?;
+    w.flush().map_err(io)?;
+    w.get_ref().sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_resolve_with_dependencies_first() {
+        let dep = "kernel/drivers/virtio/virtio.ko:\nkernel/drivers/virtio/virtio_ring.ko:\n\
+                   kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                   kernel/fs/btrfs/btrfs.ko.xz: kernel/lib/raid6/raid6_pq.ko.xz kernel/crypto/xor.ko.xz\n\
+                   kernel/lib/raid6/raid6_pq.ko.xz:\nkernel/crypto/xor.ko.xz:\n";
+        let (order, builtin) = resolve_modules(dep, &["virtio_blk", "btrfs", "ext4"]);
+        assert_eq!(
+            order,
+            [
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+                "kernel/lib/raid6/raid6_pq.ko.xz",
+                "kernel/crypto/xor.ko.xz",
+                "kernel/fs/btrfs/btrfs.ko.xz"
+            ]
+        );
+        assert_eq!(builtin, ["ext4"]);
+    }
+}

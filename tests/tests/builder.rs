@@ -1,0 +1,339 @@
+//! The builder: `gsectl image build` (stage4 tar.zst) checked with GNU tar, and
+//! `gsectl initramfs build` checked with cpio against modules.dep and ldd.
+
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt, symlink},
+    path::Path,
+    process::Command,
+};
+
+use gse_tests::{disk::tiny_root, *};
+
+fn gsectl_ok(args: &[&str]) -> String {
+    let out = gsectl("system", args);
+    assert!(out.status.success(), "gsectl {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A small tree with awkward metadata and the files a build must remove.
+fn awkward_tree(dir: &Path) {
+    tiny_root(dir, "src");
+    fs::create_dir_all(dir.join("srv/shared")).unwrap();
+    fs::set_permissions(dir.join("srv/shared"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(dir.join("srv/odd"), "odd\n").unwrap();
+    // chown clears set-id bits, so it comes first.
+    std::os::unix::fs::lchown(dir.join("srv/odd"), Some(1234), Some(5678)).unwrap();
+    fs::set_permissions(dir.join("srv/odd"), fs::Permissions::from_mode(0o2751)).unwrap();
+    symlink("../etc/passwd", dir.join("srv/passwd-link")).unwrap();
+    assert!(Command::new("mkfifo").arg(dir.join("srv/fifo")).status().unwrap().success());
+    for (f, c) in [
+        ("etc/ssh/ssh_host_ed25519_key", "secret"),
+        ("etc/ssh/sshd_config", "PermitRootLogin no\n"),
+        ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        ("var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        ("var/log/messages", "old log\n"),
+        ("var/log/apt/history.log", "old log\n"),
+        ("var/cache/apt/archives/foo.deb", "deb"),
+        ("tmp/junk", "junk"),
+        ("var/tmp/junk", "junk"),
+    ] {
+        let p = dir.join(f);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, c).unwrap();
+    }
+}
+
+/// Every entry with its metadata (not atime), for comparing two trees.
+fn listing(dir: &Path) -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . -mindepth 1 -print0 | sort -z | xargs -0 stat -c '%n|%f|%u|%g|%Y|%t:%T|%h|%N' && getfattr -R -d -m - --absolute-names . 2>/dev/null || true")
+        .arg("sh")
+        .arg(dir)
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            // A directory's own link count depends on the tree around it.
+            let mut f: Vec<&str> = l.split('|').collect();
+            if f.len() > 6 && f[1].starts_with("41") {
+                f[6] = "dir";
+            }
+            f.join("|")
+        })
+        .collect()
+}
+
+#[test]
+fn image_build_keeps_metadata_removes_per_machine_files_and_is_reproducible() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("rootfs");
+    awkward_tree(&tree);
+    let out = d.path().join("image.tar.zst");
+    let build = |force: bool| {
+        let mut args = vec![
+            "image",
+            "build",
+            "--rootfs",
+            tree.to_str().unwrap(),
+            "--version",
+            "2026.11.1",
+            "--out",
+            out.to_str().unwrap(),
+            "--install-gse",
+        ];
+        let conf = repo().join("config.d");
+        args.extend(["--config", conf.to_str().unwrap()]);
+        if force {
+            args.push("--force");
+        }
+        gsectl("system", &args)
+    };
+    let first = build(false);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let printed = text(&first.stdout);
+    let sha = printed.split_whitespace().next().unwrap().to_owned();
+    let err = text(&first.stderr);
+    assert!(err.contains("image: installing GSE") && err.contains("image: applying the stateless layout"), "{err}");
+    assert_eq!(build(false).status.code(), Some(1), "no overwrite without --force");
+
+    let unpacked = d.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    let tar = Command::new("tar")
+        .args(["--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(&out)
+        .arg("-C")
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "GNU tar: {}", text(&tar.stderr));
+    let (a, b) = (listing(&tree), listing(&unpacked));
+    let only_a: Vec<_> = a.iter().filter(|l| !b.contains(l)).collect();
+    let only_b: Vec<_> = b.iter().filter(|l| !a.contains(l)).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "tree and unpacked image differ:\n tree: {only_a:#?}\n image: {only_b:#?}"
+    );
+    let m = |p: &str| fs::symlink_metadata(unpacked.join(p)).unwrap();
+    assert_eq!((m("srv/odd").mode() & 0o7777, m("srv/odd").uid(), m("srv/odd").gid()), (0o2751, 1234, 5678));
+    assert_eq!(m("etc/passwd").ino(), m("etc/passwd.hardlink").ino(), "hard link");
+    assert_eq!(m("dev/null").rdev(), nix::sys::stat::makedev(1, 3));
+    assert!(m("srv/fifo").file_type().is_fifo_like());
+
+    for gone in [
+        "etc/ssh/ssh_host_ed25519_key",
+        "var/lib/dbus/machine-id",
+        "var/log/messages",
+        "var/log/apt/history.log",
+        "var/cache/apt/archives/foo.deb",
+        "tmp/junk",
+        "var/tmp/junk",
+    ] {
+        assert!(!unpacked.join(gone).exists(), "{gone} must not be in the image");
+    }
+    assert!(unpacked.join("var/log/apt").is_dir(), "log directories stay");
+    assert_eq!(fs::read(unpacked.join("etc/machine-id")).unwrap(), b"", "machine-id is emptied");
+    assert!(unpacked.join("etc/ssh/sshd_config").exists());
+    assert_eq!(fs::read_to_string(unpacked.join("etc/gse-release")).unwrap(), "NAME=GSE\nVERSION=2026.11.1\n");
+    for installed in [
+        "usr/sbin/gsed",
+        "usr/bin/gsectl",
+        "usr/share/dbus-1/system.d/org.gentoo.Gse1.conf",
+        "etc/init.d/gsed",
+        "usr/lib/systemd/system/gsed.service",
+        "usr/share/gse/config.d/system/boot.conf",
+        "usr/lib/gse/gse-hook.sh",
+    ] {
+        assert!(unpacked.join(installed).is_file(), "{installed} is installed");
+    }
+    assert_eq!(fs::read_link(unpacked.join("etc/runlevels/default/gsed")).unwrap(), Path::new("/etc/init.d/gsed"));
+    assert!(unpacked.join("user-data").is_dir() && unpacked.join("boot").is_dir());
+
+    let again = build(true);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(
+        text(&again.stdout).split_whitespace().next().unwrap(),
+        sha,
+        "two builds of the same tree are byte-identical"
+    );
+}
+
+trait FifoLike {
+    fn is_fifo_like(&self) -> bool;
+}
+impl FifoLike for fs::FileType {
+    fn is_fifo_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_fifo()
+    }
+}
+
+#[test]
+fn hooks_run_inside_the_tree_and_a_failing_hook_leaves_no_output() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("rootfs");
+    tiny_root(&tree, "src");
+    let good = d.path().join("good.sh");
+    fs::write(&good, "set -e\necho \"hooked in $(pwd)\" > /etc/hooked\ngrep -q '^Name:' /proc/self/status && echo proc-ok >> /etc/hooked\n").unwrap();
+    let out = d.path().join("image.tar.zst");
+    let o = out.to_str().unwrap();
+    gsectl_ok(&[
+        "image",
+        "build",
+        "--rootfs",
+        tree.to_str().unwrap(),
+        "--version",
+        "1",
+        "--out",
+        o,
+        "--hook",
+        good.to_str().unwrap(),
+    ]);
+    let listing = Command::new("tar").args(["--zstd", "-xOf", o, "etc/hooked"]).output().unwrap();
+    let hooked = text(&listing.stdout);
+    assert!(hooked.contains("hooked in /") && hooked.contains("proc-ok"), "{hooked:?} {}", text(&listing.stderr));
+    assert!(!fs::read_to_string("/proc/self/mounts").unwrap().contains(tree.to_str().unwrap()), "binds are gone");
+
+    let bad = d.path().join("bad.sh");
+    fs::write(&bad, "echo 'emerge failed: no space left'\nexit 3\n").unwrap();
+    let out2 = d.path().join("image2.tar.zst");
+    let r = gsectl(
+        "system",
+        &[
+            "image",
+            "build",
+            "--rootfs",
+            tree.to_str().unwrap(),
+            "--version",
+            "1",
+            "--out",
+            out2.to_str().unwrap(),
+            "--hook",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r.stderr).contains("emerge failed: no space left"), "{}", text(&r.stderr));
+    assert!(!out2.exists(), "no output after a failed hook");
+    assert!(
+        fs::read_dir(d.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".image2")),
+        "no temporary left"
+    );
+}
+
+#[test]
+fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
+    let d = tempfile::tempdir().unwrap();
+    let kver = "6.1.0-gse-test";
+    let moddir = d.path().join("modroot/lib/modules").join(kver);
+    let dep = "kernel/drivers/virtio/virtio.ko:\n\
+               kernel/drivers/virtio/virtio_ring.ko:\n\
+               kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n\
+               kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\n\
+               kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+               kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+               kernel/net/core/failover.ko:\n\
+               kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+               kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+               kernel/lib/raid6/raid6_pq.ko:\nkernel/crypto/xor.ko:\n\
+               kernel/fs/btrfs/btrfs.ko: kernel/lib/raid6/raid6_pq.ko kernel/crypto/xor.ko\n\
+               kernel/fs/overlayfs/overlay.ko:\nkernel/drivers/net/ethernet/intel/e1000e/e1000e.ko:\n\
+               kernel/drivers/unrelated/unwanted.ko:\n";
+    for line in dep.lines() {
+        let (m, _) = line.split_once(':').unwrap();
+        let p = moddir.join(m);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, format!("fake module {m}")).unwrap();
+    }
+    fs::write(moddir.join("modules.dep"), dep).unwrap();
+    let out = d.path().join("initramfs.gz");
+    let conf = repo().join("config.d");
+    gsectl_ok(&[
+        "initramfs",
+        "build",
+        "--kver",
+        kver,
+        "--modules-root",
+        d.path().join("modroot").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        conf.to_str().unwrap(),
+    ]);
+
+    require_tool("cpio", "cpio");
+    let list =
+        Command::new("sh").arg("-c").arg("gzip -dc \"$1\" | cpio -t --quiet").arg("sh").arg(&out).output().unwrap();
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let entries: Vec<String> = text(&list.stdout).lines().map(String::from).collect();
+    let has = |p: &str| entries.iter().any(|e| e == p);
+    assert!(
+        has("init")
+            && has("usr/sbin/gsed")
+            && has("usr/bin/gsectl")
+            && has("bin/busybox")
+            && has("usr/lib/gse/gse-hook.sh")
+    );
+    assert!(has("usr/share/gse/config.d/system/boot.conf"));
+    // Every module GSE wants, and every dependency modules.dep names for it.
+    for line in dep.lines().filter(|l| !l.contains("unwanted")) {
+        let (m, deps) = line.split_once(':').unwrap();
+        assert!(has(&format!("lib/modules/{kver}/{m}")), "{m} missing");
+        for dm in deps.split_whitespace() {
+            assert!(has(&format!("lib/modules/{kver}/{dm}")), "dependency {dm} missing");
+        }
+    }
+    assert!(!entries.iter().any(|e| e.contains("unwanted")));
+    // Every library ldd names for the binaries.
+    for b in [bin("gsed"), bin("gsectl")] {
+        let ldd = Command::new("ldd").arg(&b).output().unwrap();
+        for lib in text(&ldd.stdout)
+            .lines()
+            .filter_map(|l| l.split("=>").nth(1).or(Some(l)).and_then(|r| r.split_whitespace().next()))
+            .filter(|p| p.starts_with('/'))
+        {
+            assert!(has(lib.trim_start_matches('/')), "{lib} (needed by {}) missing", b.display());
+        }
+    }
+    // Nothing of the host's paths: all entries are relative, none names the build dirs.
+    let host = d.path().to_str().unwrap().trim_start_matches('/');
+    assert!(entries.iter().all(|e| !e.starts_with('/') && !e.contains(host) && !e.contains("..")), "{entries:?}");
+    // The module load order puts dependencies first.
+    let order = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | cpio -i --to-stdout --quiet etc/gse/modules")
+        .arg("sh")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let order = text(&order.stdout);
+    let pos = |m: &str| order.lines().position(|l| l.ends_with(m)).unwrap_or_else(|| panic!("{m} not in {order}"));
+    assert!(
+        pos("virtio_ring.ko") < pos("virtio_blk.ko")
+            && pos("failover.ko") < pos("net_failover.ko")
+            && pos("raid6_pq.ko") < pos("btrfs.ko")
+    );
+    assert_eq!(
+        gsectl(
+            "system",
+            &[
+                "initramfs",
+                "build",
+                "--kver",
+                kver,
+                "--modules-root",
+                d.path().join("modroot").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--config",
+                conf.to_str().unwrap()
+            ]
+        )
+        .status
+        .code(),
+        Some(1),
+        "no overwrite without --force"
+    );
+}
