@@ -192,7 +192,7 @@ tries=0
 while [ -z "$(blkid 2>/dev/null)" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
 mkdir -p /sysroot
 /bin/sh /usr/lib/gse/gse-hook.sh /sysroot
-if ! mountpoint -q /sysroot; then
+if ! grep -q " /sysroot " /proc/self/mounts; then
 	echo "gse: no root could be mounted; here is a shell"
 	exec sh
 fi

@@ -67,6 +67,11 @@ mount_area() { # DEVICE TARGET
 	[ -n "$dev" ] && mount "$dev" "$2"
 }
 
+# busybox builds do not all have mountpoint(1).
+is_mounted() {
+	grep -q " ${1%/} " /proc/self/mounts 2>/dev/null
+}
+
 fail() {
 	say "=================================================================="
 	say "EARLY BOOT FAILED: $*"
@@ -77,7 +82,7 @@ fail() {
 		say "gse.rescue is set: starting a rescue shell; exit it to go on booting"
 		sh -i </dev/console >/dev/console 2>&1 || sh -i
 	fi
-	if ! mountpoint -q "$SYSROOT" 2>/dev/null; then
+	if ! is_mounted "$SYSROOT"; then
 		say "booting the primary slot as it is: $GSE_FALLBACK_DEV, read-only"
 		mkdir -p "$SYSROOT"
 		mount -t "$GSE_FALLBACK_FSTYPE" -o "$GSE_FALLBACK_OPTS" "$(device "$GSE_FALLBACK_DEV")" "$SYSROOT" ||

@@ -14,7 +14,7 @@ depends() {
 }
 
 install() {
-	inst_multiple gsed gsectl mount umount mountpoint blkid sleep mkdir cat
+	inst_multiple gsed gsectl mount umount blkid sleep mkdir grep
 	inst_multiple -o btrfs findfs
 	inst_simple /usr/lib/gse/gse-hook.sh /usr/lib/gse/gse-hook.sh
 	if [ -d /usr/share/gse/config.d ]; then
