@@ -8,6 +8,7 @@ packages="
   dbus dbus-daemon libglib2.0-bin systemd util-linux mount
   e2fsprogs btrfs-progs fdisk attr busybox-static
   nginx minisign zstd cpio tar
+  iproute2 dnsmasq
   shellcheck
 "
 

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod config;
 mod error;
 pub mod health;
+pub mod network;
 pub mod servers;
 
 pub use address::BusAddress;
@@ -37,6 +38,7 @@ pub const POLICY: &str = include_str!("../org.gentoo.Gse1.conf");
 pub const INTERFACE_XML: &[(&str, &str)] = &[
     (interface::HEALTH, include_str!("../interfaces/org.gentoo.Gse1.Health.xml")),
     (interface::CONFIG, include_str!("../interfaces/org.gentoo.Gse1.Config.xml")),
+    (interface::NETWORK, include_str!("../interfaces/org.gentoo.Gse1.Network.xml")),
     (interface::SERVERS, include_str!("../interfaces/org.gentoo.Gse1.Servers.xml")),
     (interface::UPDATE, include_str!("../interfaces/org.gentoo.Gse1.Update.xml")),
 ];

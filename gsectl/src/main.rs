@@ -41,6 +41,8 @@ enum Command {
     /// Prepare this machine's disk: user-data tree, flag key, first boot flags;
     /// with --format also partitions and filesystems from drives.conf.
     Provision(boot::ProvisionArgs),
+    /// The wired network: state of each interface (and renew).
+    Network(servers::NetworkArgs),
     /// The servers this client syncs from (and switch, unpin, sync).
     Servers(servers::ServersArgs),
     /// The version check (and check, approve, decline).
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
             Command::Boot(args) => boot::run(cli.bus.as_ref(), &cli.root, args).await,
             Command::Provision(args) => boot::provision(&cli.root, args),
             Command::Servers(args) => servers::servers(&bus, args).await,
+            Command::Network(args) => servers::network(&bus, args).await,
             Command::Update(args) => servers::update(&bus, args).await,
             Command::Keygen(args) => servers::keygen(args),
             Command::Publish(args) => servers::publish(args),

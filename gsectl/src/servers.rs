@@ -204,3 +204,48 @@ pub async fn update(bus: &BusAddress, args: UpdateArgs) -> Result<u8, Failure> {
     }
     Ok(0)
 }
+
+#[derive(Args, Debug)]
+pub struct NetworkArgs {
+    #[command(subcommand)]
+    action: Option<NetworkAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkAction {
+    /// Renew every DHCP lease now (root or group gse).
+    Renew,
+}
+
+pub async fn network(bus: &BusAddress, args: NetworkArgs) -> Result<u8, Failure> {
+    let conn = connect(bus).await?;
+    let p = gse_dbus::network::NetworkProxy::new(&conn)
+        .await
+        .map_err(|e| Failure::from_bus(e.into(), bus, "reach gsed"))?;
+    if let Some(NetworkAction::Renew) = args.action {
+        p.renew().await.map_err(|e| Failure::from_bus(e, bus, "renew the leases"))?;
+        return Ok(0);
+    }
+    let rows = p.interfaces().await.map_err(|e| Failure::from_bus(e, bus, "read the network state"))?;
+    if rows.is_empty() {
+        println!("No interface is managed (system/network.conf).");
+        return Ok(0);
+    }
+    println!(
+        "{:<12} {:<11} {:<7} {:<18} {:<15} {:<15} LEASE UNTIL",
+        "INTERFACE", "STATE", "METHOD", "ADDRESS", "GATEWAY", "DNS"
+    );
+    for (name, state, _carrier, method, addrs, gw, dns, expiry, detail) in rows {
+        let until = if expiry > 0 { output::utc(expiry) } else { "-".into() };
+        println!(
+            "{name:<12} {state:<11} {method:<7} {:<18} {:<15} {:<15} {until}",
+            addrs.join(","),
+            if gw.is_empty() { "-" } else { &gw },
+            if dns.is_empty() { "-".to_owned() } else { dns.join(",") }
+        );
+        if !detail.is_empty() && !matches!(state.as_str(), "bound" | "static") {
+            println!("             {detail}");
+        }
+    }
+    Ok(0)
+}

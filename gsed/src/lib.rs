@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod health;
 pub mod journal;
 pub mod logging;
+pub mod network;
 pub mod paths;
 pub mod sd_notify;
 pub mod servers;

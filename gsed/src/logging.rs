@@ -7,7 +7,7 @@ pub fn init() {
     let filter = || {
         EnvFilter::try_from_env("GSE_LOG")
             .or_else(|_| EnvFilter::try_from_default_env())
-            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"))
     };
     let journald =
         std::path::Path::new("/run/systemd/journal/socket").exists().then(tracing_journald::layer).and_then(Result::ok);

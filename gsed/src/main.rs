@@ -9,7 +9,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use gse_dbus::{BUS_NAME, BusAddress};
-use gsed::{bus, confd::ConfigService, health::HealthService, paths::Paths, sd_notify, servers::ServersService};
+use gsed::{
+    bus, confd::ConfigService, health::HealthService, network::NetworkService, paths::Paths, sd_notify,
+    servers::ServersService,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 use zbus::fdo::{RequestNameFlags, RequestNameReply};
@@ -77,7 +80,13 @@ async fn run(args: Args) -> Result<()> {
     let config = ConfigService::new(&paths);
     let health = HealthService::new(&paths, &boot_id, config.subscribe()).context("cannot start health recording")?;
     let servers = ServersService::new(&paths, config.clone());
-    let services = bus::Services { config: config.clone(), health: health.clone(), servers: servers.clone() };
+    let network = NetworkService::new(&paths, config.clone());
+    let services = bus::Services {
+        config: config.clone(),
+        health: health.clone(),
+        servers: servers.clone(),
+        network: network.clone(),
+    };
 
     let conn = args.bus.connect().await.with_context(|| format!("cannot connect to {}", args.bus))?;
     bus::serve(&conn, &services).await.context("cannot export the D-Bus interfaces")?;
@@ -96,6 +105,7 @@ async fn run(args: Args) -> Result<()> {
     let health_task = tokio::spawn(health.clone().run());
     let watch_task = tokio::spawn(config.clone().watch());
     let servers_task = tokio::spawn(servers.run());
+    let network_task = tokio::spawn(network.clone().run());
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
@@ -104,6 +114,11 @@ async fn run(args: Args) -> Result<()> {
     health_task.abort();
     watch_task.abort();
     servers_task.abort();
+    network_task.abort();
+    // A system going down gives its DHCP leases back; a restart keeps them.
+    if health.shutdown_recorded() {
+        network.release_all().await;
+    }
     let _ = sd_notify::notify("STOPPING=1");
     // Release the name explicitly so a successor can take it at once.
     let _ = conn.release_name(BUS_NAME).await;

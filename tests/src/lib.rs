@@ -5,6 +5,7 @@
 pub mod client;
 pub mod disk;
 pub mod http;
+pub mod netns;
 
 use std::{
     fs,
@@ -224,7 +225,20 @@ impl Default for TestRoot {
 
 /// Starts `gsed` on `bus` with `root` and waits until it owns its name.
 pub fn start_gsed(bus: &TestBus, root: &TestRoot, boot_id: &str) -> ProcessGuard {
-    let child = Command::new(bin("gsed"))
+    start_gsed_in(bus, root, boot_id, None)
+}
+
+/// Like [`start_gsed`], inside network namespace `netns` when given.
+pub fn start_gsed_in(bus: &TestBus, root: &TestRoot, boot_id: &str, netns: Option<&str>) -> ProcessGuard {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("gsed"));
+            c
+        }
+        None => Command::new(bin("gsed")),
+    };
+    let child = cmd
         .args(["--bus", &bus.address, "--root"])
         .arg(root.path())
         .args(["--boot-id", boot_id])

@@ -5,6 +5,7 @@
 mod boot;
 mod config;
 mod health;
+mod network;
 mod servers;
 
 use std::sync::Arc;
@@ -15,11 +16,13 @@ use zbus::Connection;
 pub use boot::BootObject;
 pub use config::ConfigObject;
 pub use health::HealthObject;
+pub use network::NetworkObject;
 pub use servers::{ServersObject, UpdateObject};
 
 use crate::{
     confd::ConfigService,
     health::{HealthError, HealthService},
+    network::NetworkService,
     servers::ServersService,
 };
 
@@ -28,6 +31,7 @@ pub struct Services {
     pub config: Arc<ConfigService>,
     pub health: Arc<HealthService>,
     pub servers: Arc<ServersService>,
+    pub network: Arc<NetworkService>,
 }
 
 /// Exports every interface on `conn` at [`OBJECT_PATH`] and starts forwarding state
@@ -41,6 +45,8 @@ pub async fn serve(conn: &Connection, services: &Services) -> zbus::Result<()> {
     server.at(OBJECT_PATH, UpdateObject::new(services.servers.clone())).await?;
     config::forward_changes(conn.clone(), services.config.subscribe()).await?;
     servers::forward_changes(conn.clone(), services.servers.clone()).await?;
+    server.at(OBJECT_PATH, NetworkObject::new(services.network.clone())).await?;
+    network::forward_changes(conn.clone(), services.network.clone()).await?;
     Ok(())
 }
 

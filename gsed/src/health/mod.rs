@@ -298,6 +298,11 @@ impl HealthService {
         Ok(())
     }
 
+    /// Whether the clean shutdown of this boot was recorded (the system is going down).
+    pub fn shutdown_recorded(&self) -> bool {
+        self.lock_journal().records().iter().any(|r| r.boot_id == self.boot_id && r.event == Event::CleanShutdown)
+    }
+
     /// systemd reached boot-complete.target.
     pub fn boot_complete(&self) {
         self.boot_complete.store(true, Ordering::SeqCst);

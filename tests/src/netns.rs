@@ -1,0 +1,131 @@
+//! Network namespaces for network tests: a client namespace and a server
+//! namespace joined by a veth pair, with dnsmasq as the DHCP server. Addresses
+//! are TEST-NET only (192.0.2.0/24), and every packet stays inside these
+//! namespaces. Everything is removed on drop.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use crate::{ProcessGuard, require_tool, text, wait_for};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetLab {
+    pub client_ns: String,
+    pub server_ns: String,
+    /// The client's end of the cable (what gsed configures).
+    pub client_if: String,
+    pub server_if: String,
+    pub dir: tempfile::TempDir,
+    dnsmasq: Option<ProcessGuard>,
+}
+
+fn ip(args: &[&str]) -> Output {
+    let out = Command::new(require_tool("ip", "iproute2")).args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+    out
+}
+
+impl NetLab {
+    pub fn new() -> NetLab {
+        let tag = format!("{:x}{:x}", std::process::id() & 0xffff, NEXT.fetch_add(1, Ordering::SeqCst));
+        let lab = NetLab {
+            client_ns: format!("gse-c-{tag}"),
+            server_ns: format!("gse-s-{tag}"),
+            client_if: format!("gc{tag}"),
+            server_if: format!("gs{tag}"),
+            dir: tempfile::Builder::new().prefix("gse-net-").tempdir().expect("tempdir"),
+            dnsmasq: None,
+        };
+        ip(&["netns", "add", &lab.client_ns]);
+        ip(&["netns", "add", &lab.server_ns]);
+        ip(&["link", "add", &lab.client_if, "type", "veth", "peer", "name", &lab.server_if]);
+        ip(&["link", "set", &lab.client_if, "netns", &lab.client_ns]);
+        ip(&["link", "set", &lab.server_if, "netns", &lab.server_ns]);
+        ip(&["-n", &lab.server_ns, "addr", "add", "192.0.2.1/24", "dev", &lab.server_if]);
+        ip(&["-n", &lab.server_ns, "link", "set", &lab.server_if, "up"]);
+        ip(&["-n", &lab.server_ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &lab.client_ns, "link", "set", "lo", "up"]);
+        lab
+    }
+
+    pub fn dnsmasq_log(&self) -> PathBuf {
+        self.dir.path().join("dnsmasq.log")
+    }
+
+    /// Starts dnsmasq as the DHCP server on the server's end (DNS off). `extra`
+    /// adds options, e.g. short T1/T2 timers.
+    pub fn start_dnsmasq(&mut self, extra: &[&str]) {
+        let dnsmasq = require_tool("dnsmasq", "dnsmasq");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dnsmasq_log()).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns])
+            .arg(dnsmasq)
+            .args(["--no-daemon", "--port=0", "--bind-interfaces", "--log-dhcp", "--conf-file=/dev/null"])
+            .arg(format!("--interface={}", self.server_if))
+            .arg("--dhcp-range=192.0.2.50,192.0.2.99,255.255.255.0,2m")
+            .arg("--dhcp-option=option:router,192.0.2.1")
+            .arg("--dhcp-option=option:dns-server,192.0.2.53")
+            .arg(format!("--dhcp-leasefile={}", self.dir.path().join("leases").display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dnsmasq");
+        self.dnsmasq = Some(ProcessGuard { child: Some(child), name: "dnsmasq".into() });
+        let log = self.dnsmasq_log();
+        wait_for(Duration::from_secs(10), "dnsmasq to start", || {
+            fs::read_to_string(&log).ok().filter(|l| l.contains("sockets bound exclusively")).map(|_| ())
+        });
+    }
+
+    pub fn stop_dnsmasq(&mut self) {
+        self.dnsmasq = None;
+    }
+
+    /// `ip -n CLIENT ARGS` output.
+    pub fn client_ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.client_ns];
+        a.extend_from_slice(args);
+        text(&ip(&a).stdout)
+    }
+
+    /// IPv4 addresses on the client's interface.
+    pub fn client_addresses(&self) -> Vec<String> {
+        self.client_ip(&["-4", "-o", "addr", "show", "dev", &self.client_if])
+            .lines()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1).map(String::from))
+            .collect()
+    }
+
+    /// Pulls the cable (the other end goes down) or plugs it back.
+    pub fn set_peer(&self, up: bool) {
+        ip(&["-n", &self.server_ns, "link", "set", &self.server_if, if up { "up" } else { "down" }]);
+    }
+
+    pub fn dhcp_log_count(&self, what: &str) -> usize {
+        fs::read_to_string(self.dnsmasq_log()).unwrap_or_default().matches(what).count()
+    }
+}
+
+impl Default for NetLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        self.dnsmasq = None;
+        for ns in [&self.client_ns, &self.server_ns] {
+            // Processes still inside keep nothing alive once the namespace is gone.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}

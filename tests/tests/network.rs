@@ -1,0 +1,222 @@
+//! The wired network with real parts: two network namespaces joined by a veth
+//! pair, dnsmasq serving DHCP in one, gsed in the other. TEST-NET addresses only.
+
+use std::{fs, time::Duration};
+
+use futures_util::StreamExt;
+use gse_dbus::network::NetworkProxy;
+use gse_tests::{netns::NetLab, *};
+
+/// A client root with the shipped config.d and only `network` as network.conf.
+fn client(network: &str) -> TestRoot {
+    let root = TestRoot::new();
+    let image = root.path().join("usr/share/gse/config.d");
+    fs::create_dir_all(image.parent().unwrap()).unwrap();
+    assert!(
+        std::process::Command::new("cp").arg("-a").arg(repo().join("config.d")).arg(&image).status().unwrap().success()
+    );
+    root.write("usr/share/gse/config.d/controller/cboot.conf", "[health]\ninit = \"none\"\n");
+    root.write("user-data/persistent/config.d/system/network.conf", network);
+    root
+}
+
+fn dhcp_conf(lab: &NetLab) -> String {
+    format!("[interface.{}]\nmethod = \"dhcp\"\n", lab.client_if)
+}
+
+fn row<'a>(rows: &'a [gse_dbus::network::InterfaceRow], name: &str) -> &'a gse_dbus::network::InterfaceRow {
+    rows.iter().find(|r| r.0 == name).unwrap_or_else(|| panic!("{name} not in {rows:?}"))
+}
+
+async fn wait_state(net: &NetworkProxy<'_>, name: &str, state: &str, secs: u64) -> gse_dbus::network::InterfaceRow {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            if let Ok(rows) = net.interfaces().await
+                && let Some(r) = rows.iter().find(|r| r.0 == name && r.1 == state)
+            {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} did not reach {state} within {secs} s"))
+}
+
+async fn proxy(bus: &TestBus) -> (zbus::Connection,) {
+    (bus.connect().await,)
+}
+
+#[tokio::test]
+async fn dhcp_lease_sets_address_route_and_dns() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&[]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-net", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    let r = wait_state(&net, &lab.client_if, "bound", 15).await;
+
+    let addrs = lab.client_addresses();
+    assert_eq!(addrs.len(), 1, "{addrs:?}");
+    assert!(addrs[0].starts_with("192.0.2.") && addrs[0].ends_with("/24"), "{addrs:?}");
+    let routes = lab.client_ip(&["-4", "route"]);
+    assert!(routes.contains(&format!("default via 192.0.2.1 dev {}", lab.client_if)), "{routes}");
+    let resolv = fs::read_to_string(root.path().join("etc/resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 192.0.2.53"), "{resolv}");
+    assert_eq!(r.4, addrs);
+    assert_eq!((r.3.as_str(), r.5.as_str()), ("dhcp", "192.0.2.1"));
+    assert!(r.7 > 0, "lease expiry is reported");
+
+    let out = gsectl(&bus.address, &["network"]);
+    let table = text(&out.stdout);
+    assert!(
+        table.contains(&lab.client_if)
+            && table.contains("bound")
+            && table.contains(&addrs[0])
+            && table.contains("192.0.2.53"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn leases_are_renewed_at_t1() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&["--dhcp-option=58,2", "--dhcp-option=59,4"]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-renew", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let first = lab.client_addresses();
+    let acks = lab.dhcp_log_count("DHCPACK");
+    wait_for(Duration::from_secs(10), "two renewals in dnsmasq's log", || {
+        (lab.dhcp_log_count("DHCPACK") >= acks + 2).then_some(())
+    });
+    assert_eq!(lab.client_addresses(), first, "the address stays across renewals");
+    assert!(lab.dhcp_log_count("DHCPREQUEST") >= 3);
+    let log = fs::read_to_string(lab.dnsmasq_log()).unwrap();
+    let after_first_ack = &log[log.find("DHCPACK").unwrap()..];
+    assert!(!after_first_ack.contains("DHCPDISCOVER"), "renewals do not start over:\n{log}");
+}
+
+#[tokio::test]
+async fn carrier_loss_is_reported_and_the_lease_renewed_when_it_returns() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&[]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-carrier", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let mut changes = net.receive_interfaces_changed().await;
+    let requests = lab.dhcp_log_count("DHCPREQUEST");
+
+    lab.set_peer(false);
+    let r = wait_state(&net, &lab.client_if, "no-carrier", 10).await;
+    assert!(!r.2, "carrier is false");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), changes.next()).await.is_ok(),
+        "PropertiesChanged for Interfaces"
+    );
+
+    lab.set_peer(true);
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    assert!(lab.dhcp_log_count("DHCPREQUEST") > requests, "the lease was renewed after the cable came back");
+    assert_eq!(lab.client_addresses().len(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_removes_the_address_and_a_new_server_gives_a_new_one() {
+    let mut lab = NetLab::new();
+    // dnsmasq's shortest lease is two minutes; T1 and T2 are made short so the
+    // client spends them trying to renew and rebind.
+    lab.start_dnsmasq(&["--dhcp-option=58,2", "--dhcp-option=59,4"]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-expiry", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    lab.stop_dnsmasq();
+    let _ = fs::remove_file(lab.dir.path().join("leases"));
+    let r = wait_state(&net, &lab.client_if, "expired", 150).await;
+    assert!(r.4.is_empty() && lab.client_addresses().is_empty(), "the address is removed");
+    assert!(r.8.contains("lease ran out"), "{}", r.8);
+    lab.start_dnsmasq(&[]);
+    wait_state(&net, &lab.client_if, "bound", 30).await;
+    assert_eq!(lab.client_addresses().len(), 1, "a new lease");
+}
+
+#[tokio::test]
+async fn static_configuration_is_exact_and_idempotent() {
+    let lab = NetLab::new();
+    let conf = format!(
+        "[interface.{}]\nmethod = \"static\"\naddress = \"198.51.100.10/24\"\ngateway = \"198.51.100.1\"\ndns = [\"198.51.100.53\"]\nmtu = 1400\n",
+        lab.client_if
+    );
+    let root = client(&conf);
+    let bus = TestBus::start();
+    for boot in ["boot-static-1", "boot-static-2"] {
+        let gsed = start_gsed_in(&bus, &root, boot, Some(&lab.client_ns));
+        let conn = bus.connect().await;
+        let net =
+            NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        // The peer is down in the server namespace: static addressing needs no carrier partner,
+        // but carrier is needed; bring the peer up once.
+        lab.set_peer(true);
+        wait_state(&net, &lab.client_if, "static", 10).await;
+        assert_eq!(lab.client_addresses(), ["198.51.100.10/24"], "{boot}");
+        let routes = lab.client_ip(&["-4", "route", "show", "default"]);
+        assert_eq!(routes.lines().count(), 1, "{boot}: {routes}");
+        assert!(routes.contains("default via 198.51.100.1"), "{routes}");
+        assert!(lab.client_ip(&["link", "show", &lab.client_if]).contains("mtu 1400"));
+        assert!(fs::read_to_string(root.path().join("etc/resolv.conf")).unwrap().contains("nameserver 198.51.100.53"));
+        drop(gsed);
+    }
+}
+
+#[tokio::test]
+async fn bad_network_conf_is_reported_and_the_last_good_stays() {
+    let lab = NetLab::new();
+    lab.set_peer(true);
+    let good = format!("[interface.{}]\nmethod = \"static\"\naddress = \"198.51.100.20/24\"\n", lab.client_if);
+    let root = client(&good);
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-bad", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "static", 10).await;
+
+    let file = root.path().join("user-data/persistent/config.d/system/network.conf");
+    for (bad, expected) in [
+        (
+            format!("[interface.{}]\nmethod = \"static\"\naddress = \"198.51.100.300/24\"\n", lab.client_if),
+            "198.51.100.300\\' is not an IPv4 address",
+        ),
+        (
+            format!("[interface.{}]\nmethod = \"static\"\naddress = \"198.51.100.20/40\"\n", lab.client_if),
+            "prefix length 40 is out of range: expected 1 to 32",
+        ),
+    ] {
+        fs::write(&file, &bad).unwrap();
+        let errors = wait_for(Duration::from_secs(5), "the error", || {
+            let out = busctl(
+                &bus.address,
+                &["get-property", "org.gentoo.Gse1", "/org/gentoo/Gse1", "org.gentoo.Gse1.Config", "Errors"],
+            );
+            let t = text(&out.stdout);
+            t.contains(expected).then_some(t)
+        });
+        assert!(errors.contains("network.conf:3"), "{errors}");
+        assert_eq!(lab.client_addresses(), ["198.51.100.20/24"], "the last good configuration stays");
+    }
+    // A name that is not an interface of this machine is reported on the bus.
+    fs::write(&file, format!("{good}[interface.gse-none0]\nmethod = \"dhcp\"\n")).unwrap();
+    let r = wait_state(&net, "gse-none0", "absent", 10).await;
+    assert_eq!(r.8, "network.conf names gse-none0, but there is no such interface");
+    assert_eq!(row(&net.interfaces().await.unwrap(), &lab.client_if).1, "static");
+}
