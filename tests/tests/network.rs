@@ -43,10 +43,6 @@ async fn wait_state(net: &NetworkProxy<'_>, name: &str, state: &str, secs: u64) 
     .unwrap_or_else(|_| panic!("{name} did not reach {state} within {secs} s"))
 }
 
-async fn proxy(bus: &TestBus) -> (zbus::Connection,) {
-    (bus.connect().await,)
-}
-
 #[tokio::test]
 async fn dhcp_lease_sets_address_route_and_dns() {
     let mut lab = NetLab::new();
