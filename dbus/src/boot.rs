@@ -30,6 +30,12 @@ pub struct BootRecord {
     /// How the previous boot ended (`healthy-cycle`, `dirty`, `red`, `incomplete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// The network in early boot: `not needed: …`, `up: …` or `offline: …`.
+    #[serde(default)]
+    pub network: String,
+    /// The config.d sync in early boot, when it was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<String>,
     /// Seconds since the epoch.
     pub time: u64,
 }

@@ -91,9 +91,21 @@ impl Client {
     }
 
     pub fn start_early(&self) -> ProcessGuard {
-        let child = self
-            .ns
-            .command(bin("gsed"))
+        self.start_early_in(None)
+    }
+
+    /// gsed --early in this client's mount namespace and, when given, network namespace.
+    pub fn start_early_in(&self, netns: Option<&str>) -> ProcessGuard {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, "nsenter", "-t", &self.ns.holder_pid().to_string(), "-m", "--"])
+                    .arg(bin("gsed"));
+                c
+            }
+            None => self.ns.command(bin("gsed")),
+        };
+        let child = cmd
             .arg("--early")
             .arg("--root")
             .arg(self.root.path())
@@ -108,7 +120,12 @@ impl Client {
 
     /// One early boot; returns /run/gse/boot.json.
     pub fn early_boot(&self) -> Value {
-        let mut early = self.start_early();
+        self.early_boot_in(None)
+    }
+
+    /// One early boot with gsed --early in network namespace `netns`.
+    pub fn early_boot_in(&self, netns: Option<&str>) -> Value {
+        let mut early = self.start_early_in(netns);
         let out = self.gsectl(&["boot", "prepare", "--sysroot", self.sysroot.to_str().unwrap()]);
         let log = fs::read_to_string(self.root.path().join("gsed-early.log")).unwrap_or_default();
         assert!(out.status.success(), "boot prepare: {}\n{log}", text(&out.stderr));

@@ -88,6 +88,10 @@ impl MountNs {
         MountNs { holder }
     }
 
+    pub fn holder_pid(&self) -> i32 {
+        self.holder.pid()
+    }
+
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
         c.arg("-t").arg(self.holder.pid().to_string()).arg("-m").arg("--").arg(program);

@@ -27,16 +27,27 @@ pub struct Nginx {
     pub docroot: PathBuf,
     dir: tempfile::TempDir,
     process: Option<ProcessGuard>,
+    netns: Option<String>,
 }
 
 impl Nginx {
     pub fn start(ip: &str, docroot: &Path) -> Nginx {
         let port = free_port(ip);
+        Self::start_at(format!("{ip}:{port}"), docroot, None)
+    }
+
+    /// nginx inside network namespace `netns`, listening on `addr` there.
+    pub fn start_in(netns: &str, addr: &str, docroot: &Path) -> Nginx {
+        Self::start_at(addr.to_owned(), docroot, Some(netns.to_owned()))
+    }
+
+    fn start_at(addr: String, docroot: &Path, netns: Option<String>) -> Nginx {
         let mut n = Nginx {
-            addr: format!("{ip}:{port}"),
+            addr,
             docroot: docroot.to_owned(),
             dir: tempfile::Builder::new().prefix("gse-nginx-").tempdir().expect("tempdir"),
             process: None,
+            netns,
         };
         n.restart();
         n
@@ -68,7 +79,16 @@ impl Nginx {
             d = d.display()
         );
         fs::write(d.join("nginx.conf"), conf).expect("nginx.conf");
-        let child = Command::new(nginx)
+        let _ = fs::remove_file(d.join("nginx.pid"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&nginx);
+                c
+            }
+            None => Command::new(&nginx),
+        };
+        let child = cmd
             .arg("-c")
             .arg(d.join("nginx.conf"))
             .arg("-e")
@@ -79,7 +99,15 @@ impl Nginx {
             .expect("start nginx");
         self.process = Some(ProcessGuard { child: Some(child), name: "nginx".into() });
         let addr = self.addr.clone();
-        wait_for(Duration::from_secs(10), &format!("nginx on {addr}"), || TcpStream::connect(&addr).ok().map(|_| ()));
+        if self.netns.is_some() {
+            // Not reachable from here: nginx writes its pid once it listens.
+            let pid = d.join("nginx.pid");
+            wait_for(Duration::from_secs(10), &format!("nginx on {addr}"), || pid.exists().then_some(()));
+        } else {
+            wait_for(Duration::from_secs(10), &format!("nginx on {addr}"), || {
+                TcpStream::connect(&addr).ok().map(|_| ())
+            });
+        }
     }
 
     /// Sets the load it advertises in `gse1/status.json`.

@@ -355,3 +355,81 @@ fn provision_format_refuses_data_then_lays_out_the_disk() {
     assert_eq!(&lines[4..6], ["slot=a", "slot=b"]);
     assert_eq!(ns.ok(&format!("awk '$1 ~ \"^{d}\"' /proc/self/mounts")), "", "provision unmounts what it mounted");
 }
+
+/// A client whose config.d names a server on the lab's server side and the
+/// lab's client interface (DHCP, short wait).
+fn online_client(lab: &gse_tests::netns::NetLab, public_key: &str) -> Client {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    c.root.write(
+        "usr/share/gse/config.d/controller/server/server.info.conf",
+        &format!("public_key = \"{public_key}\"\nprobe_timeout = \"2s\"\n[[server]]\nname = \"lab\"\nurl = \"http://192.0.2.1:8080\"\n"),
+    );
+    c.root.write(
+        "usr/share/gse/config.d/system/network.conf",
+        &format!("wait = \"5s\"\n[interface.{}]\nmethod = \"dhcp\"\n", lab.client_if),
+    );
+    c.provision();
+    c
+}
+
+#[test]
+fn early_boot_goes_online_syncs_config_d_or_boots_offline() {
+    use gse_tests::{http::Nginx, netns::NetLab};
+    let mut lab = NetLab::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (sec, publ) = (keys.path().join("k.sec"), keys.path().join("k.pub"));
+    let line = gsectl("system", &["keygen", "--secret", sec.to_str().unwrap(), "--public", publ.to_str().unwrap()]);
+    let key = text(&line.stdout).trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned();
+
+    // Offline: nobody answers DHCP; the boot goes on after the bounded wait.
+    let c = online_client(&lab, &key);
+    let b = c.early_boot_in(Some(&lab.client_ns));
+    assert_eq!(s(&b["network"]), "offline: no address within 5s", "{b:#}");
+    assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"));
+    assert!(b.get("sync").is_none());
+    c.power_off();
+
+    // Online: DHCP from dnsmasq, and a published config.d whose motd reaches /etc.
+    lab.start_dnsmasq(&[]);
+    let www = keys.path().join("www");
+    let tree = keys.path().join("config.d");
+    assert!(
+        std::process::Command::new("cp").arg("-a").arg(repo().join("config.d")).arg(&tree).status().unwrap().success()
+    );
+    fs::write(tree.join("system/etc.conf"), "[file.\"/etc/motd\"]\ncontent = \"synced from the lab server\\n\"\n")
+        .unwrap();
+    fs::write(
+        tree.join("controller/server/server.info.conf"),
+        format!("public_key = \"{key}\"\nprobe_timeout = \"2s\"\n[[server]]\nname = \"lab\"\nurl = \"http://192.0.2.1:8080\"\n"),
+    )
+    .unwrap();
+    fs::write(
+        tree.join("system/network.conf"),
+        format!("wait = \"5s\"\n[interface.{}]\nmethod = \"dhcp\"\n", lab.client_if),
+    )
+    .unwrap();
+    // The synced layer wins over the image's: it carries this machine's slots too.
+    fs::copy(c.root.path().join("usr/share/gse/config.d/controller/cboot.conf"), tree.join("controller/cboot.conf"))
+        .unwrap();
+    let out = gsectl(
+        "system",
+        &[
+            "publish",
+            "config",
+            "--from",
+            tree.to_str().unwrap(),
+            "--to",
+            www.to_str().unwrap(),
+            "--secret",
+            sec.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _nginx = Nginx::start_in(&lab.server_ns, "192.0.2.1:8080", &www);
+    let b = c.early_boot_in(Some(&lab.client_ns));
+    assert!(s(&b["network"]).starts_with(&format!("up: {} 192.0.2.", lab.client_if)), "{b:#}");
+    assert!(s(&b["sync"]).starts_with("synced config.d from lab:"), "{b:#}");
+    let motd = c.ns.ok(&format!("cat {}/etc/motd", c.sysroot.display()));
+    assert_eq!(motd, "synced from the lab server\n", "the synced etc.conf is applied in the same boot");
+    c.power_off();
+}

@@ -21,6 +21,7 @@ use crate::{
     confd::ConfigService,
     fsutil::write_atomic,
     journal::{self, Journal},
+    network::NetworkService,
     paths::Paths,
 };
 use decide::{Action, decide};
@@ -48,17 +49,119 @@ pub enum BootError {
 pub struct BootService {
     paths: Paths,
     config: Arc<ConfigService>,
+    network: Arc<NetworkService>,
     /// How long to wait for slot devices to appear.
     pub device_wait: Duration,
 }
 
+/// What the network and sync steps of early boot found.
+#[derive(Debug, Clone, Default)]
+pub struct Online {
+    pub network: String,
+    pub sync: Option<String>,
+}
+
 impl BootService {
     pub fn new(paths: &Paths, config: Arc<ConfigService>) -> Arc<Self> {
-        Arc::new(BootService { paths: paths.clone(), config, device_wait: Duration::from_secs(10) })
+        let network = NetworkService::new(paths, config.clone());
+        Arc::new(BootService { paths: paths.clone(), config, network, device_wait: Duration::from_secs(10) })
+    }
+
+    /// DESIGN §6: when a server is configured, bring the wired network up (waiting
+    /// at most network.conf's `wait`), pick a server and sync config.d from it, so
+    /// the boot decision and the mounted /etc use the newest configuration.
+    /// Without a network or server the boot goes on with what it has.
+    pub async fn go_online(&self) -> Online {
+        let settings = self.config.current().loaded.settings.clone();
+        if settings.servers.server.is_empty() {
+            return Online { network: "not needed: no server is configured".into(), sync: None };
+        }
+        let net = self.network.clone();
+        let task = tokio::spawn(net.run());
+        let wait = settings.network.wait.get();
+        let mut rx = self.network.subscribe();
+        let up = tokio::time::timeout(wait, async {
+            loop {
+                let found = rx
+                    .borrow_and_update()
+                    .values()
+                    .find(|s| s.state == "bound" || s.state == "static")
+                    .map(|s| format!("up: {} {}", s.name, s.addresses.join(",")));
+                if let Some(f) = found {
+                    return f;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        let network = match up {
+            Ok(s) => s,
+            Err(_) => {
+                task.abort();
+                warn!("no network within {}; booting offline", settings.network.wait);
+                return Online { network: format!("offline: no address within {}", settings.network.wait), sync: None };
+            }
+        };
+        let sync = self.early_sync(&settings.servers).await;
+        info!(%network, %sync, "early boot online");
+        // The lease stays; the running gsed takes over the interface.
+        task.abort();
+        Online { network, sync: Some(sync) }
+    }
+
+    async fn early_sync(&self, conf: &crate::config::ServerInfoConf) -> String {
+        use crate::servers::{
+            http::Http,
+            select::{Policy, Selector, View},
+            sync::sync_config,
+        };
+        let http = Http::new(conf.probe_timeout.get());
+        let mut views = Vec::new();
+        for s in &conf.server {
+            let (h, url) = (http.clone(), format!("{}/gse1/status.json", s.url.0.trim_end_matches('/')));
+            let (r, took) = tokio::task::spawn_blocking(move || h.probe(&url)).await.unwrap_or((
+                Err(crate::servers::http::FetchError { url: String::new(), why: "probe failed".into() }),
+                Duration::ZERO,
+            ));
+            let load = r
+                .as_ref()
+                .ok()
+                .and_then(|b| b.as_ref())
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v["load"].as_f64())
+                .unwrap_or(0.0);
+            views.push(View {
+                name: s.name.clone(),
+                latency_ms: took.as_secs_f64() * 1000.0,
+                load,
+                failures: u32::from(r.is_err()),
+            });
+        }
+        let policy = Policy { fail_after: 1, margin: conf.switch_margin, jitter_ms: 0 };
+        let Some(choice) = Selector::new(fastrand::u64(..)).update(&views, &policy, 0) else {
+            return "no server answered; using the cached config.d".into();
+        };
+        let Some(url) = conf.server.iter().find(|s| s.name == choice.to).map(|s| s.url.0.clone()) else {
+            return "no server answered; using the cached config.d".into();
+        };
+        let (paths, key) = (self.paths.clone(), conf.public_key.clone());
+        let http = Http::new(conf.probe_timeout.get().max(Duration::from_secs(10)));
+        let r = tokio::task::spawn_blocking(move || sync_config(&http, &url, &key, &paths)).await;
+        match r {
+            Ok(Ok(s)) if s.changed.is_empty() => format!("config.d is up to date with {}", choice.to),
+            Ok(Ok(s)) => {
+                self.config.reload();
+                format!("synced config.d from {}: {} file(s) changed", choice.to, s.changed.len())
+            }
+            Ok(Err(e)) => format!("sync from {} failed, using the cached config.d: {e}", choice.to),
+            Err(e) => format!("sync failed: {e}"),
+        }
     }
 
     /// The whole early-boot sequence for the new root at `sysroot`.
-    pub fn prepare(&self, sysroot: &Path) -> Result<BootRecord, BootError> {
+    pub fn prepare(&self, sysroot: &Path, online: Online) -> Result<BootRecord, BootError> {
         let cfg = self.config.current();
         for e in &cfg.errors {
             warn!("config: {e}");
@@ -115,6 +218,8 @@ impl BootService {
             previous: d.last_boot.as_ref().map(|l| {
                 serde_json::to_value(l.verdict).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
             }),
+            network: online.network,
+            sync: online.sync,
             time: now,
         };
         let json = serde_json::to_vec_pretty(&record).expect("record serialises");

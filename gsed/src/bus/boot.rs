@@ -38,8 +38,9 @@ impl BootObject {
         if !sysroot.starts_with('/') {
             return Err(DBusError::InvalidArgs(format!("sysroot '{sysroot}' must be an absolute path")));
         }
+        let online = self.svc.go_online().await;
         let svc = self.svc.clone();
-        let record = tokio::task::spawn_blocking(move || svc.prepare(&PathBuf::from(sysroot)))
+        let record = tokio::task::spawn_blocking(move || svc.prepare(&PathBuf::from(sysroot), online))
             .await
             .map_err(|e| DBusError::Failed(format!("early boot crashed: {e}")))??;
         serde_json::to_string(&record).map_err(|e| DBusError::Failed(e.to_string()))
