@@ -216,3 +216,21 @@ async fn bad_network_conf_is_reported_and_the_last_good_stays() {
     assert_eq!(r.8, "network.conf names gse-none0, but there is no such interface");
     assert_eq!(row(&net.interfaces().await.unwrap(), &lab.client_if).1, "static");
 }
+
+#[tokio::test]
+async fn manage_false_only_reports() {
+    let lab = NetLab::new();
+    lab.set_peer(true);
+    let conf =
+        format!("manage = false\n[interface.{}]\nmethod = \"static\"\naddress = \"198.51.100.30/24\"\n", lab.client_if);
+    let root = client(&conf);
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-unmanaged", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    let r = wait_state(&net, &lab.client_if, "unmanaged", 10).await;
+    assert_eq!(r.3, "none");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(lab.client_addresses().is_empty(), "another network manager owns the interface: gsed sets nothing");
+    assert!(lab.client_ip(&["link", "show", &lab.client_if]).contains("state DOWN"), "not even brought up");
+}

@@ -12,6 +12,9 @@
 //! `servers`: sync time of the shipped config.d over loopback, and failover time
 //! (current server killed -> Switched signal), median of 10.
 //!
+//! `network`: time from gsed's start to a DHCP address on its interface
+//! (dnsmasq on the other end of a veth in namespaces), next to busybox udhcpc.
+//!
 //! `config`: time from a file write in the synced config.d to the `Changed`
 //! signal at a client (median of 20), and the CPU time gsed uses over 10 s in
 //! which nothing changes.
@@ -255,6 +258,72 @@ async fn servers_bench() {
     );
 }
 
+fn network_bench() {
+    use gse_tests::{netns::NetLab, start_gsed_in};
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&[]);
+    let root = TestRoot::new();
+    root.health_conf("");
+    root.write(
+        "user-data/persistent/config.d/system/network.conf",
+        &format!("[interface.{}]\nmethod = \"dhcp\"\n", lab.client_if),
+    );
+    let bus = TestBus::start();
+    let reset = |lab: &NetLab| {
+        let run = |args: &[&str]| {
+            std::process::Command::new("ip").args(["-n", &lab.client_ns]).args(args).output().expect("ip");
+        };
+        run(&["addr", "flush", "dev", &lab.client_if]);
+        run(&["link", "set", &lab.client_if, "down"]);
+    };
+    let until_address = |lab: &NetLab, t0: Instant| loop {
+        if !lab.client_addresses().is_empty() {
+            return t0.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no address within 20 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // One lease first, so dnsmasq's ping check of a new address is out of the figures.
+    let warm = start_gsed_in(&bus, &root, "bench-net-warm", Some(&lab.client_ns));
+    until_address(&lab, Instant::now());
+    drop(warm);
+    let mut gsed_ms = Vec::new();
+    for i in 0..10 {
+        reset(&lab);
+        let t0 = Instant::now();
+        let g = start_gsed_in(&bus, &root, &format!("bench-net-{i}"), Some(&lab.client_ns));
+        gsed_ms.push(until_address(&lab, t0));
+        drop(g);
+    }
+    let script = root.path().join("udhcpc.script");
+    fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\"\nexit 0\n")
+        .expect("script");
+    std::process::Command::new("chmod").arg("755").arg(&script).status().expect("chmod");
+    let mut udhcpc_ms = Vec::new();
+    for _ in 0..10 {
+        reset(&lab);
+        std::process::Command::new("ip")
+            .args(["-n", &lab.client_ns, "link", "set", &lab.client_if, "up"])
+            .status()
+            .expect("ip");
+        let t0 = Instant::now();
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "busybox", "udhcpc", "-q", "-n", "-f", "-i", &lab.client_if, "-s"])
+            .arg(&script)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("udhcpc");
+        udhcpc_ms.push(until_address(&lab, t0));
+        let _ = child.wait();
+    }
+    println!(
+        "gsed start -> DHCP address (dnsmasq in a netns): median {:.0} ms over 10; busybox udhcpc -q -n (link already up): median {:.0} ms over 10",
+        median(gsed_ms),
+        median(udhcpc_ms)
+    );
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -263,8 +332,9 @@ fn main() {
         "boot" => boot_bench(),
         "sim" => sim_bench(),
         "servers" => rt.block_on(servers_bench()),
+        "network" => network_bench(),
         _ => {
-            eprintln!("usage: gse-bench config|boot|sim|servers");
+            eprintln!("usage: gse-bench config|boot|sim|servers|network");
             std::process::exit(2);
         }
     }
