@@ -8,6 +8,7 @@ mod config;
 mod health;
 mod image;
 mod initramfs;
+mod install;
 mod output;
 mod servers;
 
@@ -41,6 +42,8 @@ enum Command {
     /// Prepare this machine's disk: user-data tree, flag key, first boot flags;
     /// with --format also partitions and filesystems from drives.conf.
     Provision(boot::ProvisionArgs),
+    /// Install an image into the slots of this (provisioned) machine, with fresh flags.
+    Install(install::InstallArgs),
     /// The wired network: state of each interface (and renew).
     Network(servers::NetworkArgs),
     /// The servers this client syncs from (and switch, unpin, sync).
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
             Command::Config(args) => config::run(&bus, &cli.root, args).await,
             Command::Boot(args) => boot::run(cli.bus.as_ref(), &cli.root, args).await,
             Command::Provision(args) => boot::provision(&cli.root, args),
+            Command::Install(args) => install::install(&cli.root, args),
             Command::Servers(args) => servers::servers(&bus, args).await,
             Command::Network(args) => servers::network(&bus, args).await,
             Command::Update(args) => servers::update(&bus, args).await,

@@ -278,3 +278,31 @@ pub fn gsectl_as_nobody(bus: &str, args: &[&str]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// `gsectl keygen` into `dir` (`NAME.sec`, `NAME.pub`); returns the public key line's value.
+pub fn keygen(dir: &Path, name: &str) -> String {
+    let (sec, publ) = (dir.join(format!("{name}.sec")), dir.join(format!("{name}.pub")));
+    let out = Command::new(bin("gsectl"))
+        .arg("keygen")
+        .arg("--secret")
+        .arg(&sec)
+        .arg("--public")
+        .arg(&publ)
+        .output()
+        .expect("gsectl keygen");
+    assert!(out.status.success(), "gsectl keygen: {}", text(&out.stderr));
+    text(&out.stdout).trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned()
+}
+
+/// `gsectl publish config --from FROM --to TO --secret SECRET`.
+pub fn publish_config(from: &Path, to: &Path, secret: &Path) -> Output {
+    Command::new(bin("gsectl"))
+        .args(["publish", "config", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .arg("--secret")
+        .arg(secret)
+        .output()
+        .expect("gsectl publish")
+}

@@ -337,3 +337,58 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
         "no overwrite without --force"
     );
 }
+
+#[test]
+fn a_reader_never_sees_a_partial_channel_file() {
+    let d = tempfile::tempdir().unwrap();
+    keygen(d.path(), "k");
+    let www = d.path().join("www");
+    let image = d.path().join("stage4.tar.zst");
+    fs::write(&image, vec![7u8; 1 << 16]).unwrap();
+    let channel = www.join("gse1/channels/stable.json");
+    let publish = |v: &str| {
+        let out = gsectl(
+            "system",
+            &[
+                "publish",
+                "image",
+                "--image",
+                image.to_str().unwrap(),
+                "--version",
+                v,
+                "--channel",
+                "stable",
+                "--to",
+                www.to_str().unwrap(),
+                "--secret",
+                d.path().join("k.sec").to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    publish("1");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, channel) = (stop.clone(), channel.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let data = fs::read(&channel).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&data)
+                    .unwrap_or_else(|e| panic!("partial channel file ({e}): {:?}", text(&data)));
+                assert!(v["version"].is_string());
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for v in 2..12 {
+        publish(&v.to_string());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("every read was a whole channel file");
+    assert!(reads > 10, "the reader ran alongside ({reads} reads)");
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(&channel).unwrap()).unwrap();
+    assert_eq!(v["version"], "11");
+    assert!(www.join("gse1/images/11/stage4.tar.zst").is_file());
+}

@@ -4,7 +4,11 @@
 
 use std::{fs, time::Duration};
 
-use gse_tests::{client::Client, disk::*, *};
+use gse_tests::{
+    client::Client,
+    disk::{self, *},
+    *,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -377,9 +381,8 @@ fn early_boot_goes_online_syncs_config_d_or_boots_offline() {
     use gse_tests::{http::Nginx, netns::NetLab};
     let mut lab = NetLab::new();
     let keys = tempfile::tempdir().unwrap();
-    let (sec, publ) = (keys.path().join("k.sec"), keys.path().join("k.pub"));
-    let line = gsectl("system", &["keygen", "--secret", sec.to_str().unwrap(), "--public", publ.to_str().unwrap()]);
-    let key = text(&line.stdout).trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned();
+    let key = keygen(keys.path(), "k");
+    let sec = keys.path().join("k.sec");
 
     // Offline: nobody answers DHCP; the boot goes on after the bounded wait.
     let c = online_client(&lab, &key);
@@ -411,19 +414,7 @@ fn early_boot_goes_online_syncs_config_d_or_boots_offline() {
     // The synced layer wins over the image's: it carries this machine's slots too.
     fs::copy(c.root.path().join("usr/share/gse/config.d/controller/cboot.conf"), tree.join("controller/cboot.conf"))
         .unwrap();
-    let out = gsectl(
-        "system",
-        &[
-            "publish",
-            "config",
-            "--from",
-            tree.to_str().unwrap(),
-            "--to",
-            www.to_str().unwrap(),
-            "--secret",
-            sec.to_str().unwrap(),
-        ],
-    );
+    let out = publish_config(&tree, &www, &sec);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _nginx = Nginx::start_in(&lab.server_ns, "192.0.2.1:8080", &www);
     let b = c.early_boot_in(Some(&lab.client_ns));
@@ -431,5 +422,33 @@ fn early_boot_goes_online_syncs_config_d_or_boots_offline() {
     assert!(s(&b["sync"]).starts_with("synced config.d from lab:"), "{b:#}");
     let motd = c.ns.ok(&format!("cat {}/etc/motd", c.sysroot.display()));
     assert_eq!(motd, "synced from the lab server\n", "the synced etc.conf is applied in the same boot");
+    c.power_off();
+}
+
+#[test]
+fn an_image_installed_into_both_slots_boots() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    c.provision();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("rootfs");
+    disk::tiny_root(&tree, "unused");
+    let image = work.path().join("lab-2.0.tar.zst");
+    let out = gsectl(
+        "system",
+        &["image", "build", "--rootfs", tree.to_str().unwrap(), "--version", "2.0", "--out", image.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = c.gsectl(&["install", "--image", image.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("install: slot b: image 2.0 installed"), "{}", text(&out.stderr));
+    c.assert_same_tree("a", "b");
+    let b = c.early_boot();
+    assert_eq!(
+        (s(&b["slot"]), s(&b["action"]), s(&b["flag"]), s(&b["image_version"])),
+        ("a", "normal", "valid", "2.0"),
+        "{b:#}"
+    );
+    assert!(c.ns.ok(&format!("cat {}/etc/gse-release", c.sysroot.display())).contains("VERSION=2.0"));
     c.power_off();
 }

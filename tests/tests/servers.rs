@@ -33,21 +33,6 @@ fn server_info(public_key: &str, servers: &[(&str, String)]) -> String {
     s
 }
 
-fn keygen(dir: &Path, name: &str) -> String {
-    let out = gsectl(
-        "system",
-        &[
-            "keygen",
-            "--secret",
-            dir.join(format!("{name}.sec")).to_str().unwrap(),
-            "--public",
-            dir.join(format!("{name}.pub")).to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned()
-}
-
 impl Room {
     /// `n` servers on 127.0.0.11.. with `loads`, all publishing the same config.d.
     fn new(loads: &[f64]) -> Room {
@@ -86,19 +71,7 @@ impl Room {
 
     fn publish(&self, server: usize, tree: &Path, key: &str) {
         let to = &self.servers[server].docroot;
-        let out = gsectl(
-            "system",
-            &[
-                "publish",
-                "config",
-                "--from",
-                tree.to_str().unwrap(),
-                "--to",
-                to.to_str().unwrap(),
-                "--secret",
-                self.secret(key).to_str().unwrap(),
-            ],
-        );
+        let out = publish_config(tree, to, &self.secret(key));
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 
@@ -379,21 +352,7 @@ fn keys_work_with_minisign_and_publish_refuses_an_invalid_tree() {
     let tree = dir.path().join("config.d");
     cp(&repo().join("config.d"), &tree);
     let to = dir.path().join("www");
-    let publish = || {
-        gsectl(
-            "system",
-            &[
-                "publish",
-                "config",
-                "--from",
-                tree.to_str().unwrap(),
-                "--to",
-                to.to_str().unwrap(),
-                "--secret",
-                dir.path().join("k.sec").to_str().unwrap(),
-            ],
-        )
-    };
+    let publish = || publish_config(&tree, &to, &dir.path().join("k.sec"));
     assert!(publish().status.success());
     let before = fs::read_link(to.join("gse1/config.d")).unwrap();
     fs::write(tree.join("system/network.conf"), "[interface.eth0]\nmethod = \"static\"\n").unwrap();
