@@ -200,10 +200,17 @@ fi
 mkdir -p /sysroot/run /sysroot/dev
 mount --move /run /sysroot/run
 mount --move /dev /sysroot/dev
+init=/sbin/init
+read -r cmdline </proc/cmdline
+for word in $cmdline; do
+	case "$word" in init=*) init="${word#init=}" ;; esac
+done
+if [ ! -x "/sysroot$init" ] && [ ! -L "/sysroot$init" ]; then
+	echo "gse: $init is not in the new root; here is a shell"
+	exec sh
+fi
 umount /sys /proc
-exec switch_root /sysroot /sbin/init
-echo "gse: switch_root failed; here is a shell"
-exec sh
+exec switch_root /sysroot "$init"
 "#;
 
 pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {

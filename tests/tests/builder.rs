@@ -300,6 +300,19 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
     // Nothing of the host's paths: all entries are relative, none names the build dirs.
     let host = d.path().to_str().unwrap().trim_start_matches('/');
     assert!(entries.iter().all(|e| !e.starts_with('/') && !e.contains(host) && !e.contains("..")), "{entries:?}");
+    // /init is a sound shell script.
+    let init = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | cpio -i --to-stdout --quiet init")
+        .arg("sh")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let init_file = d.path().join("init");
+    fs::write(&init_file, &init.stdout).unwrap();
+    let sc =
+        Command::new(require_tool("shellcheck", "shellcheck")).args(["-s", "sh"]).arg(&init_file).output().unwrap();
+    assert!(sc.status.success(), "shellcheck /init:\n{}", text(&sc.stdout));
     // The module load order puts dependencies first.
     let order = Command::new("sh")
         .arg("-c")

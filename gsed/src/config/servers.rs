@@ -83,6 +83,15 @@ impl Validate for ServerInfoConf {
                     format!("'{}' must be a short name of letters, digits, - _ .", s.name),
                 ));
             }
+            if s.url.0.starts_with("https://") {
+                out.push(Invalid::new(
+                    format!("server.{i}.url"),
+                    format!(
+                        "'{}': use http:// — gsed speaks plain HTTP; everything it fetches is signed and checked",
+                        s.url
+                    ),
+                ));
+            }
             if names.contains(&&s.name) {
                 out.push(Invalid::new(format!("server.{i}.name"), format!("'{}' is listed twice", s.name)));
             }

@@ -119,3 +119,12 @@ fn flatten_lists_leaves_with_origins() {
     assert_eq!(rows[0].1, "\"1777\"");
     assert_eq!(rows[0].2.as_ref().unwrap().line, Some(7));
 }
+
+#[test]
+fn servers_need_a_key_and_plain_http() {
+    let t = Tree::new();
+    t.put("controller/server/server.info.conf", "[[server]]\nname = \"main\"\nurl = \"https://gse.lab.example\"\n");
+    let msgs: Vec<String> = load(&[t.path()]).unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("public_key: is required when servers are listed")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("server.0.url") && m.contains("use http://")), "{msgs:#?}");
+}

@@ -174,3 +174,12 @@ fn sysfs_wired(name: &str) -> bool {
         && !base.join("bridge").exists()
         && !base.join("bonding").exists()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_is_not_a_wired_port() {
+        assert!(!super::is_physical_wired("lo"));
+        assert!(!super::is_physical_wired("gse-no-such-if0"));
+    }
+}
