@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs the Debian packages that building GSE and running its tests need.
-# Used by scripts/demo.sh, scripts/test.sh and .ci/run; safe to run again.
+# The Debian packages that building GSE and running its tests need, in one place.
+#   scripts/install-deps.sh          installs the missing ones (safe to run again)
+#   scripts/install-deps.sh --list   prints the list (.ci/run installs it)
 set -eu
 
 packages="
@@ -11,6 +12,12 @@ packages="
   iproute2 dnsmasq
   shellcheck
 "
+
+if [ "${1:-}" = "--list" ]; then
+	# shellcheck disable=SC2086  # one word a package
+	echo $packages
+	exit 0
+fi
 
 missing=""
 for p in $packages; do

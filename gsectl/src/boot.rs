@@ -7,7 +7,7 @@ use gse_dbus::{
     BusAddress,
     boot::{BootProxy, BootRecord},
 };
-use gsed::{boot::provision, config, paths::Paths};
+use gsed::{boot::provision, paths::Paths};
 
 use crate::Failure;
 
@@ -65,16 +65,7 @@ pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArg
 
 pub fn provision(root: &std::path::Path, args: ProvisionArgs) -> Result<u8, Failure> {
     let paths = Paths::new(root);
-    let loaded = match &args.config {
-        Some(dir) => config::check_tree(dir),
-        None => config::load(&config::layers(&paths)),
-    }
-    .map_err(|errors| {
-        Failure::Error(format!(
-            "the configuration is invalid:\n{}",
-            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
-        ))
-    })?;
+    let loaded = crate::offline_config(&paths, args.config.as_deref())?;
     let opts = provision::Options { format: args.format, force: args.force };
     provision::provision(&paths, &loaded.settings, &opts, &mut |line| eprintln!("provision: {line}"))
         .map_err(|e| Failure::Error(format!("provisioning failed: {e}")))?;

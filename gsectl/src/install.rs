@@ -13,7 +13,6 @@ use gsed::{
         slots::Slots,
         state::BootState,
     },
-    config,
     paths::Paths,
 };
 
@@ -34,16 +33,7 @@ pub struct InstallArgs {
 
 pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure> {
     let paths = Paths::new(root);
-    let loaded = match &args.config {
-        Some(dir) => config::check_tree(dir),
-        None => config::load(&config::layers(&paths)),
-    }
-    .map_err(|errors| {
-        Failure::Error(format!(
-            "the configuration is invalid:\n{}",
-            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
-        ))
-    })?;
+    let loaded = crate::offline_config(&paths, args.config.as_deref())?;
     let settings = &loaded.settings;
     if !args.image.is_file() {
         return Err(Failure::Error(format!("{} is not a file", args.image.display())));

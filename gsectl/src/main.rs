@@ -114,6 +114,24 @@ impl Failure {
     }
 }
 
+/// The configuration offline commands work from: a given tree, or the layers
+/// this machine loads (under --root).
+pub fn offline_config(
+    paths: &gsed::paths::Paths,
+    dir: Option<&std::path::Path>,
+) -> Result<gsed::config::Loaded, Failure> {
+    match dir {
+        Some(dir) => gsed::config::check_tree(dir),
+        None => gsed::config::load(&gsed::config::layers(paths)),
+    }
+    .map_err(|errors| {
+        Failure::Error(format!(
+            "the configuration is invalid:\n{}",
+            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+        ))
+    })
+}
+
 pub fn unreachable_message(bus: &BusAddress) -> String {
     format!(
         "gsed is not running on {bus}; start it with 'rc-service gsed start' (OpenRC) or 'systemctl start gsed' (systemd)"
