@@ -195,6 +195,7 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
         };
         put(root, &format!("usr/lib/dracut/modules.d/90gse/{f}"), data, 0o755)?;
     }
+    add_group(root, "gse")?;
     let checked = gsed::config::check_tree(config).map_err(|errors| {
         Failure::Error(format!(
             "{} is not a valid config.d:\n{}",
@@ -209,6 +210,32 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
         let mode =
             fs::metadata(&f).map(|m| if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 }).unwrap_or(0o644);
         put(&dest, &rel, &fs::read(&f).map_err(fail(format!("reading {}", f.display())))?, mode)?;
+    }
+    Ok(())
+}
+
+/// Adds a system group (for the D-Bus policy: members may change state) unless
+/// the image has it, with the first free gid from 100 up; idempotent.
+fn add_group(root: &Path, name: &str) -> Result<(), Failure> {
+    let path = root.join("etc/group");
+    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+    if text.lines().any(|l| l.split(':').next() == Some(name)) {
+        return Ok(());
+    }
+    let used: Vec<u32> = text.lines().filter_map(|l| l.split(':').nth(2)?.parse().ok()).collect();
+    let gid = (100..1000)
+        .find(|g| !used.contains(g))
+        .ok_or_else(|| Failure::Error("no free system gid for group gse".into()))?;
+    let mut new = text;
+    if !new.ends_with('\n') && !new.is_empty() {
+        new.push('\n');
+    }
+    new.push_str(&format!("{name}:x:{gid}:\n"));
+    let mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    put(root, "etc/group", new.as_bytes(), mode)?;
+    if let Ok(gshadow) = fs::read_to_string(root.join("etc/gshadow")) {
+        let mode = fs::metadata(root.join("etc/gshadow")).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o640);
+        put(root, "etc/gshadow", format!("{gshadow}{name}:!::\n").as_bytes(), mode)?;
     }
     Ok(())
 }

@@ -145,6 +145,7 @@ pub fn tiny_root(dir: &Path, version: &str) {
     std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).expect("symlink");
     fs::write(dir.join("etc/gse-release"), format!("NAME=GSE\nVERSION={version}\n")).unwrap();
     fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    fs::write(dir.join("etc/group"), "root:x:0:\nusers:x:100:\n").unwrap();
     fs::write(dir.join("etc/motd"), "image motd\n").unwrap();
     fs::write(dir.join("etc/image-only"), "from the image\n").unwrap();
     for s in ["dbus", "gsed", "local", "cupsd"] {

@@ -149,6 +149,12 @@ fn image_build_keeps_metadata_removes_per_machine_files_and_is_reproducible() {
         assert!(unpacked.join(installed).is_file(), "{installed} is installed");
     }
     assert_eq!(fs::read_link(unpacked.join("etc/runlevels/default/gsed")).unwrap(), Path::new("/etc/init.d/gsed"));
+    let groups = fs::read_to_string(unpacked.join("etc/group")).unwrap();
+    assert_eq!(
+        groups.lines().filter(|l| l.starts_with("gse:x:")).count(),
+        1,
+        "group gse for the D-Bus policy: {groups}"
+    );
     assert!(unpacked.join("user-data").is_dir() && unpacked.join("boot").is_dir());
 
     let again = build(true);
