@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     fs::{self, File},
-    io::{self, BufWriter, Read, Write},
+    io::{self, BufWriter, Write},
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink},
     path::{Path, PathBuf},
     process::Command,
@@ -17,7 +17,6 @@ use std::{
 use clap::Args;
 use gsed::boot::mount::Mounts;
 use nix::mount::MsFlags;
-use sha2::{Digest, Sha256};
 
 use crate::Failure;
 
@@ -336,19 +335,8 @@ fn write_stage4(root: &Path, out: &Path) -> Result<(String, u64, usize), Failure
         }
     };
     fs::rename(&tmp, out).map_err(fail(format!("placing {}", out.display())))?;
-    let mut h = Sha256::new();
-    let mut f = File::open(out).map_err(fail("reading the image back"))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(fail("reading the image back"))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((h.finalize().iter().map(|b| format!("{b:02x}")).collect(), size, entries))
+    let (sha, size) = gsed::servers::manifest::hash_file(out).map_err(fail("reading the image back"))?;
+    Ok((sha, size, entries))
 }
 
 /// Appends the tree in pre-order (each directory right before its contents, as

@@ -132,19 +132,16 @@ pub fn offline_config(
     })
 }
 
+const START_HINT: &str = "start it with 'rc-service gsed start' (OpenRC) or 'systemctl start gsed' (systemd)";
+
 pub fn unreachable_message(bus: &BusAddress) -> String {
-    format!(
-        "gsed is not running on {bus}; start it with 'rc-service gsed start' (OpenRC) or 'systemctl start gsed' (systemd)"
-    )
+    format!("gsed is not running on {bus}; {START_HINT}")
 }
 
 /// Connects to the bus, or explains why not.
 pub async fn connect(bus: &BusAddress) -> Result<zbus::Connection, Failure> {
     bus.connect().await.map_err(|e| {
-        Failure::Unreachable(format!(
-            "cannot reach {bus} ({e}); is the D-Bus daemon running? {}",
-            unreachable_message(bus).split_once("; ").map_or("", |(_, hint)| hint)
-        ))
+        Failure::Unreachable(format!("cannot reach {bus} ({e}); is the D-Bus daemon running? Then {START_HINT}"))
     })
 }
 

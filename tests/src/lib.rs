@@ -306,3 +306,16 @@ pub fn publish_config(from: &Path, to: &Path, secret: &Path) -> Output {
         .output()
         .expect("gsectl publish")
 }
+
+/// `gsectl publish image --image IMAGE --version V --channel CHANNEL --to TO --secret SECRET`.
+pub fn publish_image(image: &Path, version: &str, channel: &str, to: &Path, secret: &Path) -> Output {
+    Command::new(bin("gsectl"))
+        .args(["publish", "image", "--image"])
+        .arg(image)
+        .args(["--version", version, "--channel", channel, "--to"])
+        .arg(to)
+        .arg("--secret")
+        .arg(secret)
+        .output()
+        .expect("gsectl publish image")
+}

@@ -256,18 +256,25 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
     fs::write(moddir.join("modules.dep"), dep).unwrap();
     let out = d.path().join("initramfs.gz");
     let conf = repo().join("config.d");
-    gsectl_ok(&[
-        "initramfs",
-        "build",
-        "--kver",
-        kver,
-        "--modules-root",
-        d.path().join("modroot").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        conf.to_str().unwrap(),
-    ]);
+    let build = || {
+        gsectl(
+            "system",
+            &[
+                "initramfs",
+                "build",
+                "--kver",
+                kver,
+                "--modules-root",
+                d.path().join("modroot").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+        )
+    };
+    let first = build();
+    assert!(first.status.success(), "{}", text(&first.stderr));
 
     require_tool("cpio", "cpio");
     let list =
@@ -334,27 +341,7 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
             && pos("failover.ko") < pos("net_failover.ko")
             && pos("raid6_pq.ko") < pos("btrfs.ko")
     );
-    assert_eq!(
-        gsectl(
-            "system",
-            &[
-                "initramfs",
-                "build",
-                "--kver",
-                kver,
-                "--modules-root",
-                d.path().join("modroot").to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--config",
-                conf.to_str().unwrap()
-            ]
-        )
-        .status
-        .code(),
-        Some(1),
-        "no overwrite without --force"
-    );
+    assert_eq!(build().status.code(), Some(1), "no overwrite without --force");
 }
 
 #[test]
@@ -366,23 +353,7 @@ fn a_reader_never_sees_a_partial_channel_file() {
     fs::write(&image, vec![7u8; 1 << 16]).unwrap();
     let channel = www.join("gse1/channels/stable.json");
     let publish = |v: &str| {
-        let out = gsectl(
-            "system",
-            &[
-                "publish",
-                "image",
-                "--image",
-                image.to_str().unwrap(),
-                "--version",
-                v,
-                "--channel",
-                "stable",
-                "--to",
-                www.to_str().unwrap(),
-                "--secret",
-                d.path().join("k.sec").to_str().unwrap(),
-            ],
-        );
+        let out = publish_image(&image, v, "stable", &www, &d.path().join("k.sec"));
         assert!(out.status.success(), "{}", text(&out.stderr));
     };
     publish("1");

@@ -265,23 +265,7 @@ async fn version_check_asks_and_records_the_decision() {
     let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
     let image = room.docroots.path().join("stage4-2.0.tar.zst");
     fs::write(&image, b"not really an image, but signed and hashed like one").unwrap();
-    let out = gsectl(
-        "system",
-        &[
-            "publish",
-            "image",
-            "--image",
-            image.to_str().unwrap(),
-            "--version",
-            "2.0",
-            "--channel",
-            "stable",
-            "--to",
-            room.servers[0].docroot.to_str().unwrap(),
-            "--secret",
-            room.secret("k").to_str().unwrap(),
-        ],
-    );
+    let out = publish_image(&image, "2.0", "stable", &room.servers[0].docroot, &room.secret("k"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let channel = room.servers[0].docroot.join("gse1/channels/stable.json");
     let v = Command::new(require_tool("minisign", "minisign"))

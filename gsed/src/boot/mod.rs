@@ -113,32 +113,20 @@ impl BootService {
 
     async fn early_sync(&self, conf: &crate::config::ServerInfoConf) -> String {
         use crate::servers::{
-            http::Http,
+            http::{Http, probe_all},
             select::{Policy, Selector, View},
             sync::sync_config,
         };
-        let http = Http::new(conf.probe_timeout.get());
-        let mut views = Vec::new();
-        for s in &conf.server {
-            let (h, url) = (http.clone(), format!("{}/gse1/status.json", s.url.0.trim_end_matches('/')));
-            let (r, took) = tokio::task::spawn_blocking(move || h.probe(&url)).await.unwrap_or((
-                Err(crate::servers::http::FetchError { url: String::new(), why: "probe failed".into() }),
-                Duration::ZERO,
-            ));
-            let load = r
-                .as_ref()
-                .ok()
-                .and_then(|b| b.as_ref())
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                .and_then(|v| v["load"].as_f64())
-                .unwrap_or(0.0);
-            views.push(View {
-                name: s.name.clone(),
-                latency_ms: took.as_secs_f64() * 1000.0,
-                load,
-                failures: u32::from(r.is_err()),
-            });
-        }
+        let probes = probe_all(&Http::new(conf.probe_timeout.get()), &conf.server).await;
+        let views: Vec<View> = conf
+            .server
+            .iter()
+            .zip(probes)
+            .map(|(s, p)| match p {
+                Ok(p) => View { name: s.name.clone(), latency_ms: p.latency_ms, load: p.load, failures: 0 },
+                Err(_) => View { name: s.name.clone(), latency_ms: 0.0, load: 0.0, failures: 1 },
+            })
+            .collect();
         let policy = Policy { fail_after: 1, margin: conf.switch_margin, jitter_ms: 0 };
         let Some(choice) = Selector::new(fastrand::u64(..)).update(&views, &policy, 0) else {
             return "no server answered; using the cached config.d".into();

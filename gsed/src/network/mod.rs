@@ -61,7 +61,8 @@ pub struct NetworkService {
     state: watch::Sender<BTreeMap<String, IfaceState>>,
     carrier: watch::Sender<Carriers>,
     renew: Notify,
-    leases: Mutex<BTreeMap<String, (Lease, String)>>,
+    /// The lease each DHCP interface holds, by interface name.
+    leases: Mutex<BTreeMap<String, Lease>>,
 }
 
 impl NetworkService {
@@ -145,7 +146,8 @@ impl NetworkService {
             });
             self.state.send_if_modified(|m| {
                 let before = m.len();
-                m.retain(|n, _| plan.contains_key(n) || !conf.manage || self.paths.is_real_root());
+                // Unmanaged interfaces are all reported; managed ones are those planned.
+                m.retain(|n, _| !conf.manage || plan.contains_key(n));
                 before != m.len()
             });
             for (name, ic) in &plan {
@@ -332,7 +334,7 @@ impl NetworkService {
         carrier: &mut watch::Receiver<Carriers>,
     ) -> Result<(), String> {
         let client = Client::new(name, mac, hostname).map_err(|e| format!("DHCP on {name}: {e}"))?;
-        let held = self.leases.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|l| l.0.clone());
+        let held = self.leases.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
         // After a carrier loss, first try to keep the lease we hold.
         let mut lease = match held.filter(|l| l.expires_at() > Instant::now()) {
             Some(l) => client.extend(&l, true, Duration::from_secs(2)).await.ok(),
@@ -364,10 +366,7 @@ impl NetworkService {
         };
         info!(interface = name, address = %lease.address, server = %lease.server, secs = lease.lease_secs, "DHCP lease");
         loop {
-            self.leases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name.to_owned(), (lease.clone(), name.to_owned()));
+            self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), lease.clone());
             self.apply_lease(h, name, index, &lease).await?;
             // Renew at T1 (unicast), rebind from T2 (broadcast), give up at expiry.
             let extended = loop {
@@ -420,9 +419,9 @@ impl NetworkService {
 
     /// Releases every DHCP lease (clean shutdown).
     pub async fn release_all(&self) {
-        let leases: Vec<(Lease, String)> =
-            self.leases.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        for (lease, name) in leases {
+        let leases: Vec<(String, Lease)> =
+            self.leases.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, l)| (n.clone(), l.clone())).collect();
+        for (name, lease) in leases {
             let mac = self.carrier.borrow().get(&name).map(|c| c.2.clone()).unwrap_or_default();
             if let Ok(c) = Client::new(&name, &mac, "") {
                 let _ = c.release(&lease).await;

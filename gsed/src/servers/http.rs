@@ -35,16 +35,49 @@ impl Http {
         resp.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| err(describe(e)))
     }
 
-    /// GETs `url` and returns the body (if any) and the time it took.
-    pub fn probe(&self, url: &str) -> (Result<Option<Vec<u8>>, FetchError>, Duration) {
+    /// One probe of a server: `gse1/status.json` (optional: a 404 still means the
+    /// server answers), timed, with the load it advertises.
+    pub fn probe(&self, base: &str) -> Result<Probe, FetchError> {
+        let url = format!("{}/gse1/status.json", base.trim_end_matches('/'));
         let t0 = Instant::now();
-        let r = match self.get(url, 64 * 1024) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.why == "HTTP 404" => Ok(None),
-            Err(e) => Err(e),
+        let body = match self.get(&url, 64 * 1024) {
+            Ok(b) => Some(b),
+            Err(e) if e.why == "HTTP 404" => None,
+            Err(e) => return Err(e),
         };
-        (r, t0.elapsed())
+        let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let load = body
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("load").and_then(|l| l.as_f64()))
+            .unwrap_or(0.0);
+        Ok(Probe { latency_ms, load })
     }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    pub latency_ms: f64,
+    pub load: f64,
+}
+
+/// Probes every server at once; results in the order of `servers`.
+pub async fn probe_all(http: &Http, servers: &[crate::config::Server]) -> Vec<Result<Probe, FetchError>> {
+    let tasks: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            let (http, url) = (http.clone(), s.url.0.clone());
+            tokio::task::spawn_blocking(move || http.probe(&url))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for (t, s) in tasks.into_iter().zip(servers) {
+        out.push(
+            t.await
+                .unwrap_or_else(|e| Err(FetchError { url: s.url.0.clone(), why: format!("probe task failed: {e}") })),
+        );
+    }
+    out
 }
 
 fn describe(e: ureq::Error) -> String {

@@ -44,10 +44,31 @@ pub enum ManifestError {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().fold(String::with_capacity(64), |mut s, b| {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// The sha256 (hex) and size of a file, read in pieces (images are large).
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex(&h.finalize()), size));
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
 }
 
 /// A path is safe when it is relative, made only of normal components, and has no

@@ -3,15 +3,14 @@
 //! swapping a symlink to a complete, signed directory; channel files by rename.
 
 use std::{
-    fs,
-    io::{self, Read},
+    fs, io,
     os::unix::fs::{PermissionsExt, symlink},
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Manifest, ManifestError, sign};
+use super::manifest::{Manifest, ManifestError, hash_file, sign};
 use crate::{
     config::{self, ConfigError},
     fsutil::write_atomic,
@@ -130,51 +129,30 @@ pub fn publish_image(
         .filter(|n| super::manifest::safe_path(n))
         .ok_or_else(|| PublishError::Refused(format!("{}: unusual image file name", image.display())))?;
     let (sha256, size) = hash_file(image).map_err(io(format!("reading {}", image.display())))?;
+    let channel = Channel {
+        channel: name.to_owned(),
+        version: version.to_owned(),
+        image: format!("images/{version}/{file_name}"),
+        sha256: sha256.clone(),
+        size,
+        published: crate::journal::now(),
+    };
+    // Signed before anything is written: a bad key leaves the tree untouched.
+    let json = serde_json::to_vec_pretty(&channel).expect("channel serialises");
+    let sig = sign(secret, &json, &format!("gse channel {name} {version}"))?;
     let gse1 = tree.join("gse1");
     let dir = gse1.join("images").join(version);
     let dest = dir.join(&file_name);
     fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    if hash_file(&dest).ok() != Some((sha256.clone(), size)) {
+    if hash_file(&dest).ok() != Some((sha256, size)) {
         let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
         fs::copy(image, &tmp).map_err(io(format!("copying {}", image.display())))?;
         fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("syncing the image"))?;
         fs::rename(&tmp, &dest).map_err(io(format!("placing {}", dest.display())))?;
     }
-    let channel = Channel {
-        channel: name.to_owned(),
-        version: version.to_owned(),
-        image: format!("images/{version}/{file_name}"),
-        sha256,
-        size,
-        published: crate::journal::now(),
-    };
-    let json = serde_json::to_vec_pretty(&channel).expect("channel serialises");
-    let sig = sign(secret, &json, &format!("gse channel {name} {version}"))?;
     let chdir = gse1.join("channels");
     write_atomic(&chdir.join(format!("{name}.json.minisig")), sig.as_bytes(), 0o644)
         .map_err(io("writing the channel signature"))?;
     write_atomic(&chdir.join(format!("{name}.json")), &json, 0o644).map_err(io("writing the channel file"))?;
     Ok(channel)
-}
-
-fn hash_file(path: &Path) -> io::Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    let digest = h.finalize();
-    Ok((sha256_hex_of(&digest), size))
-}
-
-fn sha256_hex_of(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tracing::{info, warn};
 
 use super::{
-    http::Http,
+    http::{Http, probe_all},
     select::{Policy, Selector, Switch, View},
     sync::sync_config,
     update::UpdateService,
@@ -187,37 +187,25 @@ impl ServersService {
 
     /// Probes every server once, concurrently.
     async fn probe_round(&self, conf: &ServerInfoConf, stats: &mut BTreeMap<String, ServerState>) {
-        let http = Http::new(conf.probe_timeout.get());
-        let tasks: Vec<_> = conf
-            .server
-            .iter()
-            .map(|s| {
-                let (http, url) = (http.clone(), format!("{}/gse1/status.json", s.url.0.trim_end_matches('/')));
-                (s.name.clone(), s.url.0.clone(), tokio::task::spawn_blocking(move || http.probe(&url)))
-            })
-            .collect();
+        let results = probe_all(&Http::new(conf.probe_timeout.get()), &conf.server).await;
         stats.retain(|n, _| conf.server.iter().any(|s| s.name == *n));
-        for (name, url, task) in tasks {
-            let Ok((result, took)) = task.await else { continue };
-            let st = stats.entry(name.clone()).or_insert_with(|| ServerState {
-                name: name.clone(),
-                url: url.clone(),
+        for (s, result) in conf.server.iter().zip(results) {
+            let st = stats.entry(s.name.clone()).or_insert_with(|| ServerState {
+                name: s.name.clone(),
+                url: String::new(),
                 state: "unknown".into(),
                 latency_ms: 0.0,
                 load: 0.0,
                 failures: 0,
                 error: String::new(),
             });
-            st.url = url;
+            st.url = s.url.0.clone();
             match result {
-                Ok(body) => {
-                    let ms = took.as_secs_f64() * 1000.0;
-                    st.latency_ms =
-                        if st.failures > 0 || st.latency_ms == 0.0 { ms } else { 0.5 * st.latency_ms + 0.5 * ms };
-                    st.load = body
-                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                        .and_then(|v| v.get("load").and_then(|l| l.as_f64()))
-                        .unwrap_or(0.0);
+                Ok(p) => {
+                    // Smoothed, but a server that was failing starts afresh.
+                    let fresh = st.failures > 0 || st.latency_ms == 0.0;
+                    st.latency_ms = if fresh { p.latency_ms } else { 0.5 * st.latency_ms + 0.5 * p.latency_ms };
+                    st.load = p.load;
                     st.failures = 0;
                     st.state = "up".into();
                     st.error.clear();
