@@ -140,8 +140,13 @@ impl BootFlag {
     }
 
     /// Writes the flag into a slot root mounted read-write.
+    /// Creating `.gse/` would touch the slot root's mtime; it is put back so that
+    /// the root still looks exactly like the image (two installed slots compare equal).
     pub fn write(&self, slot_root: &Path, key: &FlagKey) -> io::Result<()> {
-        write_atomic(&flag_path(slot_root), self.encode(key).as_bytes(), 0o644)
+        let before = fs::metadata(slot_root)?;
+        write_atomic(&flag_path(slot_root), self.encode(key).as_bytes(), 0o644)?;
+        let times = fs::FileTimes::new().set_accessed(before.accessed()?).set_modified(before.modified()?);
+        fs::File::open(slot_root)?.set_times(times)
     }
 }
 
@@ -207,6 +212,16 @@ mod tests {
     fn valid_flag_round_trips() {
         let enc = flag().encode(&key(1));
         assert_eq!(verify(enc.as_bytes(), "a", &key(1)), FlagState::Valid { flag: flag() });
+    }
+
+    #[test]
+    fn writing_the_flag_leaves_the_slot_root_times_as_they_were() {
+        let d = tempfile::tempdir().unwrap();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        fs::File::open(d.path()).unwrap().set_times(fs::FileTimes::new().set_modified(old)).unwrap();
+        flag().write(d.path(), &key(1)).unwrap();
+        assert_eq!(fs::metadata(d.path()).unwrap().modified().unwrap(), old);
+        assert_eq!(read(d.path(), "a", &key(1)), FlagState::Valid { flag: flag() });
     }
 
     #[test]
