@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     ProcessGuard, TestBus, TestRoot, bin,
-    disk::{Loop, MountNs, tiny_root},
+    disk::{self, Loop, MountNs, tiny_root},
     gsectl, repo, start_gsed, text, wait_for,
 };
 
@@ -175,36 +175,15 @@ impl Client {
 
     /// Asserts that two slots hold the same tree, showing only the lines that differ.
     pub fn assert_same_tree(&self, x: &str, y: &str) {
-        let (lx, ly) = (self.listing(x), self.listing(y));
-        let only =
-            |a: &str, b: &str| a.lines().filter(|l| !b.lines().any(|m| m == *l)).map(String::from).collect::<Vec<_>>();
-        let (ox, oy) = (only(&lx, &ly), only(&ly, &lx));
-        assert!(
-            ox.is_empty() && oy.is_empty(),
-            "slot {x} and slot {y} differ:\n only in {x}: {ox:#?}\n only in {y}: {oy:#?}"
-        );
+        disk::assert_same_listing((x, &self.listing(x)), (y, &self.listing(y)));
     }
 
     pub fn in_ns(&self, script: &str) -> std::process::Output {
         self.ns.sh(script)
     }
 
-    /// Files of a slot with their metadata, for comparing two slots. A directory's
-    /// size is how the filesystem laid it out, not content, so it is left out.
+    /// Files of a slot with their metadata, for comparing two slots.
     pub fn listing(&self, slot: &str) -> String {
-        let raw = self.on_slot(
-            slot,
-            "find . -xdev \\( -path ./lost+found -o -path ./.gse \\) -prune -o -print0 | sort -z | xargs -0 stat -c '%n|%f|%u|%g|%s|%Y|%t:%T|%h|%N'; getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^# file: ./.gse' || true",
-        );
-        raw.lines()
-            .map(|l| {
-                let mut f: Vec<&str> = l.split('|').collect();
-                if f.len() > 4 && f[1].starts_with("41") {
-                    f[4] = "dir";
-                }
-                f.join("|")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        disk::normalize_listing(&self.on_slot(slot, disk::LISTING))
     }
 }

@@ -24,10 +24,20 @@ impl Loop {
         let image = dir.join(format!("{name}.img"));
         let f = fs::File::create(&image).expect("create image");
         f.set_len(mib << 20).expect("size image");
+        Self::attach(&image)
+    }
+
+    /// An existing image file, attached with partition scan.
+    pub fn attach(image: &Path) -> Loop {
+        require_tool("losetup", "mount");
         let out =
-            Command::new("losetup").args(["--find", "--show", "--partscan"]).arg(&image).output().expect("losetup");
-        assert!(out.status.success(), "losetup: {}", text(&out.stderr));
-        Loop { dev: text(&out.stdout).trim().to_owned(), image }
+            Command::new("losetup").args(["--find", "--show", "--partscan"]).arg(image).output().expect("losetup");
+        assert!(out.status.success(), "losetup {}: {}", image.display(), text(&out.stderr));
+        let dev = text(&out.stdout).trim().to_owned();
+        // --partscan does not always make the partitions known here; partx does
+        // (and fails harmlessly on an image without a partition table).
+        let _ = Command::new("partx").args(["--update", &dev]).output();
+        Loop { dev, image: image.to_owned() }
     }
 
     /// `mkfs.ext4` with the files of `tree` (may be None for an empty filesystem).
@@ -115,6 +125,31 @@ impl Default for MountNs {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Shell that lists the tree under the current directory with the metadata a
+/// repair must keep (GSE's own `.gse/` and `lost+found` left out).
+pub const LISTING: &str = "find . -xdev \\( -path ./lost+found -o -path ./.gse \\) -prune -o -print0 | sort -z | xargs -0 stat -c '%n|%f|%u|%g|%s|%Y|%t:%T|%h|%N'; getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^# file: ./.gse' || true";
+
+/// A directory's size is how the filesystem laid it out, not content, so it is left out.
+pub fn normalize_listing(raw: &str) -> String {
+    raw.lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split('|').collect();
+            if f.len() > 4 && f[1].starts_with("41") {
+                f[4] = "dir";
+            }
+            f.join("|")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts that two listings are equal, showing only the lines that differ.
+pub fn assert_same_listing((x, lx): (&str, &str), (y, ly): (&str, &str)) {
+    let only = |a: &str, b: &str| a.lines().filter(|l| !b.lines().any(|m| m == *l)).map(String::from).collect::<Vec<_>>();
+    let (ox, oy) = (only(lx, ly), only(ly, lx));
+    assert!(ox.is_empty() && oy.is_empty(), "slot {x} and slot {y} differ:\n only in {x}: {ox:#?}\n only in {y}: {oy:#?}");
 }
 
 /// A tiny root tree for a slot: busybox, an /etc to fill the RAM /etc from, the

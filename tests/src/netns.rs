@@ -25,7 +25,8 @@ pub struct NetLab {
     dnsmasq: Option<ProcessGuard>,
 }
 
-fn ip(args: &[&str]) -> Output {
+/// `ip ARGS`, which must succeed.
+pub fn ip(args: &[&str]) -> Output {
     let out = Command::new(require_tool("ip", "iproute2")).args(args).output().expect("ip");
     assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
     out
@@ -61,28 +62,7 @@ impl NetLab {
     /// Starts dnsmasq as the DHCP server on the server's end (DNS off). `extra`
     /// adds options, e.g. short T1/T2 timers.
     pub fn start_dnsmasq(&mut self, extra: &[&str]) {
-        let dnsmasq = require_tool("dnsmasq", "dnsmasq");
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dnsmasq_log()).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.server_ns])
-            .arg(dnsmasq)
-            .args(["--no-daemon", "--port=0", "--bind-interfaces", "--log-dhcp", "--conf-file=/dev/null"])
-            .arg(format!("--interface={}", self.server_if))
-            .arg("--dhcp-range=192.0.2.50,192.0.2.99,255.255.255.0,2m")
-            .arg("--dhcp-option=option:router,192.0.2.1")
-            .arg("--dhcp-option=option:dns-server,192.0.2.53")
-            .arg(format!("--dhcp-leasefile={}", self.dir.path().join("leases").display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start dnsmasq");
-        self.dnsmasq = Some(ProcessGuard { child: Some(child), name: "dnsmasq".into() });
-        let log = self.dnsmasq_log();
-        wait_for(Duration::from_secs(10), "dnsmasq to start", || {
-            fs::read_to_string(&log).ok().filter(|l| l.contains("sockets bound exclusively")).map(|_| ())
-        });
+        self.dnsmasq = Some(dnsmasq(&self.server_ns, &self.server_if, self.dir.path(), extra));
     }
 
     pub fn stop_dnsmasq(&mut self) {
@@ -112,6 +92,34 @@ impl NetLab {
     pub fn dhcp_log_count(&self, what: &str) -> usize {
         fs::read_to_string(self.dnsmasq_log()).unwrap_or_default().matches(what).count()
     }
+}
+
+/// dnsmasq as the DHCP server (DNS off) on `iface` inside `netns`, handing out
+/// 192.0.2.50-99 with 192.0.2.1 as the router; its log and leases live in `dir`.
+pub fn dnsmasq(netns: &str, iface: &str, dir: &std::path::Path, extra: &[&str]) -> ProcessGuard {
+    let dnsmasq = require_tool("dnsmasq", "dnsmasq");
+    let log_path = dir.join("dnsmasq.log");
+    let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(dnsmasq)
+        .args(["--no-daemon", "--port=0", "--bind-interfaces", "--log-dhcp", "--conf-file=/dev/null"])
+        .arg(format!("--interface={iface}"))
+        .arg("--dhcp-range=192.0.2.50,192.0.2.99,255.255.255.0,2m")
+        .arg("--dhcp-option=option:router,192.0.2.1")
+        .arg("--dhcp-option=option:dns-server,192.0.2.53")
+        .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start dnsmasq");
+    let guard = ProcessGuard { child: Some(child), name: "dnsmasq".into() };
+    wait_for(Duration::from_secs(10), "dnsmasq to start", || {
+        fs::read_to_string(&log_path).ok().filter(|l| l.contains("sockets bound exclusively")).map(|_| ())
+    });
+    guard
 }
 
 impl Default for NetLab {

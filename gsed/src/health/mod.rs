@@ -32,6 +32,8 @@ use init::InitCheck;
 
 /// How many journal events the report carries.
 const REPORT_EVENTS: usize = 12;
+/// How often the init system's verdict is looked at while it is all that is missing.
+const INIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -217,7 +219,11 @@ impl HealthService {
                 );
                 return self.conclude(Event::Red { reason, failures }, Status::Starting);
             }
-            let pause = conf.retry_interval.get().min(deadline - now);
+            // The init system's verdict is a cheap look at a directory: while it is
+            // the only thing missing, look every second rather than every retry_interval.
+            let only_init = blocking.iter().all(|r| r.kind == CheckKind::Init);
+            let retry = if only_init { conf.retry_interval.get().min(INIT_POLL) } else { conf.retry_interval.get() };
+            let pause = retry.min(deadline - now);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.wake.notified() => {}

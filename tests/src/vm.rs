@@ -1,0 +1,725 @@
+//! Whole boots of a real OpenRC client under qemu (TCG), for the VM suite and the
+//! boot benchmark.
+//!
+//! The [`Kit`] is built once per process: a Debian root from `debootstrap` and
+//! Debian's cloud kernel (both cached under `target/vm-cache/`, keyed by their
+//! recipe), made into a GSE image by `gsectl image build --install-gse`, the GSE
+//! initramfs, and a template disk laid out by `gsectl provision --format` with the
+//! image in both slots (`gsectl install`). Each scenario boots its own copy of that
+//! disk ([`Vm`]) with its NIC on a tap device inside its own network namespace
+//! ([`Lab`]: dnsmasq and two nginx on TEST-NET addresses).
+//!
+//! The image carries a test service, `gse-test-report`, started by OpenRC after
+//! gsed: it waits for the verdict and prints `gsectl health --json`,
+//! `/run/gse/boot.json` and the first line of /etc/motd on the console, then powers
+//! off (`gse.test=hold` on the kernel command line keeps it running instead, and
+//! `gse.test=servers` reports the current server every second until it changes).
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    ProcessGuard,
+    disk::{self, Loop, MountNs},
+    http::Nginx,
+    keygen,
+    netns::{dnsmasq, ip},
+    publish_config, repo, require_tool, text,
+};
+
+/// The client root: what `debootstrap` is asked for. A change rebuilds the cache.
+const SUITE: &str = "bookworm";
+const INCLUDE: &str = "openrc,dbus,busybox,iproute2";
+const EXCLUDE: &str = "systemd-sysv";
+const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// Disk layout of the lab machine in the VM (MiB): boot, a, b, the rest user-data.
+const DISK_MIB: u64 = 1500;
+/// Longest a boot may take under TCG before the test gives up on it.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The servers of the lab namespace, as the image's server.info.conf names them.
+pub const SERVERS: [(&str, &str); 2] = [("s1", "192.0.2.1"), ("s2", "192.0.2.2")];
+
+/// A `target/<profile>` binary of the release build (what ships, and what is small
+/// and fast enough for an initramfs under TCG).
+pub fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe.ancestors().find(|a| a.join("release").is_dir() || a.ends_with("target")).map(Path::to_owned);
+    let path = target.unwrap_or_else(|| repo().join("target")).join("release").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --workspace --bins` before the VM suite (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn run(what: &str, c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what} failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn sh(what: &str, script: &str) -> String {
+    run(what, Command::new("sh").args(["-ec", script]))
+}
+
+/// Everything the scenarios share, built once per process.
+pub struct Kit {
+    pub kernel: PathBuf,
+    pub kver: String,
+    pub initrd: PathBuf,
+    /// The image's config.d: what scenarios start from when they publish.
+    pub conf: PathBuf,
+    /// The lab server's signing key.
+    pub secret: PathBuf,
+    pub image: PathBuf,
+    template: PathBuf,
+    pub dir: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+static KIT: OnceLock<Kit> = OnceLock::new();
+
+/// The kit of this process (built on first use).
+pub fn kit() -> &'static Kit {
+    KIT.get_or_init(Kit::build)
+}
+
+/// `target/vm-cache`, shared by every run on this machine.
+fn cache_dir() -> PathBuf {
+    let d = release_bin("gsectl").parent().and_then(Path::parent).expect("target dir").join("vm-cache");
+    fs::create_dir_all(&d).expect("mkdir target/vm-cache");
+    d
+}
+
+/// Holds the cache lock (another test process may be filling the cache).
+struct CacheLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+impl CacheLock {
+    fn take(cache: &Path) -> CacheLock {
+        let f = fs::File::create(cache.join("lock")).expect("cache lock file");
+        CacheLock(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).expect("flock"))
+    }
+}
+
+fn mirror() -> String {
+    // The machine's own Debian mirror, if apt names one.
+    let sources = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    sources
+        .lines()
+        .find_map(|l| l.strip_prefix("URIs:").map(|u| u.split_whitespace().next().unwrap_or("").to_owned()))
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
+/// The debootstrapped root for the recipe, built into a temporary directory and
+/// renamed into place, so an interrupted build is never taken for a cache.
+fn client_root(cache: &Path) -> PathBuf {
+    let dir = cache.join(format!("root-{SUITE}-minbase-{}-no-{}", INCLUDE.replace(',', "+"), EXCLUDE));
+    if dir.is_dir() {
+        return dir;
+    }
+    require_tool("debootstrap", "debootstrap");
+    let tmp = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&tmp);
+    run(
+        "debootstrap",
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={INCLUDE}"), &format!("--exclude={EXCLUDE}"), SUITE])
+            .arg(&tmp)
+            .arg(mirror()),
+    );
+    fs::rename(&tmp, &dir).expect("place the debootstrap cache");
+    dir
+}
+
+/// Debian's cloud kernel unpacked with its modules (`boot/vmlinuz-*`, `lib/modules/*`).
+fn kernel_root(cache: &Path) -> PathBuf {
+    let dir = cache.join(format!("kernel-{KERNEL_PACKAGE}"));
+    if dir.join("lib/modules").is_dir() {
+        return dir;
+    }
+    require_tool("depmod", "kmod");
+    let tmp = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(tmp.join("debs")).expect("mkdir");
+    sh(
+        "downloading the kernel package",
+        &format!(
+            "cd {debs}; apt-get download -q {KERNEL_PACKAGE}; pkg=$(dpkg-deb -f {KERNEL_PACKAGE}_*.deb Depends | sed 's/[ ,].*//'); apt-get download -q \"$pkg\"; dpkg -x \"$pkg\"_*.deb ..; cd ..; depmod -b . \"$(ls lib/modules)\"",
+            debs = tmp.join("debs").display()
+        ),
+    );
+    fs::remove_dir_all(tmp.join("debs")).expect("rm debs");
+    fs::rename(&tmp, &dir).expect("place the kernel cache");
+    dir
+}
+
+/// The test service and the script it runs, installed into the image by a hook.
+const REPORT_HOOK: &str = r#"#!/bin/sh
+set -e
+cat >/etc/init.d/gse-test-report <<'SVC'
+#!/sbin/openrc-run
+description="GSE whole-boot tests: report health on the console"
+command="/usr/local/sbin/gse-test-report"
+command_background=true
+pidfile="/run/gse-test-report.pid"
+depend() { need gsed; }
+stop() { return 0; }
+SVC
+chmod 755 /etc/init.d/gse-test-report
+mkdir -p /usr/local/sbin
+cat >/usr/local/sbin/gse-test-report <<'SCR'
+#!/bin/sh
+mode=report
+for w in $(cat /proc/cmdline); do
+	case "$w" in gse.test=*) mode="${w#gse.test=}" ;; esac
+done
+say() { echo "$*" >/dev/console; }
+i=0
+while [ $i -lt 240 ]; do
+	h=$(gsectl health --json 2>/dev/null)
+	case "$h" in *'"status":"green"'* | *'"status":"red"'*) break ;; esac
+	i=$((i + 1))
+	sleep 1
+done
+say "GSE-HEALTH-JSON: $h"
+say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
+say "GSE-MOTD: $(head -n 1 /etc/motd)"
+case "$mode" in
+hold)
+	say "GSE-HOLDING"
+	exec sleep infinity
+	;;
+servers)
+	first=""
+	i=0
+	while [ $i -lt 180 ]; do
+		cur=$(gsectl servers | sed -n 's/^Current: //p')
+		say "GSE-SERVERS: pid=$(busybox pidof gsed) current=$cur"
+		[ -z "$first" ] && [ "$cur" != none ] && first=$cur
+		[ -n "$first" ] && [ "$cur" != "$first" ] && [ "$cur" != none ] && break
+		i=$((i + 1))
+		sleep 1
+	done
+	;;
+esac
+openrc-shutdown -p now
+SCR
+chmod 755 /usr/local/sbin/gse-test-report
+"#;
+
+impl Kit {
+    fn build() -> Kit {
+        for (tool, package) in [
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("debootstrap", "debootstrap"),
+            ("depmod", "kmod"),
+            ("nginx", "nginx"),
+            ("dnsmasq", "dnsmasq"),
+        ] {
+            require_tool(tool, package);
+        }
+        let started = Instant::now();
+        let gsectl = release_bin("gsectl");
+        let cache = cache_dir();
+        let (root, kroot) = {
+            let _lock = CacheLock::take(&cache);
+            (client_root(&cache), kernel_root(&cache))
+        };
+        let kver = fs::read_dir(kroot.join("lib/modules"))
+            .expect("lib/modules")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()
+            .expect("a kernel version");
+        let kernel = kroot.join(format!("boot/vmlinuz-{kver}"));
+
+        let work = tempfile::Builder::new().prefix("run-").tempdir_in(&cache).expect("tempdir");
+        let dir = work.path().to_owned();
+        let public = keygen(&dir, "lab");
+        let secret = dir.join("lab.sec");
+
+        // The image's config.d: the shipped tree, told about the lab's servers and
+        // this disk, with the test service in the default runlevel.
+        let conf = dir.join("conf");
+        run("cp config.d", Command::new("cp").arg("-a").arg(repo().join("config.d")).arg(&conf));
+        fs::write(conf.join("controller/services/default-runlevel"), "dbus\ngsed\ngse-test-report\n").unwrap();
+        let servers: String = SERVERS
+            .iter()
+            .map(|(name, ip)| format!("[[server]]\nname = \"{name}\"\nurl = \"http://{ip}\"\n"))
+            .collect();
+        fs::write(
+            conf.join("controller/server/server.info.conf"),
+            format!(
+                "public_key = \"{public}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"700ms\"\nfail_after = 2\nswitch_margin = 0.3\njitter = \"2s\"\nsync_interval = \"10m\"\n{servers}"
+            ),
+        )
+        .unwrap();
+        let drives = fs::read_to_string(conf.join("controller/drives.conf")).unwrap();
+        let drives = drives
+            .replace("device = \"/dev/sda\"", "device = \"/dev/vda\"")
+            .replace("size = \"1G\"", "size = \"64M\"")
+            .replace("size = \"30G\"", "size = \"600M\"");
+        fs::write(conf.join("controller/drives.conf"), &drives).unwrap();
+        run("gsectl config check", Command::new(&gsectl).args(["config", "check"]).arg(&conf));
+
+        let rootfs = dir.join("rootfs");
+        run("copying the client root", Command::new("cp").arg("-a").arg(&root).arg(&rootfs));
+        fs::write(dir.join("hook.sh"), REPORT_HOOK).unwrap();
+        let image = dir.join("image.tar.zst");
+        run(
+            "gsectl image build",
+            Command::new(&gsectl)
+                .args(["image", "build", "--rootfs"])
+                .arg(&rootfs)
+                .args(["--version", "vm-1", "--install-gse", "--out"])
+                .arg(&image)
+                .arg("--config")
+                .arg(&conf)
+                .arg("--hook")
+                .arg(dir.join("hook.sh")),
+        );
+        fs::remove_dir_all(&rootfs).expect("rm rootfs");
+        let initrd = dir.join("initrd.img");
+        run(
+            "gsectl initramfs build",
+            Command::new(&gsectl)
+                .args(["initramfs", "build", "--kver", &kver, "--modules-root"])
+                .arg(&kroot)
+                .arg("--out")
+                .arg(&initrd)
+                .arg("--config")
+                .arg(&conf),
+        );
+
+        // The template disk, laid out and installed the way an administrator does it.
+        let template = dir.join("template.img");
+        fs::File::create(&template).and_then(|f| f.set_len(DISK_MIB << 20)).expect("template disk");
+        {
+            let lo = Loop::attach(&template);
+            let ns = MountNs::new();
+            let prov = dir.join("provision-conf");
+            run("cp conf", Command::new("cp").arg("-a").arg(&conf).arg(&prov));
+            let local = drives.replace("device = \"/dev/vda\"", &format!("device = \"{}\"", lo.dev));
+            fs::write(prov.join("controller/drives.conf"), local.replace("wipe = false", "wipe = true")).unwrap();
+            let r = dir.join("r");
+            let g = gsectl.display();
+            ns.ok(&format!(
+                "set -e; {g} --root {r} provision --format --config {prov}; mount {dev}p1 {r}/boot; mount {dev}p4 {r}/user-data; {g} --root {r} install --image {image} --config {conf} 2>&1; umount {r}/boot {r}/user-data",
+                r = r.display(),
+                prov = prov.display(),
+                dev = lo.dev,
+                image = image.display(),
+                conf = conf.display()
+            ));
+        }
+        println!("vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s", started.elapsed().as_secs_f64());
+        Kit { kernel, kver, initrd, conf, secret, image, template, dir, _work: work }
+    }
+
+    /// A copy of the image's config.d to change and publish.
+    pub fn conf_copy(&self, into: &Path) -> PathBuf {
+        let to = into.join("config.d");
+        run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&to));
+        to
+    }
+
+    /// The GSE initramfs with the early boot left out: the same kernel modules and
+    /// busybox, and a hook that mounts slot a read-only and hands over at once.
+    pub fn plain_initrd(&self, into: &Path) -> PathBuf {
+        let out = into.join("plain-initrd.img");
+        let tree = into.join("plain-tree");
+        fs::create_dir_all(&tree).unwrap();
+        sh(
+            "building the plain initramfs",
+            &format!(
+                "cd {t}; zcat {i} | cpio -id --quiet; printf '#!/bin/sh\\nmount -o ro \"$(findfs LABEL=gse-a)\" \"$1\"\\n' >usr/lib/gse/gse-hook.sh; find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 >{o}",
+                t = tree.display(),
+                i = self.initrd.display(),
+                o = out.display()
+            ),
+        );
+        out
+    }
+}
+
+/// The network a scenario's guest is cabled to: a namespace with the tap device,
+/// dnsmasq for DHCP and the two GSE servers as nginx, all on TEST-NET addresses.
+pub struct Lab {
+    pub nginx: Vec<Nginx>,
+    _dnsmasq: ProcessGuard,
+    pub ns: String,
+    pub www: Vec<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new(name: &str) -> Lab {
+        let ns = format!("gse-vm-{name}-{:x}", std::process::id() & 0xffff);
+        let _ = ip(&["netns", "add", &ns]);
+        let dir = tempfile::Builder::new().prefix("gse-vmlab-").tempdir().expect("tempdir");
+        // From here on Drop removes the namespace, whatever fails below.
+        let mut guard = NsGuard(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "tuntap", "add", "tap0", "mode", "tap"]);
+        for (_, addr) in SERVERS {
+            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "tap0"]);
+        }
+        ip(&["-n", &ns, "link", "set", "tap0", "up"]);
+        let dhcp = dnsmasq(&ns, "tap0", dir.path(), &["--no-ping"]);
+        let mut nginx = Vec::new();
+        let mut www = Vec::new();
+        for (name, addr) in SERVERS {
+            let root = dir.path().join(format!("www-{name}"));
+            fs::create_dir_all(&root).unwrap();
+            nginx.push(Nginx::start_in(&ns, &format!("{addr}:80"), &root));
+            www.push(root);
+        }
+        guard.0.clear();
+        Lab { nginx, _dnsmasq: dhcp, ns, www, dir }
+    }
+
+    /// Publishes `tree` on every server, signed with the lab key.
+    pub fn publish(&self, tree: &Path) {
+        for www in &self.www {
+            let out = publish_config(tree, www, &kit().secret);
+            assert!(out.status.success(), "gsectl publish config: {}", text(&out.stderr));
+        }
+    }
+
+    pub fn dhcp_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dnsmasq.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.nginx.clear();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Deletes a namespace unless disarmed (its name cleared).
+struct NsGuard(String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+}
+
+/// One lab machine: its own copy of the template disk, booted as often as the
+/// scenario needs. The console logs of its boots are printed if the test fails.
+pub struct Vm {
+    pub scenario: String,
+    pub disk: PathBuf,
+    pub dir: tempfile::TempDir,
+    logs: Mutex<Vec<String>>,
+}
+
+/// What one finished boot showed.
+pub struct Boot {
+    pub n: usize,
+    pub log: String,
+    /// qemu start to the health report on the console.
+    pub to_report: Duration,
+    /// qemu start to OpenRC taking over (the end of the initramfs).
+    pub to_init: Option<Duration>,
+    /// qemu start to its exit (power off, or the power pulled).
+    pub total: Duration,
+    pub health: Value,
+    pub boot: Value,
+    pub motd: String,
+}
+
+impl Boot {
+    pub fn slot(&self) -> &str {
+        self.boot["slot"].as_str().unwrap_or("")
+    }
+    pub fn action(&self) -> &str {
+        self.boot["action"].as_str().unwrap_or("")
+    }
+    pub fn status(&self) -> &str {
+        self.health["status"].as_str().unwrap_or("")
+    }
+    pub fn field(&self, key: &str) -> String {
+        match &self.boot[key] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            v => v.to_string(),
+        }
+    }
+}
+
+/// Console markers whose first arrival is timed.
+pub const TIMED: [&str; 2] = ["OpenRC init version", "GSE-HEALTH-JSON:"];
+
+/// What the guest printed so far, and when each of [`TIMED`] first arrived.
+#[derive(Default)]
+struct Console {
+    text: String,
+    seen: [Option<Duration>; 2],
+}
+
+/// A guest that is running.
+pub struct Running<'a> {
+    vm: &'a Vm,
+    qemu: ProcessGuard,
+    console: Arc<Mutex<Console>>,
+    started: Instant,
+    reader: Option<std::thread::JoinHandle<()>>,
+    kept: bool,
+}
+
+impl Vm {
+    pub fn new(scenario: &str) -> Vm {
+        let k = kit();
+        let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
+        let disk = dir.path().join("disk.img");
+        run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(&k.template).arg(&disk));
+        Vm { scenario: scenario.to_owned(), disk, dir, logs: Mutex::new(Vec::new()) }
+    }
+
+    /// Powers the machine on with `gse.test=MODE` on the kernel command line.
+    pub fn start<'a>(&'a self, lab: &Lab, mode: &str) -> Running<'a> {
+        self.start_with(lab, mode, &kit().initrd)
+    }
+
+    pub fn start_with<'a>(&'a self, lab: &Lab, mode: &str, initrd: &Path) -> Running<'a> {
+        let k = kit();
+        let n = self.logs.lock().unwrap().len() + 1;
+        // A MAC of its own per scenario, in the locally administered range.
+        let mac = format!("52:54:00:47:53:{:02x}", (std::process::id() as usize + n) & 0xff);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
+            .args(["-nographic", "-no-reboot", "-kernel"])
+            .arg(&k.kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test={mode}"))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"])
+            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        let started = Instant::now();
+        let console = Arc::new(Mutex::new(Console::default()));
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let (c1, c2) = (console.clone(), console.clone());
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut c = c1.lock().unwrap();
+                c.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                for (i, marker) in TIMED.iter().enumerate() {
+                    if c.seen[i].is_none() && c.text.contains(marker) {
+                        c.seen[i] = Some(started.elapsed());
+                    }
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            if !s.is_empty() {
+                c2.lock().unwrap().text.push_str(&format!("\n[qemu stderr] {s}"));
+            }
+        });
+        Running {
+            vm: self,
+            qemu: ProcessGuard { child: Some(child), name: "qemu".into() },
+            console,
+            started,
+            reader: Some(reader),
+            kept: false,
+        }
+    }
+
+    /// Boots once in the default mode: the guest reports and powers itself off.
+    pub fn boot(&self, lab: &Lab) -> Boot {
+        let mut r = self.start(lab, "report");
+        r.wait_line("GSE-HEALTH-JSON:", BOOT_TIMEOUT);
+        r.wait_off(Duration::from_secs(120))
+    }
+
+    /// Runs `script` on the powered-off disk with partition `part` (1 boot, 2 a,
+    /// 3 b, 4 user-data) mounted at $M, read-write; returns its output.
+    pub fn on_disk(&self, part: u32, script: &str) -> String {
+        let lo = Loop::attach(&self.disk);
+        let ns = MountNs::new();
+        ns.ok(&format!(
+            // The partition nodes appear a moment after the loop device.
+            "set -e; for i in $(seq 100); do [ -b {dev}p{part} ] && break; sleep 0.05; done; M=$(mktemp -d); mount {dev}p{part} $M; cd $M; {script}; cd /; umount $M; rmdir $M",
+            dev = lo.dev
+        ))
+    }
+
+    /// Slot `slot`'s files with their metadata (see `disk::LISTING`).
+    pub fn listing(&self, slot: &str) -> String {
+        disk::normalize_listing(&self.on_disk(if slot == "a" { 2 } else { 3 }, disk::LISTING))
+    }
+
+    /// One line for the test output: what this boot did and how long it took.
+    pub fn report(&self, b: &Boot, what: &str) {
+        println!(
+            "vm {}: boot {}: {what}: slot {} ({}), {} after {:.1} s, off after {:.1} s",
+            self.scenario,
+            b.n,
+            b.slot(),
+            b.action(),
+            b.status(),
+            b.to_report.as_secs_f64(),
+            b.total.as_secs_f64()
+        );
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, log) in self.logs.lock().map(|l| l.clone()).unwrap_or_default().iter().enumerate() {
+                eprintln!("===== vm {}: console of boot {} =====\n{log}\n===== end of boot {} =====", self.scenario, i + 1, i + 1);
+            }
+        }
+    }
+}
+
+/// The rest of the first console line holding `marker`, if any.
+fn after(log: &str, marker: &str) -> Option<String> {
+    let at = log.find(marker)? + marker.len();
+    let line = log[at..].lines().next().unwrap_or("");
+    Some(line.trim().to_owned())
+}
+
+impl Running<'_> {
+    pub fn log(&self) -> String {
+        self.console.lock().unwrap().text.clone()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the console shows `marker`; returns the rest of that line.
+    pub fn wait_line(&mut self, marker: &str, timeout: Duration) -> String {
+        self.wait_nth(marker, 1, timeout)
+    }
+
+    /// Waits until `marker` has appeared `n` times; returns the rest of the n-th line.
+    pub fn wait_nth(&mut self, marker: &str, n: usize, timeout: Duration) -> String {
+        let find = |log: &str| log.match_indices(marker).nth(n - 1).and_then(|(i, _)| after(&log[i..], marker));
+        loop {
+            if let Some(line) = find(&self.log()) {
+                return line;
+            }
+            let running = self.qemu.is_running();
+            if !running {
+                // Whatever qemu printed last is read before giving up.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                if let Some(line) = find(&self.log()) {
+                    return line;
+                }
+            }
+            if !running || self.started.elapsed() > timeout {
+                panic!(
+                    "vm {}: no `{marker}` (#{n}) on the console after {:.0} s ({}); the console log follows",
+                    self.vm.scenario,
+                    self.started.elapsed().as_secs_f64(),
+                    if running { "still running" } else { "qemu exited" }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the guest to power itself off.
+    pub fn wait_off(mut self, timeout: Duration) -> Boot {
+        let limit = self.started.elapsed() + timeout;
+        while self.qemu.is_running() && self.started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !self.qemu.is_running(),
+            "vm {}: the guest did not power off within {timeout:?}; the console log follows",
+            self.vm.scenario
+        );
+        self.finish()
+    }
+
+    /// Pulls the power: qemu is killed, nothing in the guest gets to react.
+    pub fn pull_power(mut self) -> Boot {
+        self.qemu.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        self.finish()
+    }
+
+    /// Time from power-on to the first arrival of `TIMED[i]`.
+    pub fn seen(&self, i: usize) -> Option<Duration> {
+        self.console.lock().unwrap().seen[i]
+    }
+
+    fn finish(mut self) -> Boot {
+        let total = self.started.elapsed();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let log = self.log();
+        self.kept = true;
+        let n = {
+            let mut logs = self.vm.logs.lock().unwrap();
+            logs.push(log.clone());
+            logs.len()
+        };
+        let json = |marker: &str| -> Value {
+            after(&log, marker).and_then(|l| serde_json::from_str(&l).ok()).unwrap_or(Value::Null)
+        };
+        Boot {
+            n,
+            to_report: self.seen(1).unwrap_or(total),
+            to_init: self.seen(0),
+            total,
+            health: json("GSE-HEALTH-JSON:"),
+            boot: json("GSE-BOOT-JSON:"),
+            motd: after(&log, "GSE-MOTD:").unwrap_or_default(),
+            log,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            // A failed test: stop the guest and keep what it printed for the report.
+            self.qemu.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+            if let Some(r) = self.reader.take() {
+                let _ = r.join();
+            }
+            let log = self.log();
+            if let Ok(mut logs) = self.vm.logs.lock() {
+                logs.push(log);
+            }
+        }
+    }
+}

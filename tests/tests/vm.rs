@@ -1,0 +1,239 @@
+//! The whole-boot proof: a real Debian OpenRC client booted under qemu (TCG)
+//! through GSE's initramfs, again and again, through every health path. Each test
+//! is one scenario with its own disk and its own lab network (see `gse_tests::vm`);
+//! it asserts on what the guest reports on its console and on the disk afterwards,
+//! and prints one line per boot. A failing test prints the console of every boot.
+
+use std::{fs, path::Path, time::Duration};
+
+use gse_tests::vm::{Boot, Lab, SERVERS, Vm, kit};
+
+/// Writes `text` to `rel` inside the config.d tree `conf`.
+fn put(conf: &Path, rel: &str, text: &str) {
+    let p = conf.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, text).unwrap();
+}
+
+fn motd(conf: &Path, line: &str) {
+    put(conf, "system/etc.conf", &format!("[file.\"/etc/motd\"]\ncontent = \"{line}\\n\"\n"));
+}
+
+fn cycles(b: &Boot) -> u64 {
+    b.health["healthy_cycles"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// The boot flag of slot `slot` as it is on the disk.
+fn flag_on_disk(vm: &Vm, slot: &str) -> String {
+    vm.on_disk(if slot == "a" { 2 } else { 3 }, "cat .gse/bootflag")
+}
+
+#[test]
+fn vm_first_boot_syncs_renews_and_follows_the_published_config() {
+    let (vm, lab) = (Vm::new("first-boot"), Lab::new("first"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    motd(&conf, "lab motd v1");
+    lab.publish(&conf);
+
+    let b1 = vm.boot(&lab);
+    vm.report(&b1, "first boot");
+    assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
+    assert!(b1.field("network").starts_with("up: "), "{}", b1.boot);
+    assert!(b1.field("sync").starts_with("synced config.d from s"), "{}", b1.boot);
+    assert_eq!(b1.motd, "lab motd v1", "the published /etc/motd is in the guest's /etc");
+    let (dbus, gsed) = (b1.log.find("Starting system message bus"), b1.log.find("Starting gsed"));
+    assert!(dbus.is_some() && gsed.is_some() && dbus < gsed, "OpenRC starts dbus, then gsed");
+    assert!(b1.log.contains("Recording the clean shutdown for GSE"), "the OpenRC script records the shutdown");
+    let boot_id = b1.health["boot_id"].as_str().unwrap().to_owned();
+    let journal = vm.on_disk(4, "cat persistent/gse/health.journal");
+    for event in ["boot-started", "healthy", "clean-shutdown"] {
+        assert!(
+            journal.lines().any(|l| l.contains(&format!("\"event\":\"{event}\"")) && l.contains(&boot_id)),
+            "the journal on user-data has {event} for boot 1:\n{journal}"
+        );
+    }
+
+    motd(&conf, "lab motd v2");
+    lab.publish(&conf);
+    let b2 = vm.boot(&lab);
+    vm.report(&b2, "flag renewed, new config");
+    assert_eq!((b2.slot(), b2.action(), b2.status()), ("a", "normal", "green"), "{}", b2.boot);
+    assert_eq!(b2.field("previous"), "healthy-cycle", "{}", b2.boot);
+    assert_eq!(cycles(&b2), 1, "HealthyCycles grew: {}", b2.health);
+    assert_eq!(b2.motd, "lab motd v2", "the change published between boots is in /etc");
+    assert!(flag_on_disk(&vm, "a").contains("healthy_cycles=1"));
+
+    // A tampered publish: a file and its MANIFEST line are changed on the servers,
+    // the signature cannot be.
+    for www in &lab.www {
+        let dir = fs::canonicalize(www.join("gse1/config.d")).unwrap();
+        let etc = dir.join("system/etc.conf");
+        fs::write(&etc, "[file.\"/etc/motd\"]\ncontent = \"tampered\\n\"\n").unwrap();
+        let (sha, size) = gsed::servers::manifest::hash_file(&etc).unwrap();
+        let manifest = fs::read_to_string(dir.join("MANIFEST")).unwrap();
+        let edited: String = manifest
+            .lines()
+            .map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
+                [_, _, mode, "system/etc.conf"] => format!("{sha} {size} {mode} system/etc.conf\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert_ne!(edited, manifest);
+        fs::write(dir.join("MANIFEST"), edited).unwrap();
+    }
+    let b3 = vm.boot(&lab);
+    vm.report(&b3, "tampered publish refused");
+    assert_eq!((b3.slot(), b3.status()), ("a", "green"), "{}", b3.boot);
+    let sync = b3.field("sync");
+    assert!(sync.contains("failed, using the cached config.d") && sync.contains("does not verify"), "{sync}");
+    assert_eq!(b3.motd, "lab motd v2", "the last good config.d stays");
+    assert_eq!(cycles(&b3), 2, "{}", b3.health);
+    let kept = vm.on_disk(4, "cat persistent/config.d/system/etc.conf");
+    assert!(kept.contains("lab motd v2") && !kept.contains("tampered"), "{kept}");
+}
+
+#[test]
+fn vm_corrupt_flag_bails_out_then_repairs() {
+    let (vm, lab) = (Vm::new("flag"), Lab::new("flag"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    put(&conf, "controller/cboot.conf", "[health]\non_failure = \"bailout\"\n");
+    lab.publish(&conf);
+    vm.on_disk(2, "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >.gse/bootflag");
+
+    let b1 = vm.boot(&lab);
+    vm.report(&b1, "flag of a corrupted, bailout");
+    assert_eq!((b1.slot(), b1.action(), b1.status()), ("b", "bailout", "green"), "{}", b1.boot);
+    let why = b1.health["boot"]["reason"].as_str().unwrap_or("");
+    assert!(why.contains("running on backup b") && why.contains("flag of slot a"), "gsectl health says why: {why}");
+
+    put(&conf, "controller/cboot.conf", "[health]\non_failure = \"repair\"\n");
+    lab.publish(&conf);
+    let b2 = vm.boot(&lab);
+    vm.report(&b2, "repair policy");
+    assert_eq!((b2.slot(), b2.action(), b2.status()), ("a", "repair", "green"), "{}", b2.boot);
+    assert!(b2.field("reason").contains("slot a restored from backup b"), "{}", b2.boot);
+    let flag = flag_on_disk(&vm, "a");
+    assert!(flag.contains("slot=a") && flag.contains("mac="), "a fresh flag: {flag}");
+    gse_tests::disk::assert_same_listing(("a", &vm.listing("a")), ("b", &vm.listing("b")));
+}
+
+#[test]
+fn vm_failing_required_check_turns_red_then_the_policy_acts() {
+    let (vm, lab) = (Vm::new("red"), Lab::new("red"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    put(
+        &conf,
+        "controller/cboot.conf",
+        "[health]\nmax_attempts = 2\non_failure = \"bailout\"\ndeadline = \"20s\"\nretry_interval = \"2s\"\n",
+    );
+    put(
+        &conf,
+        "controller/cetc.conf",
+        "[file.\"/etc/gse/checks/required/lab-share\"]\ncontent = \"#!/bin/sh\\necho 'the lab share is not mounted'\\nexit 1\\n\"\nmode = \"0755\"\n",
+    );
+    lab.publish(&conf);
+
+    for n in 1..=2 {
+        let b = vm.boot(&lab);
+        vm.report(&b, "required check fails");
+        assert_eq!((b.slot(), b.action(), b.status()), ("a", "normal", "red"), "{}", b.health);
+        assert_eq!(b.boot["attempts"]["a"], n, "{}", b.boot);
+        let failures = b.health["failures"].to_string();
+        assert!(failures.contains("lab-share") && failures.contains("the lab share is not mounted"), "{failures}");
+    }
+    // The room is fixed on the server; slot a has used up its attempts all the same.
+    fs::remove_file(conf.join("controller/cetc.conf")).unwrap();
+    lab.publish(&conf);
+    let b3 = vm.boot(&lab);
+    vm.report(&b3, "max_attempts reached");
+    assert_eq!((b3.slot(), b3.action(), b3.status()), ("b", "bailout", "green"), "{}", b3.boot);
+    assert!(b3.field("reason").contains("slot a did not complete a healthy cycle in 2 boot(s)"), "{}", b3.boot);
+}
+
+#[test]
+fn vm_power_pulled_after_healthy_is_dirty() {
+    let (vm, lab) = (Vm::new("power"), Lab::new("power"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    lab.publish(&conf);
+
+    let hold = |what: &str| {
+        let mut r = vm.start(&lab, "hold");
+        r.wait_line("GSE-HOLDING", vm_timeout());
+        let b = r.pull_power();
+        vm.report(&b, what);
+        assert_eq!(b.status(), "green", "{}", b.health);
+        assert!(!b.log.contains("Recording the clean shutdown"));
+        b
+    };
+    let b1 = hold("healthy, then the power is pulled");
+    assert_eq!(b1.slot(), "a");
+
+    // dirty_is_failure = false (the shipped default): a dirty boot costs nothing.
+    let b2 = hold("dirty, not a failure; power pulled again");
+    assert_eq!((b2.slot(), b2.action(), b2.field("previous")), ("a", "normal", "dirty".into()), "{}", b2.boot);
+    assert_eq!(b2.boot["attempts"]["a"], 1, "{}", b2.boot);
+    assert_eq!(cycles(&b2), 0, "a dirty boot is no healthy cycle");
+
+    // dirty_is_failure = true with one attempt: the same dirty boot sends the room to b.
+    put(&conf, "controller/cboot.conf", "[health]\ndirty_is_failure = true\nmax_attempts = 1\n");
+    lab.publish(&conf);
+    let b3 = vm.boot(&lab);
+    vm.report(&b3, "dirty counted as a failure");
+    assert_eq!((b3.slot(), b3.action(), b3.field("previous")), ("b", "bailout", "dirty".into()), "{}", b3.boot);
+    assert!(b3.field("reason").contains("did not complete a healthy cycle in 1 boot(s)"), "{}", b3.boot);
+    let journal = vm.on_disk(4, "cat persistent/gse/health.journal");
+    let b1_id = b1.health["boot_id"].as_str().unwrap();
+    assert!(
+        !journal.lines().any(|l| l.contains(b1_id) && l.contains("clean-shutdown")),
+        "no clean shutdown was recorded for a boot that lost power"
+    );
+}
+
+#[test]
+fn vm_server_dies_and_gsed_moves_to_the_other_without_a_restart() {
+    let (vm, mut lab) = (Vm::new("failover"), Lab::new("failover"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    lab.publish(&conf);
+
+    let mut r = vm.start(&lab, "servers");
+    let current = |line: &str| line.split("current=").nth(1).unwrap_or("").trim().to_owned();
+    let mut n = 1;
+    let mut line = r.wait_line("GSE-SERVERS:", vm_timeout());
+    while current(&line) == "none" || current(&line).is_empty() {
+        n += 1;
+        line = r.wait_nth("GSE-SERVERS:", n, Duration::from_secs(60));
+    }
+    let was = current(&line);
+    let dead = SERVERS.iter().position(|(name, _)| *name == was).expect("a known server");
+    lab.nginx[dead].stop();
+    let killed_at = r.elapsed();
+    let moved = loop {
+        n += 1;
+        let l = r.wait_nth("GSE-SERVERS:", n, Duration::from_secs(240));
+        if current(&l) != was {
+            break l;
+        }
+    };
+    let took = r.elapsed() - killed_at;
+    let b = r.wait_off(Duration::from_secs(120));
+    vm.report(&b, "server died");
+    println!("vm failover: {was} stopped; gsed moved to {} within {:.1} s", current(&moved), took.as_secs_f64());
+    assert_eq!(b.status(), "green");
+    assert_eq!(current(&moved), SERVERS[1 - dead].0, "{moved}");
+    let pids: Vec<&str> = b
+        .log
+        .lines()
+        .filter_map(|l| l.split("GSE-SERVERS: pid=").nth(1))
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert!(pids.len() >= 2 && pids.iter().all(|p| !p.is_empty() && *p == pids[0]), "one gsed all along: {pids:?}");
+}
+
+fn vm_timeout() -> Duration {
+    gse_tests::vm::BOOT_TIMEOUT
+}
