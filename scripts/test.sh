@@ -1,9 +1,15 @@
 #!/bin/sh
-# Installs what the tests need, then runs every test: unit tests and the
-# integration tests in tests/, which start real dbus-daemons and gsed processes.
-# Run as root (the tests use setpriv, namespaces and loop devices).
+# Installs what the tests need, then runs every test: unit tests, the integration
+# tests in tests/ (real dbus-daemons, gsed processes, namespaces, loop devices),
+# and the whole-boot suite, which boots a Debian OpenRC client under qemu through
+# GSE (tests/tests/vm.rs; it prints one line per boot).
+# Run as root (the tests use setpriv, namespaces and loop devices). The first run
+# downloads a Debian root and kernel into target/vm-cache (about a minute).
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --workspace --bins
-cargo test --workspace
+# The VM suite boots what ships: the release binaries, in its image and initramfs.
+cargo build --release --workspace --bins
+cargo test --workspace -- --skip vm_
+cargo test -p gse-tests --test vm -- --show-output

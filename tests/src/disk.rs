@@ -147,9 +147,13 @@ pub fn normalize_listing(raw: &str) -> String {
 
 /// Asserts that two listings are equal, showing only the lines that differ.
 pub fn assert_same_listing((x, lx): (&str, &str), (y, ly): (&str, &str)) {
-    let only = |a: &str, b: &str| a.lines().filter(|l| !b.lines().any(|m| m == *l)).map(String::from).collect::<Vec<_>>();
+    let only =
+        |a: &str, b: &str| a.lines().filter(|l| !b.lines().any(|m| m == *l)).map(String::from).collect::<Vec<_>>();
     let (ox, oy) = (only(lx, ly), only(ly, lx));
-    assert!(ox.is_empty() && oy.is_empty(), "slot {x} and slot {y} differ:\n only in {x}: {ox:#?}\n only in {y}: {oy:#?}");
+    assert!(
+        ox.is_empty() && oy.is_empty(),
+        "slot {x} and slot {y} differ:\n only in {x}: {ox:#?}\n only in {y}: {oy:#?}"
+    );
 }
 
 /// A tiny root tree for a slot: busybox, an /etc to fill the RAM /etc from, the

@@ -323,7 +323,10 @@ impl Kit {
                 conf = conf.display()
             ));
         }
-        println!("vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         Kit { kernel, kver, initrd, conf, secret, image, template, dir, _work: work }
     }
 
@@ -599,7 +602,12 @@ impl Drop for Vm {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for (i, log) in self.logs.lock().map(|l| l.clone()).unwrap_or_default().iter().enumerate() {
-                eprintln!("===== vm {}: console of boot {} =====\n{log}\n===== end of boot {} =====", self.scenario, i + 1, i + 1);
+                eprintln!(
+                    "===== vm {}: console of boot {} =====\n{log}\n===== end of boot {} =====",
+                    self.scenario,
+                    i + 1,
+                    i + 1
+                );
             }
         }
     }

@@ -17,6 +17,17 @@ fn openrc_script_and_confd_pass_shellcheck() {
 }
 
 #[test]
+fn project_scripts_pass_shellcheck() {
+    let shellcheck = require_tool("shellcheck", "shellcheck");
+    let mut c = Command::new(shellcheck);
+    for e in fs::read_dir(repo().join("scripts")).unwrap() {
+        c.arg(e.unwrap().path());
+    }
+    let out = c.arg(repo().join(".ci/run")).arg(repo().join("init-scripts/initramfs/gse-hook.sh")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     let analyze = require_tool("systemd-analyze", "systemd");
     let tmp = tempfile::tempdir().unwrap();

@@ -127,7 +127,7 @@ fn vm_failing_required_check_turns_red_then_the_policy_acts() {
     put(
         &conf,
         "controller/cboot.conf",
-        "[health]\nmax_attempts = 2\non_failure = \"bailout\"\ndeadline = \"20s\"\nretry_interval = \"2s\"\n",
+        "[health]\nmax_attempts = 2\non_failure = \"bailout\"\ndeadline = \"10s\"\ncheck_timeout = \"5s\"\nretry_interval = \"2s\"\n",
     );
     put(
         &conf,

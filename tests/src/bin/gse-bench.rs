@@ -15,6 +15,10 @@
 //! `network`: time from gsed's start to a DHCP address on its interface
 //! (dnsmasq on the other end of a veth in namespaces), next to busybox udhcpc.
 //!
+//! `vm`: whole boots of the VM suite's client under qemu (TCG): power on to
+//! OpenRC with the GSE initramfs and with a plain one (same kernel, modules and
+//! root), and to the green verdict and power-off (median of 3).
+//!
 //! `config`: time from a file write in the synced config.d to the `Changed`
 //! signal at a client (median of 20), and the CPU time gsed uses over 10 s in
 //! which nothing changes.
@@ -324,6 +328,38 @@ fn network_bench() {
     );
 }
 
+/// Whole boots under qemu (TCG): the GSE initramfs against the same initramfs
+/// with the early boot left out (slot a mounted read-only, handed over at once).
+fn vm_bench() {
+    use gse_tests::vm::{Lab, Vm, kit};
+    let k = kit();
+    let (vm, lab) = (Vm::new("bench"), Lab::new("bench"));
+    let conf = k.conf_copy(vm.dir.path());
+    lab.publish(&conf);
+    let plain = k.plain_initrd(vm.dir.path());
+    let secs = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut gse_init, mut gse_green, mut gse_off, mut plain_init) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let b = vm.boot(&lab);
+        assert_eq!(b.status(), "green", "{}", b.log);
+        gse_init.push(secs(b.to_init.expect("OpenRC started")));
+        gse_green.push(secs(b.to_report));
+        gse_off.push(secs(b.total));
+        let mut r = vm.start_with(&lab, "plain", &plain);
+        r.wait_line("OpenRC init version", gse_tests::vm::BOOT_TIMEOUT);
+        plain_init.push(secs(r.seen(0).expect("seen")));
+        r.pull_power();
+    }
+    let s = |v: Vec<f64>| median(v) / 1000.0;
+    println!(
+        "qemu TCG, power on -> OpenRC starts: plain initramfs {:.1} s, GSE early boot (DHCP, config.d sync, decision, stateless layout) {:.1} s; GSE -> green {:.1} s, -> powered off {:.1} s (median of 3)",
+        s(plain_init),
+        s(gse_init),
+        s(gse_green),
+        s(gse_off)
+    );
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -333,8 +369,9 @@ fn main() {
         "sim" => sim_bench(),
         "servers" => rt.block_on(servers_bench()),
         "network" => network_bench(),
+        "vm" => vm_bench(),
         _ => {
-            eprintln!("usage: gse-bench config|boot|sim|servers|network");
+            eprintln!("usage: gse-bench config|boot|sim|servers|network|vm");
             std::process::exit(2);
         }
     }
