@@ -502,9 +502,8 @@ impl Vm {
 
     pub fn start_with<'a>(&'a self, lab: &Lab, mode: &str, initrd: &Path) -> Running<'a> {
         let k = kit();
-        let n = self.logs.lock().unwrap().len() + 1;
-        // A MAC of its own per scenario, in the locally administered range.
-        let mac = format!("52:54:00:47:53:{:02x}", (std::process::id() as usize + n) & 0xff);
+        // A machine keeps its MAC across boots (each lab is a network of its own).
+        let mac = "52:54:00:47:53:01";
         let mut child = Command::new("ip")
             .args(["netns", "exec", &lab.ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
             .args(["-nographic", "-no-reboot", "-kernel"])
