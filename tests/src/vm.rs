@@ -83,8 +83,8 @@ pub struct Kit {
     pub secret: PathBuf,
     pub image: PathBuf,
     template: PathBuf,
+    /// `target/vm-cache/run-PID`: this process's image, initramfs and disks.
     pub dir: PathBuf,
-    _work: tempfile::TempDir,
 }
 
 static KIT: OnceLock<Kit> = OnceLock::new();
@@ -99,6 +99,25 @@ fn cache_dir() -> PathBuf {
     let d = release_bin("gsectl").parent().and_then(Path::parent).expect("target dir").join("vm-cache");
     fs::create_dir_all(&d).expect("mkdir target/vm-cache");
     d
+}
+
+static RUN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_run_dir() {
+    if let Some(dir) = RUN_DIR.get() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Removes the run directories of processes that are gone (killed before exit).
+fn remove_dead_runs(cache: &Path) {
+    for e in fs::read_dir(cache).into_iter().flatten().filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("run-") else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Holds the cache lock (another test process may be filling the cache).
@@ -234,6 +253,7 @@ impl Kit {
         let cache = cache_dir();
         let (root, kroot) = {
             let _lock = CacheLock::take(&cache);
+            remove_dead_runs(&cache);
             (client_root(&cache), kernel_root(&cache))
         };
         let kver = fs::read_dir(kroot.join("lib/modules"))
@@ -244,8 +264,14 @@ impl Kit {
             .expect("a kernel version");
         let kernel = kroot.join(format!("boot/vmlinuz-{kver}"));
 
-        let work = tempfile::Builder::new().prefix("run-").tempdir_in(&cache).expect("tempdir");
-        let dir = work.path().to_owned();
+        let dir = cache.join(format!("run-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("mkdir run dir");
+        // The kit lives in a static, which is never dropped: its files go at exit.
+        if RUN_DIR.set(dir.clone()).is_ok() {
+            // SAFETY: registers a plain `extern "C" fn` that captures nothing.
+            unsafe { nix::libc::atexit(remove_run_dir) };
+        }
         let public = keygen(&dir, "lab");
         let secret = dir.join("lab.sec");
 
@@ -327,7 +353,7 @@ impl Kit {
             "vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        Kit { kernel, kver, initrd, conf, secret, image, template, dir, _work: work }
+        Kit { kernel, kver, initrd, conf, secret, image, template, dir }
     }
 
     /// A copy of the image's config.d to change and publish.
