@@ -1,7 +1,7 @@
 //! `gsectl image build`: turns a root tree into a GSE system image (stage4,
 //! `tar.zst`). The tree is changed in place — it becomes the image: make.conf
-//! from config.d, the administrator's hooks run inside it, GSE installed on
-//! request, the stateless layout applied and per-machine files removed. Every
+//! from config.d, GSE installed on request, the administrator's hooks run inside
+//! it, the stateless layout applied and per-machine files removed. Every
 //! step is idempotent, and the archive is written in a fixed order with numeric
 //! owners, so two builds of the same tree give the same bytes.
 
@@ -95,13 +95,15 @@ pub fn build(args: ImageBuildArgs) -> Result<u8, Failure> {
         say("copying sources/make.conf to /etc/portage/make.conf");
         put(root, "etc/portage/make.conf", &make_conf, 0o644)?;
     }
-    for (i, hook) in args.hooks.iter().enumerate() {
-        say(format!("running hook {}", hook.display()));
-        run_hook(root, hook, i)?;
-    }
+    // GSE first, so that hooks can build on it (add users to group gse, add
+    // health checks, change its conf.d).
     if args.install_gse {
         say(format!("installing GSE (config.d from {})", config.display()));
         install_gse(root, &config)?;
+    }
+    for (i, hook) in args.hooks.iter().enumerate() {
+        say(format!("running hook {}", hook.display()));
+        run_hook(root, hook, i)?;
     }
     say("applying the stateless layout");
     stateless(root, &args.version)?;

@@ -11,7 +11,8 @@
 //!
 //! The image carries a test service, `gse-test-report`, started by OpenRC after
 //! gsed: it waits for the verdict and prints `gsectl health --json`,
-//! `/run/gse/boot.json` and the first line of /etc/motd on the console, then powers
+//! `/run/gse/boot.json`, the first line of /etc/motd and what the bus policy let
+//! a student and a member of group `gse` do on the console, then powers
 //! off (`gse.test=hold` on the kernel command line keeps it running instead, and
 //! `gse.test=servers` reports the current server every second until it changes).
 
@@ -196,6 +197,9 @@ depend() { need gsed; }
 stop() { return 0; }
 SVC
 chmod 755 /etc/init.d/gse-test-report
+# A lab administrator (group gse, which --install-gse created) and a student.
+useradd --no-create-home --groups gse labadmin
+useradd --no-create-home student
 mkdir -p /usr/local/sbin
 cat >/usr/local/sbin/gse-test-report <<'SCR'
 #!/bin/sh
@@ -214,6 +218,8 @@ done
 say "GSE-HEALTH-JSON: $h"
 say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
 say "GSE-MOTD: $(head -n 1 /etc/motd)"
+as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
+say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
 case "$mode" in
 hold)
 	say "GSE-HOLDING"

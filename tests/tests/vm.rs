@@ -45,6 +45,13 @@ fn vm_first_boot_syncs_renews_and_follows_the_published_config() {
     let (dbus, gsed) = (b1.log.find("Starting system message bus"), b1.log.find("Starting gsed"));
     assert!(dbus.is_some() && gsed.is_some() && dbus < gsed, "OpenRC starts dbus, then gsed");
     assert!(b1.log.contains("Recording the clean shutdown for GSE"), "the OpenRC script records the shutdown");
+    // The shipped D-Bus policy on the guest's real system bus: anyone reads, only
+    // root and group gse change state (exit 0 = allowed).
+    let policy = b1.log.lines().find_map(|l| l.split("GSE-POLICY: ").nth(1)).unwrap_or("").trim().to_owned();
+    let rc = |who: &str| policy.split(' ').find_map(|kv| kv.strip_prefix(&format!("{who}="))).unwrap_or("?").to_owned();
+    assert_eq!(rc("student-read"), "0", "{policy}");
+    assert_ne!(rc("student-unpin"), "0", "a student may not change state: {policy}");
+    assert_eq!(rc("labadmin-unpin"), "0", "group gse may: {policy}");
     let boot_id = b1.health["boot_id"].as_str().unwrap().to_owned();
     let journal = vm.on_disk(4, "cat persistent/gse/health.journal");
     for event in ["boot-started", "healthy", "clean-shutdown"] {
