@@ -131,33 +131,18 @@ impl ConfigService {
         }
     }
 
-    /// Watches the trees and reloads after each burst of changes. Runs until the
-    /// watcher fails; uses no CPU while nothing changes (inotify, no polling).
-    pub async fn watch(self: Arc<Self>) -> notify::Result<()> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+    /// Registers inotify watches on the trees before it returns, so no change made
+    /// after this call is missed (gsed calls it before it claims its bus name);
+    /// one reload catches a change made since the configuration was first loaded.
+    pub fn watch(self: &Arc<Self>) -> notify::Result<ConfigWatch> {
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             let _ = tx.send(ev);
         })?;
-        let mut watched: BTreeMap<PathBuf, Option<(u64, u64)>> = BTreeMap::new();
+        let mut watched = BTreeMap::new();
         self.rewatch(&mut watcher, &mut watched);
-        while let Some(ev) = rx.recv().await {
-            if !relevant(&ev) {
-                continue;
-            }
-            let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
-            loop {
-                match tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + QUIET), rx.recv()).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Ok(()),
-                    Err(_) => break,
-                }
-            }
-            // A tree replaced by rename (a sync) is a new directory: watch it anew.
-            self.rewatch(&mut watcher, &mut watched);
-            let outcome = self.reload();
-            debug!(?outcome, "reload after file change");
-        }
-        Ok(())
+        self.reload();
+        Ok(ConfigWatch { service: self.clone(), watcher, rx, watched })
     }
 
     fn rewatch(&self, watcher: &mut impl Watcher, watched: &mut BTreeMap<PathBuf, Option<(u64, u64)>>) {
@@ -177,6 +162,38 @@ impl ConfigService {
                 warn!(tree = %tree.display(), error = %e, "cannot watch config.d; changes apply on Reload()");
             }
             watched.insert(tree.clone(), id);
+        }
+    }
+}
+
+/// The registered watches of [`ConfigService::watch`].
+pub struct ConfigWatch {
+    service: Arc<ConfigService>,
+    watcher: notify::RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
+}
+
+impl ConfigWatch {
+    /// Reloads after each burst of changes; uses no CPU while nothing changes
+    /// (inotify, no polling). Runs until the watcher goes away.
+    pub async fn run(mut self) {
+        while let Some(ev) = self.rx.recv().await {
+            if !relevant(&ev) {
+                continue;
+            }
+            let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
+            loop {
+                match tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + QUIET), self.rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            // A tree replaced by rename (a sync) is a new directory: watch it anew.
+            self.service.rewatch(&mut self.watcher, &mut self.watched);
+            let outcome = self.service.reload();
+            debug!(?outcome, "reload after file change");
         }
     }
 }

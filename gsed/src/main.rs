@@ -88,6 +88,15 @@ async fn run(args: Args) -> Result<()> {
         network: network.clone(),
     };
 
+    // Watching starts before the name is claimed: a client that sees gsed on the
+    // bus may rely on every later edit of config.d being noticed.
+    let config_watch = match config.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch config.d; changes apply on Reload()");
+            None
+        }
+    };
     let conn = args.bus.connect().await.with_context(|| format!("cannot connect to {}", args.bus))?;
     bus::serve(&conn, &services).await.context("cannot export the D-Bus interfaces")?;
     match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
@@ -103,7 +112,11 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let health_task = tokio::spawn(health.clone().run());
-    let watch_task = tokio::spawn(config.clone().watch());
+    let watch_task = tokio::spawn(async move {
+        if let Some(w) = config_watch {
+            w.run().await
+        }
+    });
     let servers_task = tokio::spawn(servers.run());
     let network_task = tokio::spawn(network.clone().run());
     let signal = tokio::select! {
