@@ -9,12 +9,13 @@
 //! disk ([`Vm`]) with its NIC on a tap device inside its own network namespace
 //! ([`Lab`]: dnsmasq and two nginx on TEST-NET addresses).
 //!
-//! The image carries a test service, `gse-test-report`, started by OpenRC after
-//! gsed: it waits for the verdict and prints `gsectl health --json`,
-//! `/run/gse/boot.json`, the first line of /etc/motd and what the bus policy let
-//! a student and a member of group `gse` do on the console, then powers
-//! off (`gse.test=hold` on the kernel command line keeps it running instead, and
-//! `gse.test=servers` reports the current server every second until it changes).
+//! The image carries a test service, `gse-test-report` (`tests/data/vm/`),
+//! started by OpenRC after gsed: it waits for the verdict and prints on the
+//! console `gsectl health --json`, `/run/gse/boot.json`, the first line of
+//! /etc/motd and what the bus policy let a student and a member of group `gse`
+//! do, then powers off (`gse.test=hold` on the kernel command line keeps it
+//! running instead, and `gse.test=servers` reports the current server every
+//! second until it changes).
 
 use std::{
     fs,
@@ -184,65 +185,6 @@ fn kernel_root(cache: &Path) -> PathBuf {
     dir
 }
 
-/// The test service and the script it runs, installed into the image by a hook.
-const REPORT_HOOK: &str = r#"#!/bin/sh
-set -e
-cat >/etc/init.d/gse-test-report <<'SVC'
-#!/sbin/openrc-run
-description="GSE whole-boot tests: report health on the console"
-command="/usr/local/sbin/gse-test-report"
-command_background=true
-pidfile="/run/gse-test-report.pid"
-depend() { need gsed; }
-stop() { return 0; }
-SVC
-chmod 755 /etc/init.d/gse-test-report
-# A lab administrator (group gse, which --install-gse created) and a student.
-useradd --no-create-home --groups gse labadmin
-useradd --no-create-home student
-mkdir -p /usr/local/sbin
-cat >/usr/local/sbin/gse-test-report <<'SCR'
-#!/bin/sh
-mode=report
-for w in $(cat /proc/cmdline); do
-	case "$w" in gse.test=*) mode="${w#gse.test=}" ;; esac
-done
-say() { echo "$*" >/dev/console; }
-i=0
-while [ $i -lt 240 ]; do
-	h=$(gsectl health --json 2>/dev/null)
-	case "$h" in *'"status":"green"'* | *'"status":"red"'*) break ;; esac
-	i=$((i + 1))
-	sleep 1
-done
-say "GSE-HEALTH-JSON: $h"
-say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
-say "GSE-MOTD: $(head -n 1 /etc/motd)"
-as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
-say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
-case "$mode" in
-hold)
-	say "GSE-HOLDING"
-	exec sleep infinity
-	;;
-servers)
-	first=""
-	i=0
-	while [ $i -lt 180 ]; do
-		cur=$(gsectl servers | sed -n 's/^Current: //p')
-		say "GSE-SERVERS: pid=$(busybox pidof gsed) current=$cur"
-		[ -z "$first" ] && [ "$cur" != none ] && first=$cur
-		[ -n "$first" ] && [ "$cur" != "$first" ] && [ "$cur" != none ] && break
-		i=$((i + 1))
-		sleep 1
-	done
-	;;
-esac
-openrc-shutdown -p now
-SCR
-chmod 755 /usr/local/sbin/gse-test-report
-"#;
-
 impl Kit {
     fn build() -> Kit {
         for (tool, package) in [
@@ -307,7 +249,11 @@ impl Kit {
 
         let rootfs = dir.join("rootfs");
         run("copying the client root", Command::new("cp").arg("-a").arg(&root).arg(&rootfs));
-        fs::write(dir.join("hook.sh"), REPORT_HOOK).unwrap();
+        // The reporter goes into the tree; the hook (inside the chroot) installs it.
+        let data = repo().join("tests/data/vm");
+        for f in ["gse-test-report.initd", "gse-test-report.sh"] {
+            fs::copy(data.join(f), rootfs.join("tmp").join(f)).expect("copy the reporter into the root");
+        }
         let image = dir.join("image.tar.zst");
         run(
             "gsectl image build",
@@ -319,7 +265,7 @@ impl Kit {
                 .arg("--config")
                 .arg(&conf)
                 .arg("--hook")
-                .arg(dir.join("hook.sh")),
+                .arg(data.join("hook.sh")),
         );
         fs::remove_dir_all(&rootfs).expect("rm rootfs");
         let initrd = dir.join("initrd.img");

@@ -20,8 +20,10 @@ fn openrc_script_and_confd_pass_shellcheck() {
 fn project_scripts_pass_shellcheck() {
     let shellcheck = require_tool("shellcheck", "shellcheck");
     let mut c = Command::new(shellcheck);
-    for e in fs::read_dir(repo().join("scripts")).unwrap() {
-        c.arg(e.unwrap().path());
+    for dir in ["scripts", "tests/data/vm"] {
+        for e in fs::read_dir(repo().join(dir)).unwrap() {
+            c.arg(e.unwrap().path());
+        }
     }
     let out = c.arg(repo().join(".ci/run")).arg(repo().join("init-scripts/initramfs/gse-hook.sh")).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));

@@ -1,0 +1,43 @@
+#!/bin/sh
+# The VM suite's reporter (tests/src/vm.rs), started by OpenRC after gsed: waits
+# for the verdict and prints what the host asserts on to the console, then powers
+# off. gse.test=hold on the kernel command line keeps the machine running (the
+# host pulls the power); gse.test=servers reports the current server every second
+# until it changes.
+mode=report
+read -r cmdline </proc/cmdline
+for w in $cmdline; do
+	case "$w" in gse.test=*) mode="${w#gse.test=}" ;; esac
+done
+say() { echo "$*" >/dev/console; }
+i=0
+while [ $i -lt 240 ]; do
+	h=$(gsectl health --json 2>/dev/null)
+	case "$h" in *'"status":"green"'* | *'"status":"red"'*) break ;; esac
+	i=$((i + 1))
+	sleep 1
+done
+say "GSE-HEALTH-JSON: $h"
+say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
+say "GSE-MOTD: $(head -n 1 /etc/motd)"
+as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
+say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
+case "$mode" in
+hold)
+	say "GSE-HOLDING"
+	exec sleep infinity
+	;;
+servers)
+	first=""
+	i=0
+	while [ $i -lt 180 ]; do
+		cur=$(gsectl servers | sed -n 's/^Current: //p')
+		say "GSE-SERVERS: pid=$(busybox pidof gsed) current=$cur"
+		[ -z "$first" ] && [ "$cur" != none ] && first=$cur
+		[ -n "$first" ] && [ "$cur" != "$first" ] && [ "$cur" != none ] && break
+		i=$((i + 1))
+		sleep 1
+	done
+	;;
+esac
+openrc-shutdown -p now
