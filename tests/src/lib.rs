@@ -26,16 +26,21 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
-/// A binary of this workspace, built by `cargo build --bins` (the README's test
-/// command does it first).
-pub fn bin(name: &str) -> PathBuf {
+/// `target/<profile>` of the running test or benchmark.
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>/<name>
+    // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>
     let mut dir = exe.parent().expect("binary has a directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("deps has a parent");
     }
-    let path = dir.join(name);
+    dir.to_owned()
+}
+
+/// A binary of this workspace, built by `cargo build --bins` (the README's test
+/// command does it first).
+pub fn bin(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins` before the tests (see README)",
@@ -293,6 +298,18 @@ pub fn keygen(dir: &Path, name: &str) -> String {
         .expect("gsectl keygen");
     assert!(out.status.success(), "gsectl keygen: {}", text(&out.stderr));
     text(&out.stdout).trim().trim_start_matches("public_key = \"").trim_end_matches('"').to_owned()
+}
+
+/// `gsectl image build --rootfs TREE --version VERSION --out OUT EXTRA...`.
+pub fn image_build(tree: &Path, version: &str, out: &Path, extra: &[&str]) -> Output {
+    Command::new(bin("gsectl"))
+        .args(["image", "build", "--rootfs"])
+        .arg(tree)
+        .args(["--version", version, "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("gsectl image build")
 }
 
 /// `gsectl publish config --from FROM --to TO --secret SECRET`.

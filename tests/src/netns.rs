@@ -23,6 +23,25 @@ pub struct NetLab {
     pub server_if: String,
     pub dir: tempfile::TempDir,
     dnsmasq: Option<ProcessGuard>,
+    // Last: the namespaces go after what runs inside them.
+    _netns: [Netns; 2],
+}
+
+/// A network namespace made by a test, deleted on drop (processes still inside
+/// keep nothing alive once it is gone).
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn add(name: &str) -> Netns {
+        ip(&["netns", "add", name]);
+        Netns(name.to_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
 }
 
 /// `ip ARGS`, which must succeed.
@@ -35,16 +54,17 @@ pub fn ip(args: &[&str]) -> Output {
 impl NetLab {
     pub fn new() -> NetLab {
         let tag = format!("{:x}{:x}", std::process::id() & 0xffff, NEXT.fetch_add(1, Ordering::SeqCst));
+        let (client_ns, server_ns) = (format!("gse-c-{tag}"), format!("gse-s-{tag}"));
+        let netns = [Netns::add(&client_ns), Netns::add(&server_ns)];
         let lab = NetLab {
-            client_ns: format!("gse-c-{tag}"),
-            server_ns: format!("gse-s-{tag}"),
+            client_ns,
+            server_ns,
             client_if: format!("gc{tag}"),
             server_if: format!("gs{tag}"),
             dir: tempfile::Builder::new().prefix("gse-net-").tempdir().expect("tempdir"),
             dnsmasq: None,
+            _netns: netns,
         };
-        ip(&["netns", "add", &lab.client_ns]);
-        ip(&["netns", "add", &lab.server_ns]);
         ip(&["link", "add", &lab.client_if, "type", "veth", "peer", "name", &lab.server_if]);
         ip(&["link", "set", &lab.client_if, "netns", &lab.client_ns]);
         ip(&["link", "set", &lab.server_if, "netns", &lab.server_ns]);
@@ -125,15 +145,5 @@ pub fn dnsmasq(netns: &str, iface: &str, dir: &std::path::Path, extra: &[&str]) 
 impl Default for NetLab {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for NetLab {
-    fn drop(&mut self) {
-        self.dnsmasq = None;
-        for ns in [&self.client_ns, &self.server_ns] {
-            // Processes still inside keep nothing alive once the namespace is gone.
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
 }

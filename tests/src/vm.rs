@@ -33,8 +33,8 @@ use crate::{
     disk::{self, Loop, MountNs},
     http::Nginx,
     keygen,
-    netns::{dnsmasq, ip},
-    publish_config, repo, require_tool, text,
+    netns::{Netns, dnsmasq, ip},
+    profile_dir, publish_config, repo, require_tool, text,
 };
 
 /// The client root: what `debootstrap` is asked for. A change rebuilds the cache.
@@ -50,18 +50,20 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The servers of the lab namespace, as the image's server.info.conf names them.
 pub const SERVERS: [(&str, &str); 2] = [("s1", "192.0.2.1"), ("s2", "192.0.2.2")];
 
-/// A `target/<profile>` binary of the release build (what ships, and what is small
+/// A `target/release` binary (what ships, and what is small
 /// and fast enough for an initramfs under TCG).
 pub fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let target = exe.ancestors().find(|a| a.join("release").is_dir() || a.ends_with("target")).map(Path::to_owned);
-    let path = target.unwrap_or_else(|| repo().join("target")).join("release").join(name);
+    let path = target_dir().join("release").join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --release --workspace --bins` before the VM suite (scripts/test.sh does)",
         path.display()
     );
     path
+}
+
+fn target_dir() -> PathBuf {
+    profile_dir().parent().expect("target/<profile> has a parent").to_owned()
 }
 
 fn run(what: &str, c: &mut Command) -> String {
@@ -77,13 +79,11 @@ fn sh(what: &str, script: &str) -> String {
 /// Everything the scenarios share, built once per process.
 pub struct Kit {
     pub kernel: PathBuf,
-    pub kver: String,
     pub initrd: PathBuf,
     /// The image's config.d: what scenarios start from when they publish.
     pub conf: PathBuf,
     /// The lab server's signing key.
     pub secret: PathBuf,
-    pub image: PathBuf,
     template: PathBuf,
     /// `target/vm-cache/run-PID`: this process's image, initramfs and disks.
     pub dir: PathBuf,
@@ -98,7 +98,7 @@ pub fn kit() -> &'static Kit {
 
 /// `target/vm-cache`, shared by every run on this machine.
 fn cache_dir() -> PathBuf {
-    let d = release_bin("gsectl").parent().and_then(Path::parent).expect("target dir").join("vm-cache");
+    let d = target_dir().join("vm-cache");
     fs::create_dir_all(&d).expect("mkdir target/vm-cache");
     d
 }
@@ -305,7 +305,7 @@ impl Kit {
             "vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        Kit { kernel, kver, initrd, conf, secret, image, template, dir }
+        Kit { kernel, initrd, conf, secret, template, dir }
     }
 
     /// A copy of the image's config.d to change and publish.
@@ -341,16 +341,16 @@ pub struct Lab {
     _dnsmasq: ProcessGuard,
     pub ns: String,
     pub www: Vec<PathBuf>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    // Last: the namespace goes after what runs inside it.
+    _netns: Netns,
 }
 
 impl Lab {
     pub fn new(name: &str) -> Lab {
         let ns = format!("gse-vm-{name}-{:x}", std::process::id() & 0xffff);
-        let _ = ip(&["netns", "add", &ns]);
+        let netns = Netns::add(&ns);
         let dir = tempfile::Builder::new().prefix("gse-vmlab-").tempdir().expect("tempdir");
-        // From here on Drop removes the namespace, whatever fails below.
-        let mut guard = NsGuard(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         ip(&["-n", &ns, "tuntap", "add", "tap0", "mode", "tap"]);
         for (_, addr) in SERVERS {
@@ -366,8 +366,7 @@ impl Lab {
             nginx.push(Nginx::start_in(&ns, &format!("{addr}:80"), &root));
             www.push(root);
         }
-        guard.0.clear();
-        Lab { nginx, _dnsmasq: dhcp, ns, www, dir }
+        Lab { nginx, _dnsmasq: dhcp, ns, www, _dir: dir, _netns: netns }
     }
 
     /// Publishes `tree` on every server, signed with the lab key.
@@ -375,28 +374,6 @@ impl Lab {
         for www in &self.www {
             let out = publish_config(tree, www, &kit().secret);
             assert!(out.status.success(), "gsectl publish config: {}", text(&out.stderr));
-        }
-    }
-
-    pub fn dhcp_log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("dnsmasq.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.nginx.clear();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-    }
-}
-
-/// Deletes a namespace unless disarmed (its name cleared).
-struct NsGuard(String);
-
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
         }
     }
 }

@@ -10,12 +10,6 @@ use std::{
 
 use gse_tests::{disk::tiny_root, *};
 
-fn gsectl_ok(args: &[&str]) -> String {
-    let out = gsectl("system", args);
-    assert!(out.status.success(), "gsectl {args:?}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 /// A small tree with awkward metadata and the files a build must remove.
 fn awkward_tree(dir: &Path) {
     tiny_root(dir, "src");
@@ -72,24 +66,13 @@ fn image_build_keeps_metadata_removes_per_machine_files_and_is_reproducible() {
     let tree = d.path().join("rootfs");
     awkward_tree(&tree);
     let out = d.path().join("image.tar.zst");
+    let conf = repo().join("config.d");
     let build = |force: bool| {
-        let mut args = vec![
-            "image",
-            "build",
-            "--rootfs",
-            tree.to_str().unwrap(),
-            "--version",
-            "2026.11.1",
-            "--out",
-            out.to_str().unwrap(),
-            "--install-gse",
-        ];
-        let conf = repo().join("config.d");
-        args.extend(["--config", conf.to_str().unwrap()]);
+        let mut extra = vec!["--install-gse", "--config", conf.to_str().unwrap()];
         if force {
-            args.push("--force");
+            extra.push("--force");
         }
-        gsectl("system", &args)
+        image_build(&tree, "2026.11.1", &out, &extra)
     };
     let first = build(false);
     assert!(first.status.success(), "{}", text(&first.stderr));
@@ -185,18 +168,8 @@ fn hooks_run_inside_the_tree_and_a_failing_hook_leaves_no_output() {
     fs::write(&good, "set -e\necho \"hooked in $(pwd)\" > /etc/hooked\ngrep -q '^Name:' /proc/self/status && echo proc-ok >> /etc/hooked\n").unwrap();
     let out = d.path().join("image.tar.zst");
     let o = out.to_str().unwrap();
-    gsectl_ok(&[
-        "image",
-        "build",
-        "--rootfs",
-        tree.to_str().unwrap(),
-        "--version",
-        "1",
-        "--out",
-        o,
-        "--hook",
-        good.to_str().unwrap(),
-    ]);
+    let r = image_build(&tree, "1", &out, &["--hook", good.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
     let listing = Command::new("tar").args(["--zstd", "-xOf", o, "etc/hooked"]).output().unwrap();
     let hooked = text(&listing.stdout);
     assert!(hooked.contains("hooked in /") && hooked.contains("proc-ok"), "{hooked:?} {}", text(&listing.stderr));
@@ -205,21 +178,7 @@ fn hooks_run_inside_the_tree_and_a_failing_hook_leaves_no_output() {
     let bad = d.path().join("bad.sh");
     fs::write(&bad, "echo 'emerge failed: no space left'\nexit 3\n").unwrap();
     let out2 = d.path().join("image2.tar.zst");
-    let r = gsectl(
-        "system",
-        &[
-            "image",
-            "build",
-            "--rootfs",
-            tree.to_str().unwrap(),
-            "--version",
-            "1",
-            "--out",
-            out2.to_str().unwrap(),
-            "--hook",
-            bad.to_str().unwrap(),
-        ],
-    );
+    let r = image_build(&tree, "1", &out2, &["--hook", bad.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(1));
     assert!(text(&r.stderr).contains("emerge failed: no space left"), "{}", text(&r.stderr));
     assert!(!out2.exists(), "no output after a failed hook");

@@ -433,10 +433,7 @@ fn an_image_installed_into_both_slots_boots() {
     let tree = work.path().join("rootfs");
     disk::tiny_root(&tree, "unused");
     let image = work.path().join("lab-2.0.tar.zst");
-    let out = gsectl(
-        "system",
-        &["image", "build", "--rootfs", tree.to_str().unwrap(), "--version", "2.0", "--out", image.to_str().unwrap()],
-    );
+    let out = image_build(&tree, "2.0", &image, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let out = c.gsectl(&["install", "--image", image.to_str().unwrap()]);
