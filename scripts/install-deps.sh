@@ -11,6 +11,7 @@ packages="
   nginx minisign zstd cpio tar
   iproute2 dnsmasq
   shellcheck
+  prometheus prometheus-node-exporter chromium curl
   debootstrap debian-archive-keyring qemu-system-x86 kmod
 "
 

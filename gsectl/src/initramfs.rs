@@ -183,15 +183,25 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-echo "gse: initramfs for kernel @KVER@"
-while read -r m; do
-	insmod "/lib/modules/@KVER@/$m" 2>/dev/null || echo "gse: could not load $m (already loaded or built in?)"
-done </etc/gse/modules
-# Block devices appear a moment after their drivers load.
-tries=0
-while [ -z "$(blkid 2>/dev/null)" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
-mkdir -p /sysroot
-/bin/sh /usr/lib/gse/gse-hook.sh /sysroot
+early() {
+	echo "gse: initramfs for kernel @KVER@"
+	while read -r m; do
+		insmod "/lib/modules/@KVER@/$m" 2>/dev/null || echo "gse: could not load $m (already loaded or built in?)"
+	done </etc/gse/modules
+	# Block devices appear a moment after their drivers load: wait for the boot
+	# partition (busybox has findfs, not blkid), at most 5 s.
+	tries=0
+	until findfs LABEL=gse-boot >/dev/null 2>&1 || [ "$tries" -ge 50 ]; do
+		sleep 0.1
+		tries=$((tries + 1))
+	done
+	mkdir -p /sysroot
+	/bin/sh /usr/lib/gse/gse-hook.sh /sysroot
+}
+# Early boot's console is also kept in /run (which moves into the new root), so
+# gsed archives it with the rest of this boot's logs.
+mkdir -p /run/gse
+early 2>&1 | tee -a /run/gse/early.log
 if ! grep -q " /sysroot " /proc/self/mounts; then
 	echo "gse: no root could be mounted; here is a shell"
 	exec sh

@@ -5,10 +5,12 @@
 
 mod boot;
 mod config;
+mod fleet;
 mod health;
 mod image;
 mod initramfs;
 mod install;
+mod logs;
 mod output;
 mod servers;
 
@@ -52,6 +54,10 @@ enum Command {
     Update(servers::UpdateArgs),
     /// Make a minisign key pair for signing what the server publishes.
     Keygen(servers::KeygenArgs),
+    /// The archived logs of every boot on this machine (list, show BOOT).
+    Logs(logs::LogsArgs),
+    /// The room at a glance, from the Prometheus that scrapes it.
+    Fleet(fleet::FleetArgs),
     /// Server side: publish config.d or an image into a static tree.
     Publish(servers::PublishArgs),
     /// Server side: build a system image (stage4) from a root tree.
@@ -165,6 +171,8 @@ fn main() -> ExitCode {
             Command::Servers(args) => servers::servers(&bus, args).await,
             Command::Network(args) => servers::network(&bus, args).await,
             Command::Update(args) => servers::update(&bus, args).await,
+            Command::Logs(args) => logs::run(&cli.root, args),
+            Command::Fleet(args) => fleet::run(args),
             Command::Keygen(args) => servers::keygen(args),
             Command::Publish(args) => servers::publish(args),
             Command::Image(ImageArgs { action: ImageAction::Build(args) }) => image::build(args),

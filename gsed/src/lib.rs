@@ -9,6 +9,8 @@ pub mod fsutil;
 pub mod health;
 pub mod journal;
 pub mod logging;
+pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod paths;
 pub mod sd_notify;

@@ -1,21 +1,39 @@
-//! Logging through tracing: to journald when its socket exists, else to stderr.
+//! Logging through tracing: to journald when its socket exists, else to syslog when
+//! a syslog daemon listens, else to stderr — and always into the running boot's
+//! log spool, so gsed's own lines reach the archive (DESIGN §13).
 //! `RUST_LOG` (or `GSE_LOG`) sets the filter; the default is `info`.
+
+use std::path::Path;
 
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
-pub fn init() {
+use crate::logs::sink::{SpoolWriter, Syslog, SyslogWriter, use_syslog};
+
+/// `syslog`: the socket to try (None in early boot, where none runs); `spool`:
+/// whether lines are kept for the boot's log spool.
+pub fn init(syslog: Option<&Path>, spool: bool) {
     let filter = || {
         EnvFilter::try_from_env("GSE_LOG")
             .or_else(|_| EnvFilter::try_from_default_env())
             .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"))
     };
-    let journald =
-        std::path::Path::new("/run/systemd/journal/socket").exists().then(tracing_journald::layer).and_then(Result::ok);
-    let registry = tracing_subscriber::registry();
-    match journald {
-        Some(layer) => registry.with(layer.with_filter(filter())).init(),
-        None => {
-            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter())).init()
+    let journald = Path::new("/run/systemd/journal/socket").exists().then(tracing_journald::layer).and_then(Result::ok);
+    let syslog = if journald.is_none() { syslog.and_then(Syslog::connect) } else { None };
+    let main = match (journald, syslog) {
+        (Some(j), _) => j.with_filter(filter()).boxed(),
+        (None, Some(s)) => {
+            use_syslog(s);
+            tracing_subscriber::fmt::layer()
+                .with_writer(SyslogWriter)
+                .with_ansi(false)
+                .without_time()
+                .with_level(false)
+                .with_filter(filter())
+                .boxed()
         }
-    }
+        (None, None) => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()).boxed(),
+    };
+    let spool = spool
+        .then(|| tracing_subscriber::fmt::layer().with_writer(|| SpoolWriter).with_ansi(false).with_filter(filter()));
+    tracing_subscriber::registry().with(main).with(spool).init();
 }

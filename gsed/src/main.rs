@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use gse_dbus::{BUS_NAME, BusAddress};
 use gsed::{
-    bus, confd::ConfigService, health::HealthService, network::NetworkService, paths::Paths, sd_notify,
-    servers::ServersService,
+    bus, confd::ConfigService, health::HealthService, logs::LogService, metrics, network::NetworkService, paths::Paths,
+    sd_notify, servers::ServersService,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -38,7 +38,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    gsed::logging::init();
+    let paths = Paths::new(&args.root);
+    // Early boot has no syslog and no spool yet: its console is kept by /init.
+    gsed::logging::init((!args.early).then(|| paths.syslog_socket()).as_deref(), !args.early);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, paths)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -56,11 +58,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(args: Args, paths: Paths) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot register SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot register SIGINT")?;
 
-    let paths = Paths::new(&args.root);
     if args.early {
         return early::run(&paths, async move {
             tokio::select! {
@@ -81,6 +82,7 @@ async fn run(args: Args) -> Result<()> {
     let health = HealthService::new(&paths, &boot_id, config.subscribe()).context("cannot start health recording")?;
     let servers = ServersService::new(&paths, config.clone());
     let network = NetworkService::new(&paths, config.clone());
+    let logs = LogService::new(&paths, config.clone(), &boot_id, &health.snapshot().booted_slot);
     let services = bus::Services {
         config: config.clone(),
         health: health.clone(),
@@ -117,8 +119,22 @@ async fn run(args: Args) -> Result<()> {
             w.run().await
         }
     });
-    let servers_task = tokio::spawn(servers.run());
+    let servers_task = tokio::spawn(servers.clone().run());
     let network_task = tokio::spawn(network.clone().run());
+    let metrics_task = tokio::spawn(metrics::run(
+        paths.clone(),
+        metrics::Sources { config: config.clone(), health: health.clone(), servers: servers.clone() },
+    ));
+    // Packing what earlier boots left can take a moment: not before the name is
+    // owned (a second gsed must not touch the spool), and off the bus's thread.
+    let logs_task = tokio::spawn({
+        let (logs, records) = (logs.clone(), health.records());
+        async move {
+            let starter = logs.clone();
+            let _ = tokio::task::spawn_blocking(move || starter.start(&records)).await;
+            logs.run().await
+        }
+    });
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
@@ -128,9 +144,24 @@ async fn run(args: Args) -> Result<()> {
     watch_task.abort();
     servers_task.abort();
     network_task.abort();
-    // A system going down gives its DHCP leases back; a restart keeps them.
+    metrics_task.abort();
+    logs_task.abort();
+    // A system going down gives its DHCP leases back and archives its logs; a
+    // restart keeps both for the next gsed.
     if health.shutdown_recorded() {
         network.release_all().await;
+        match logs.archive_current(&health.records()) {
+            Ok(Some(a)) => info!(
+                archive = %a.path.display(),
+                spooled_bytes = a.bytes,
+                archive_bytes = std::fs::metadata(&a.path).map(|m| m.len()).unwrap_or(0),
+                wall_ms = a.wall.as_secs_f64() * 1e3,
+                cpu_ms = a.cpu.as_secs_f64() * 1e3,
+                "this boot's logs archived"
+            ),
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "cannot archive this boot's logs; they stay in the spool for the next boot"),
+        }
     }
     let _ = sd_notify::notify("STOPPING=1");
     // Release the name explicitly so a successor can take it at once.

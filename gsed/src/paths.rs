@@ -86,6 +86,33 @@ impl Paths {
     pub fn boot_json(&self) -> PathBuf {
         self.resolve("/run/gse/boot.json")
     }
+
+    /// Early boot's console output, kept by the initramfs `/init` (in /run, which
+    /// moves into the running system).
+    pub fn early_log(&self) -> PathBuf {
+        self.resolve("/run/gse/early.log")
+    }
+
+    /// The archive of every boot's logs, one `.tar.zst` a boot.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.resolve("/user-data/persistent/logs")
+    }
+
+    /// Where the running boot's logs are copied as they grow, one directory a boot.
+    pub fn log_spool(&self) -> PathBuf {
+        self.logs_dir().join("spool")
+    }
+
+    /// The kernel's log. A device, so not prefixed on a real client; under `--root`
+    /// a plain file there stands in for it (tests), and the host's is never read.
+    pub fn kmsg(&self) -> PathBuf {
+        if self.is_real_root() { PathBuf::from("/dev/kmsg") } else { self.resolve("/dev/kmsg") }
+    }
+
+    /// The syslog socket, if a syslog daemon runs; under `--root`, the one there.
+    pub fn syslog_socket(&self) -> PathBuf {
+        self.resolve("/dev/log")
+    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,16 @@ pub struct BadServer {
 
 impl BadServer {
     pub fn start(hang: bool) -> BadServer {
+        Self::serve(hang, b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\nconnection: close\r\n\r\noops\n")
+    }
+
+    /// Answers every request with 200 and `body` (garbage where JSON is expected).
+    pub fn answering(body: &'static str) -> BadServer {
+        let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        Self::serve(false, Box::leak(reply.into_bytes().into_boxed_slice()))
+    }
+
+    fn serve(hang: bool, reply: &'static [u8]) -> BadServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr").to_string();
@@ -145,7 +155,7 @@ impl BadServer {
                     Ok((mut s, _)) => {
                         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                         let _ = s.read(&mut [0u8; 4096]);
-                        let _ = s.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\nconnection: close\r\n\r\noops\n");
+                        let _ = s.write_all(reply);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }

@@ -143,8 +143,12 @@ fn vm_failing_required_check_turns_red_then_the_policy_acts() {
     );
     lab.publish(&conf);
 
+    let mut b1_id = serde_json::Value::Null;
     for n in 1..=2 {
         let b = vm.boot(&lab);
+        if n == 1 {
+            b1_id = b.health["boot_id"].clone();
+        }
         vm.report(&b, "required check fails");
         assert_eq!((b.slot(), b.action(), b.status()), ("a", "normal", "red"), "{}", b.health);
         assert_eq!(b.boot["attempts"]["a"], n, "{}", b.boot);
@@ -158,6 +162,39 @@ fn vm_failing_required_check_turns_red_then_the_policy_acts() {
     vm.report(&b3, "max_attempts reached");
     assert_eq!((b3.slot(), b3.action(), b3.status()), ("b", "bailout", "green"), "{}", b3.boot);
     assert!(b3.field("reason").contains("slot a did not complete a healthy cycle in 2 boot(s)"), "{}", b3.boot);
+
+    // The next boot finds every earlier boot's logs on the persistent area.
+    let mut r = vm.start(&lab, "logs");
+    r.wait_line("GSE-HEALTH-JSON:", vm_timeout());
+    let b4 = r.wait_off(Duration::from_secs(120));
+    vm.report(&b4, "logs of the earlier boots");
+    let listed: Vec<&str> = b4.log.lines().filter_map(|l| l.split("GSE-LOGS: ").nth(1)).collect();
+    let row = |id: &serde_json::Value| {
+        let id = id.as_str().unwrap_or("?");
+        listed.iter().find(|l| l.starts_with(id)).map(|l| l.split_whitespace().collect::<Vec<_>>()).unwrap_or_default()
+    };
+    // BOOT, date, time, SLOT, VERSION, ACTION, VERDICT, size, unit
+    let red = row(&b1_id);
+    assert_eq!((red.get(3), red.get(5), red.get(6)), (Some(&"a"), Some(&"normal"), Some(&"red")), "{listed:#?}");
+    let bailout = row(&b3.health["boot_id"]);
+    assert_eq!(
+        (bailout.get(3), bailout.get(5), bailout.get(6)),
+        (Some(&"b"), Some(&"bailout"), Some(&"healthy-cycle")),
+        "{listed:#?}"
+    );
+    assert!(row(&b4.health["boot_id"]).get(6) == Some(&"running"), "{listed:#?}");
+    for l in listed.iter().skip(1) {
+        println!("vm red: archived {l}");
+    }
+    let shown: Vec<&str> = b4.log.lines().filter_map(|l| l.split("GSE-LOGSHOW: ").nth(1)).collect();
+    assert!(
+        shown.iter().any(|l| l.contains("the lab share is not mounted")),
+        "the red boot's check output: {shown:#?}"
+    );
+    assert!(
+        shown.iter().any(|l| l.contains("gse: initramfs") || l.contains("gsed --early ready")),
+        "early boot's lines: {shown:#?}"
+    );
 }
 
 #[test]

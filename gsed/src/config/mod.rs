@@ -16,6 +16,7 @@ mod drives;
 mod duration;
 mod keys;
 mod layer;
+mod logs;
 mod mounts;
 mod network;
 pub mod runlevel;
@@ -35,6 +36,7 @@ pub use duration::Duration;
 pub use keys::{join_key, split_key};
 use layer::LogicalFile;
 pub use layer::Origin;
+pub use logs::{LogsConf, MetricsConf};
 pub use mounts::{BtrfsConf, FstabConf, FstabEntry, OverlayEntry, OverlaysConf, TmpfsConf, TmpfsEntry, Upper};
 pub use network::{InterfaceConf, Method, NetworkConf, parse_cidr};
 use serde::Serialize;
@@ -85,6 +87,8 @@ pub struct Settings {
     pub tmpfs: TmpfsConf,
     pub update: UpdateConf,
     pub sources: SourcesConf,
+    pub logs: LogsConf,
+    pub metrics: MetricsConf,
     /// OpenRC's default runlevel; `None` leaves the image's as it is.
     pub default_runlevel: Option<Vec<String>>,
 }
@@ -114,6 +118,8 @@ const FILES: &[LogicalFile] = &[
     LogicalFile::new("tmpfs", "controller/tmpfs.conf", None),
     LogicalFile::new("update", "controller/update.chk.conf", None),
     LogicalFile::new("sources", "sources/sources.conf", None),
+    LogicalFile::new("logs", "system/logs.conf", Some("controller/clogs.conf")),
+    LogicalFile::new("metrics", "system/metrics.conf", Some("controller/cmetrics.conf")),
 ];
 
 /// The config.d trees to read, lowest priority first.
@@ -151,6 +157,8 @@ pub fn load(trees: &[PathBuf]) -> Result<Loaded, Vec<ConfigError>> {
     section!(tmpfs, 8);
     section!(update, 9);
     section!(sources, 10);
+    section!(logs, 11);
+    section!(metrics, 12);
 
     // The runlevel list is plain text: the highest layer that has it wins whole.
     for tree in trees.iter().rev() {

@@ -128,6 +128,11 @@ impl HealthService {
         &self.boot_id
     }
 
+    /// The health journal's records, every boot.
+    pub fn records(&self) -> Vec<Record> {
+        self.lock_journal().records().to_vec()
+    }
+
     /// Records the start of this boot (once per boot_id) and runs the checks until a
     /// verdict. Returns at once when this boot already has one.
     pub async fn run(self: Arc<Self>) -> Result<(), HealthError> {
@@ -248,6 +253,11 @@ impl HealthService {
             Event::Red { reason, .. } => (Some(Status::Red), reason.clone()),
             _ => (None, String::new()),
         };
+        if let Event::Red { failures, .. } = &event {
+            for f in failures {
+                warn!(failure = %f, "health check failed");
+            }
+        }
         j.append(&self.boot_id, &slot, event)?;
         let cycles = cycles(self.boot_record.as_ref(), j.records(), &slot, &self.boot_id);
         self.state.send_if_modified(|s| {

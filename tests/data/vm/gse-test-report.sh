@@ -3,7 +3,8 @@
 # for the verdict and prints what the host asserts on to the console, then powers
 # off. gse.test=hold on the kernel command line keeps the machine running (the
 # host pulls the power); gse.test=servers reports the current server every second
-# until it changes.
+# until it changes; gse.test=logs also reports the log archive and, from the
+# first red boot in it, gsed's and early boot's lines.
 mode=report
 read -r cmdline </proc/cmdline
 for w in $cmdline; do
@@ -23,6 +24,14 @@ say "GSE-MOTD: $(head -n 1 /etc/motd)"
 as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
 say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
 case "$mode" in
+logs)
+	gsectl logs list | while IFS= read -r l; do say "GSE-LOGS: $l"; done
+	red=$(gsectl logs list | awk '$7 == "red" { print $1; exit }')
+	{
+		gsectl logs show "$red" --unit gsed | grep -m 2 'lab share is not mounted'
+		gsectl logs show "$red" --unit early | grep -m 2 -e 'gse: initramfs' -e 'gsed --early ready'
+	} | while IFS= read -r l; do say "GSE-LOGSHOW: $l"; done
+	;;
 hold)
 	say "GSE-HOLDING"
 	exec sleep infinity

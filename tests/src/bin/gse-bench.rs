@@ -19,6 +19,11 @@
 //! OpenRC with the GSE initramfs and with a plain one (same kernel, modules and
 //! root), and to the green verdict and power-off (median of 3).
 //!
+//! `logs`: a clean shutdown with the log archive on and off (same logs, same run:
+//! SIGTERM to exit, median of 7), the CPU time and size of the archive; and the
+//! time from a health change (MarkBad/MarkGood over D-Bus) to the metrics file
+//! showing it (median of 20).
+//!
 //! `config`: time from a file write in the synced config.d to the `Changed`
 //! signal at a client (median of 20), and the CPU time gsed uses over 10 s in
 //! which nothing changes.
@@ -72,6 +77,113 @@ async fn config_bench() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let ticks = cpu_ticks(pid) - before;
     println!("gsed CPU while nothing changes: {ticks} clock ticks in 10 s ({:.2} ms)", ticks as f64 * 10.0);
+}
+
+/// A root with about the logs of one lab boot: 200 KiB of system log, 60 KiB of
+/// kernel messages, early boot's console.
+fn logs_root(archive: bool) -> TestRoot {
+    let root = TestRoot::new();
+    root.health_conf("");
+    root.write(
+        "usr/share/gse/config.d/system/logs.conf",
+        &format!("archive = {archive}\nspool_interval = \"100ms\"\n"),
+    );
+    let messages: String = (0..2800)
+        .map(|i| {
+            format!(
+                "Nov 26 10:{:02}:{:02} lab-01 daemon[{i}]: event {i} handled in {} ms\n",
+                i / 60 % 60,
+                i % 60,
+                i % 97
+            )
+        })
+        .collect();
+    root.write("var/log/messages", &messages);
+    let kmsg: String = (0..800)
+        .map(|i| format!("6,{i},{},-;virtio_blk virtio{}: [vda] message number {i}\n", i * 1500, i % 4))
+        .collect();
+    root.write("dev/kmsg", &kmsg);
+    root.write("run/gse/early.log", &"gse: early boot line\n".repeat(60));
+    root
+}
+
+async fn logs_bench() {
+    use gse_dbus::health::HealthProxy;
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    let mut cpu = Vec::new();
+    let mut sizes = (0u64, 0u64);
+    for i in 0..14 {
+        let archive = i % 2 == 0;
+        let (bus, root) = (TestBus::start(), logs_root(archive));
+        let mut gsed = start_gsed(&bus, &root, "bench");
+        let spooled = root.path().join("user-data/persistent/logs/spool/bench/var/log/messages");
+        gse_tests::wait_for(Duration::from_secs(10), "spooled", || {
+            (!archive || fs::metadata(&spooled).map(|m| m.len() > 190_000).unwrap_or(false)).then_some(())
+        });
+        let conn = bus.connect().await;
+        HealthProxy::new(&conn).await.expect("proxy").record_shutdown().await.expect("record-shutdown");
+        let t0 = Instant::now();
+        gsed.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10)).expect("gsed exits");
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if archive {
+            on.push(ms);
+            let log = fs::read_to_string(root.path().join("gsed-bench.log")).unwrap_or_default();
+            let field = |k: &str| {
+                log.lines().find(|l| l.contains("logs archived")).and_then(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{k}=")).and_then(|v| v.parse::<f64>().ok()))
+                })
+            };
+            cpu.push(field("cpu_ms").unwrap_or(f64::NAN));
+            sizes = (field("spooled_bytes").unwrap_or(0.0) as u64, field("archive_bytes").unwrap_or(0.0) as u64);
+        } else {
+            off.push(ms);
+        }
+    }
+    println!(
+        "clean shutdown (record-shutdown, SIGTERM -> exit), median of 7: archive on {:.1} ms, off {:.1} ms (ratio {:.2})",
+        median(on.clone()),
+        median(off.clone()),
+        median(on) / median(off)
+    );
+    println!(
+        "archiving one boot: {} bytes spooled -> {} bytes archived ({:.1}x), CPU median {:.2} ms",
+        sizes.0,
+        sizes.1,
+        sizes.0 as f64 / sizes.1.max(1) as f64,
+        median(cpu)
+    );
+
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let _gsed = start_gsed(&bus, &root, "bench");
+    let file = root.path().join("var/lib/node_exporter/textfile_collector/gse.prom");
+    let conn = bus.connect().await;
+    let health = HealthProxy::new(&conn).await.expect("proxy");
+    gse_tests::wait_for(Duration::from_secs(10), "metrics", || {
+        fs::read_to_string(&file).ok().filter(|t| t.contains("status=\"green\"} 1"))
+    });
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        let (call, want) = if i % 2 == 0 { ("bad", "status=\"red\"} 1") } else { ("good", "status=\"green\"} 1") };
+        let t0 = Instant::now();
+        if call == "bad" {
+            health.mark_bad("bench").await.expect("MarkBad");
+        } else {
+            health.mark_good().await.expect("MarkGood");
+        }
+        while !fs::read_to_string(&file).unwrap_or_default().contains(want) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "metrics did not follow");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "health change -> metrics file: median {:.2} ms over 20 (max {:.2} ms), from the D-Bus call",
+        median(samples.clone()),
+        samples.iter().cloned().fold(0.0, f64::max)
+    );
 }
 
 /// Wall time of one `gsectl boot prepare` on `c` (gsed --early already listening).
@@ -365,6 +477,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     match which.as_str() {
         "config" => rt.block_on(config_bench()),
+        "logs" => rt.block_on(logs_bench()),
         "boot" => boot_bench(),
         "sim" => sim_bench(),
         "servers" => rt.block_on(servers_bench()),
