@@ -8,6 +8,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
 cargo build --workspace --bins
 # The VM suite boots what ships: the release binaries, in its image and initramfs.
 cargo build --release --workspace --bins
