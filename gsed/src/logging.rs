@@ -3,7 +3,7 @@
 //! log spool, so gsed's own lines reach the archive (DESIGN §13).
 //! `RUST_LOG` (or `GSE_LOG`) sets the filter; the default is `info`.
 
-use std::path::Path;
+use std::{io::IsTerminal, path::Path};
 
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -31,7 +31,11 @@ pub fn init(syslog: Option<&Path>, spool: bool) {
                 .with_filter(filter())
                 .boxed()
         }
-        (None, None) => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()).boxed(),
+        (None, None) => {
+            // Colour only on a terminal: OpenRC sends stderr to /var/log/gsed.log.
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter()).boxed()
+        }
     };
     let spool = spool
         .then(|| tracing_subscriber::fmt::layer().with_writer(|| SpoolWriter).with_ansi(false).with_filter(filter()));
