@@ -2,7 +2,13 @@
 //! are packed at shutdown, an unclean boot's by the next one, the budget keeps red
 //! boots longest, and a full disk costs nothing but the archive.
 
-use std::{fs, os::unix::net::UnixDatagram, path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt, net::UnixDatagram},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use gse_tests::{ProcessGuard, TestBus, TestRoot, bin, gsectl, start_gsed, text, wait_for};
 use nix::sys::signal::Signal;
@@ -91,6 +97,8 @@ fn a_clean_boot_is_archived_at_shutdown_with_every_log() {
         "{b}"
     );
     assert!(b["path"].as_str().unwrap().ends_with("-b1.tar.zst"), "{b}");
+    let mode = fs::metadata(b["path"].as_str().unwrap()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "logs are for root only");
     let all = show(&root, &["b1"]);
     for want in [
         "hello from the system log",

@@ -6,6 +6,7 @@
 use std::{
     fs::{self, File},
     io::{self, BufWriter, Read, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -91,7 +92,14 @@ pub fn write(dir: &Path, meta: &BootMeta, spool: &Path) -> Result<PathBuf, LogsE
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        // Logs may hold what users typed: readable by root only, from the first byte.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         let enc = zstd::Encoder::new(BufWriter::new(file), LEVEL).map_err(io_err(&tmp))?;
         let mut tar = tar::Builder::new(enc);
         let json = serde_json::to_vec_pretty(meta).map_err(|e| LogsError::Format(e.to_string()))?;

@@ -181,6 +181,9 @@ impl LogService {
         let conf = self.conf();
         let mut guard = self.lock();
         let Some(spool) = guard.as_mut() else { return };
+        if !conf.archive {
+            return; // switched off since start: archive_current drops the spool
+        }
         let dirs: Vec<PathBuf> = conf.sources.iter().map(|s| self.paths.resolve(s)).collect();
         let sources = Sources {
             files: Sources::discover(self.paths.root(), &dirs, &[(self.paths.early_log(), "early.log")]),
@@ -204,7 +207,9 @@ impl LogService {
     pub async fn run(self: Arc<Self>) {
         loop {
             let interval = self.conf().spool_interval.get();
-            self.round();
+            // File copies and fsyncs stay off the thread that serves D-Bus.
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.round()).await;
             tokio::time::sleep(interval).await;
         }
     }
@@ -214,6 +219,11 @@ impl LogService {
     pub fn archive_current(&self, records: &[Record]) -> Result<Option<Archived>, LogsError> {
         self.round();
         let Some(spool) = self.lock().take() else { return Ok(None) };
+        if !self.conf().archive {
+            sink::detach();
+            let _ = std::fs::remove_dir_all(spool.dir());
+            return Ok(None);
+        }
         self.collect_journal(spool.dir());
         sink::detach();
         let mut meta = self.meta.clone();
