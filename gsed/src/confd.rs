@@ -119,7 +119,8 @@ impl ConfigService {
                 }
                 *applied = now;
                 let generation = self.current().generation + 1;
-                info!(generation, files = ?changed, "configuration applied");
+                let names: Vec<std::path::Display<'_>> = changed.iter().map(|p| p.display()).collect();
+                info!(generation, files = %crate::logging::brief(&names), "configuration applied");
                 self.state.send_replace(Arc::new(ConfigState {
                     generation,
                     loaded: Arc::new(loaded),

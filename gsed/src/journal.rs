@@ -2,9 +2,11 @@
 //!
 //! Each record is one line, `CRC32 JSON\n`, written with a single `write` and synced
 //! before the call returns. A record is valid when its line is complete and its CRC
-//! matches. On open, invalid lines are skipped (a torn last record is the usual case)
-//! and a torn tail is cut off so the next append starts on a clean line; earlier
-//! records are never rewritten. Early boot reads the same file to judge the last boot.
+//! matches. On open, invalid lines are skipped (a torn last record is the usual case);
+//! every append first cuts whatever follows the last complete line (a torn tail, or
+//! the fragment of an append that failed on a full disk), so a record is never glued
+//! to garbage, and a failed append leaves the file as it was. Earlier records are
+//! never rewritten, and merely opening the file changes nothing. Early boot reads the same file to judge the last boot.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -71,6 +73,9 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     records: Vec<Record>,
+    /// Length of the intact prefix: every append starts there, so a torn or
+    /// failed write can never glue itself to the next record.
+    len: u64,
 }
 
 impl Journal {
@@ -84,12 +89,10 @@ impl Journal {
         let data = fs::read(path).map_err(open_err)?;
         let (records, good_len, skipped) = parse(&data);
         let torn_bytes = data.len() as u64 - good_len;
-        if torn_bytes > 0 {
-            // Only an unfinished last line is cut; complete bad lines stay for forensics.
-            file.set_len(good_len).map_err(open_err)?;
-            file.sync_all().map_err(open_err)?;
-        }
-        Ok((Journal { path: path.to_owned(), file, records }, Recovery { skipped, torn_bytes }))
+        // A torn tail is cut by the first append, not here: a gsed that only reads
+        // (one that finds the bus name taken) leaves the file as it found it.
+        // Complete bad lines stay for forensics.
+        Ok((Journal { path: path.to_owned(), file, records, len: good_len }, Recovery { skipped, torn_bytes }))
     }
 
     pub fn records(&self) -> &[Record] {
@@ -105,8 +108,21 @@ impl Journal {
         let record = Record { time: now(), boot_id: boot_id.to_owned(), slot: slot.to_owned(), event };
         let line = encode(&record);
         let write_err = |source| JournalError::Write { path: self.path.clone(), source };
-        self.file.write_all(line.as_bytes()).map_err(write_err)?;
-        self.file.sync_data().map_err(write_err)?;
+        let written = (|| {
+            // Whatever follows the intact prefix (a torn tail, a failed append) goes.
+            if self.file.metadata()?.len() != self.len {
+                self.file.set_len(self.len)?;
+            }
+            self.file.write_all(line.as_bytes())?;
+            self.file.sync_data()
+        })();
+        if let Err(e) = written {
+            // Leave the file as it was (a full disk still lets a file shrink); if
+            // even that fails, the next append cuts it first.
+            let _ = self.file.set_len(self.len).and_then(|()| self.file.sync_data());
+            return Err(write_err(e));
+        }
+        self.len += line.len() as u64;
         self.records.push(record);
         Ok(self.records.last().expect("just pushed"))
     }
@@ -190,6 +206,23 @@ mod tests {
         assert_eq!(j.records().len(), 3);
         assert_eq!(j.records()[2].event, Event::CleanShutdown);
         assert_eq!(rec, Recovery::default());
+    }
+
+    #[test]
+    fn opening_changes_nothing_and_a_fragment_never_eats_the_next_record() {
+        let (_d, path) = journal_with(1);
+        let mut data = fs::read(&path).unwrap();
+        data.extend_from_slice(b"0badf00d {\"time\":1,\"boot_id\":\"x");
+        fs::write(&path, &data).unwrap();
+        let (mut j, rec) = Journal::open(&path).unwrap();
+        assert!(rec.torn_bytes > 0);
+        assert_eq!(fs::read(&path).unwrap(), data, "a reader leaves the file alone");
+        // What a write that failed half-way (ENOSPC) leaves behind.
+        fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"1234abcd {\"half").unwrap();
+        j.append("boot1", "a", Event::CleanShutdown).unwrap();
+        let (j, _) = Journal::open(&path).unwrap();
+        assert_eq!(j.records().len(), 2);
+        assert_eq!(j.records()[1].event, Event::CleanShutdown, "the clean shutdown is kept whole");
     }
 
     #[test]

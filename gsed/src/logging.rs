@@ -41,3 +41,28 @@ pub fn init(syslog: Option<&Path>, spool: bool) {
         .then(|| tracing_subscriber::fmt::layer().with_writer(|| SpoolWriter).with_ansi(false).with_filter(filter()));
     tracing_subscriber::registry().with(main).with(spool).init();
 }
+
+/// A list for one log line: its length and the first few items, so a sync of
+/// thousands of files logs one short line, not a hundred kilobytes.
+pub fn brief<T: std::fmt::Display>(items: &[T]) -> String {
+    const SHOWN: usize = 8;
+    let first: Vec<String> = items.iter().take(SHOWN).map(|i| i.to_string()).collect();
+    match items.len() {
+        n if n <= SHOWN => format!("{n}: {}", first.join(", ")),
+        n => format!("{n}: {}, … (+{} more)", first.join(", "), n - SHOWN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn brief_lists_stay_short() {
+        assert_eq!(super::brief(&["a", "b"]), "2: a, b");
+        let many: Vec<String> = (0..2000).map(|i| format!("system/file{i}.conf")).collect();
+        let line = super::brief(&many);
+        assert!(
+            line.starts_with("2000: system/file0.conf,") && line.ends_with("(+1992 more)") && line.len() < 300,
+            "{line}"
+        );
+    }
+}

@@ -135,11 +135,19 @@ async fn run(args: Args, paths: Paths) -> Result<()> {
             logs.run().await
         }
     });
-    let signal = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    // Without its bus gsed serves no one and no clean shutdown can be recorded:
+    // when the connection ends (dbus-daemon restarted, or it dropped gsed), exit
+    // non-zero so supervise-daemon or systemd starts a gsed that connects again.
+    let bus_gone = {
+        use futures_util::StreamExt;
+        let stream = zbus::MessageStream::from(&conn);
+        async move { stream.for_each(|_| async {}).await }
     };
-    info!(signal, "stopping");
+    let bus_lost = tokio::select! {
+        _ = sigterm.recv() => { info!(signal = "SIGTERM", "stopping"); false }
+        _ = sigint.recv() => { info!(signal = "SIGINT", "stopping"); false }
+        () = bus_gone => { error!(bus = %args.bus, "lost the connection to the bus; exiting so the service manager restarts gsed"); true }
+    };
     health_task.abort();
     watch_task.abort();
     servers_task.abort();
@@ -164,6 +172,9 @@ async fn run(args: Args, paths: Paths) -> Result<()> {
         }
     }
     let _ = sd_notify::notify("STOPPING=1");
+    if bus_lost {
+        bail!("lost the connection to {}", args.bus);
+    }
     // Release the name explicitly so a successor can take it at once.
     let _ = conn.release_name(BUS_NAME).await;
     Ok(())

@@ -73,6 +73,29 @@ impl Drop for Loop {
     }
 }
 
+/// A small tmpfs mounted at a test's directory (to run out of space on purpose),
+/// unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).expect("mkdir");
+        let out = Command::new(require_tool("mount", "mount"))
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "gse-test"])
+            .arg(at)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs at {}: {}", at.display(), text(&out.stderr));
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
 /// A private mount namespace, held open by a sleeping process; every command run
 /// through it sees (and makes) the same mounts. Dropping it frees them all.
 pub struct MountNs {

@@ -170,6 +170,11 @@ impl TestBus {
         zbus::connection::Builder::address(self.address.as_str()).build().await.expect("connect to test bus")
     }
 
+    /// Stops the bus daemon, as a crash or a restart of dbus-daemon would.
+    pub fn kill_daemon(&mut self) {
+        self._daemon.stop_with(Signal::SIGKILL, Duration::from_secs(5));
+    }
+
     /// True when someone owns `org.gentoo.Gse1` on this bus.
     pub fn gsed_owns_name(&self) -> bool {
         busctl(&self.address, &["status", gse_dbus::BUS_NAME]).status.success()

@@ -193,33 +193,11 @@ fn fastrand_byte() -> u8 {
     })
 }
 
-/// A small tmpfs over the archive directory, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
-        fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "gse-test"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount tmpfs: {}", text(&out.stderr));
-        SmallDisk(at.to_owned())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_archive_loudly_and_nothing_else() {
     let (bus, root) = (TestBus::start(), root());
     let dir = root.path().join("user-data/persistent/logs");
-    let _disk = SmallDisk::mount(&dir, "2M");
+    let _disk = gse_tests::disk::Tmpfs::mount(&dir, "2M");
     let mut gsed = start_gsed(&bus, &root, "b1");
     green(&bus);
     wait_for(Duration::from_secs(10), "the spool", || spool(&root, "b1").join("early.log").exists().then_some(()));

@@ -35,6 +35,7 @@ impl BootObject {
     /// Decide the slot, act on the failure policy, mount the new root at sysroot with the
     /// stateless layout and write /run/gse/boot.json; returns the boot record as JSON.
     async fn prepare(&self, sysroot: String) -> Result<String, DBusError> {
+        super::bounded("sysroot", &sysroot, super::limits::PATH)?;
         if !sysroot.starts_with('/') {
             return Err(DBusError::InvalidArgs(format!("sysroot '{sysroot}' must be an absolute path")));
         }

@@ -43,6 +43,7 @@ impl ConfigObject {
 
     /// The merged value at a dotted key (boot.health.max_attempts), as JSON.
     fn get(&self, key: String) -> Result<String, DBusError> {
+        super::bounded("the key", &key, super::limits::KEY)?;
         let state = self.svc.current();
         let value =
             state.loaded.get(&key).ok_or_else(|| DBusError::InvalidArgs(format!("no configuration key '{key}'")))?;

@@ -52,6 +52,7 @@ impl HealthObject {
 
     /// Declare this boot red, with a reason for the record.
     fn mark_bad(&self, reason: String) -> Result<(), DBusError> {
+        super::bounded("the reason", &reason, super::limits::REASON)?;
         Ok(self.svc.mark_bad(&reason)?)
     }
 

@@ -50,6 +50,23 @@ pub async fn serve(conn: &Connection, services: &Services) -> zbus::Result<()> {
     Ok(())
 }
 
+/// Longest string argument each method takes: nothing a caller sends can make
+/// gsed's journal, its replies or its memory grow without bound.
+pub(crate) mod limits {
+    pub const REASON: usize = 1024;
+    pub const NAME: usize = 256;
+    pub const KEY: usize = 512;
+    pub const PATH: usize = 4096;
+}
+
+/// Refuses an argument longer than `max` bytes, naming it.
+pub(crate) fn bounded(what: &str, s: &str, max: usize) -> Result<(), DBusError> {
+    if s.len() > max {
+        return Err(DBusError::InvalidArgs(format!("{what} is {} bytes long; at most {max} are accepted", s.len())));
+    }
+    Ok(())
+}
+
 impl From<HealthError> for DBusError {
     fn from(e: HealthError) -> Self {
         match e {

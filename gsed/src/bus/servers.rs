@@ -68,6 +68,7 @@ impl ServersObject {
 
     /// Use this server until Unpin() or a restart.
     fn switch(&self, name: String) -> Result<(), DBusError> {
+        super::bounded("the server name", &name, super::limits::NAME)?;
         Ok(self.svc.switch_to(&name)?)
     }
 

@@ -32,6 +32,9 @@ use init::InitCheck;
 
 /// How many journal events the report carries.
 const REPORT_EVENTS: usize = 12;
+/// How much of one event the report carries (a journal written before reasons
+/// were bounded may hold megabytes): the report always fits in a D-Bus message.
+const REPORT_DETAIL: usize = 4096;
 /// How often the init system's verdict is looked at while it is all that is missing.
 const INIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -101,7 +104,7 @@ impl HealthService {
         // A restart within the same boot picks up where the last instance left off.
         if let Some((time, status, reason)) = verdict_of(journal.records(), boot_id) {
             snapshot.status = status;
-            snapshot.reason = reason;
+            snapshot.reason = clip(reason, REPORT_DETAIL);
             snapshot.since = time;
         }
         Ok(Arc::new(HealthService {
@@ -432,7 +435,26 @@ fn report_event(r: &Record) -> ReportEvent {
         Event::Red { reason, failures } => format!("{reason}: {}", failures.join("; ")),
         _ => String::new(),
     };
-    ReportEvent { time: r.time, event: r.event.name().into(), boot_id: r.boot_id.clone(), slot: r.slot.clone(), detail }
+    ReportEvent {
+        time: r.time,
+        event: r.event.name().into(),
+        boot_id: r.boot_id.clone(),
+        slot: r.slot.clone(),
+        detail: clip(detail, REPORT_DETAIL),
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary, marked when cut.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" […]");
+    }
+    s
 }
 
 fn read_boot_record(path: &Path) -> Option<serde_json::Value> {

@@ -152,9 +152,20 @@ impl Manifest {
             entries.push(Entry { sha256: sha.to_ascii_lowercase(), size, mode, path: path.to_owned() });
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        for w in entries.windows(2) {
-            if w[0].path == w[1].path || w[1].path.starts_with(&format!("{}/", w[0].path)) {
-                return Err(ManifestError::Conflict(w[1].path.clone()));
+        // A path listed twice, or a file that another entry needs as a directory
+        // (`a` and `a/b`, whatever sorts between them, such as `a-b`).
+        let files: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        if files.len() != entries.len() {
+            let dup = entries.windows(2).find(|w| w[0].path == w[1].path).map(|w| w[1].path.clone());
+            return Err(ManifestError::Conflict(dup.unwrap_or_default()));
+        }
+        for e in &entries {
+            let mut parent = e.path.as_str();
+            while let Some((up, _)) = parent.rsplit_once('/') {
+                if files.contains(up) {
+                    return Err(ManifestError::Conflict(e.path.clone()));
+                }
+                parent = up;
             }
         }
         Ok(Manifest { entries })
@@ -225,6 +236,11 @@ mod tests {
         assert_eq!(Manifest::parse(&m), Err(ManifestError::Escapes("../../etc/shadow".into())));
         let m = format!("{HEADER}\n{z} 4 644 a\n{z} 4 644 a/b\n", z = "0".repeat(64));
         assert!(matches!(Manifest::parse(&m), Err(ManifestError::Conflict(_))));
+        // Whatever sorts between a file and what it would need to be a directory of.
+        let m = format!("{HEADER}\n{z} 4 644 a\n{z} 4 644 a-b\n{z} 4 644 a/b/c\n", z = "0".repeat(64));
+        assert_eq!(Manifest::parse(&m), Err(ManifestError::Conflict("a/b/c".into())));
+        let m = format!("{HEADER}\n{z} 4 644 x\n{z} 4 644 x\n", z = "0".repeat(64));
+        assert_eq!(Manifest::parse(&m), Err(ManifestError::Conflict("x".into())));
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl ServersService {
                 SyncStatus { time: now(), server: current.clone(), result: "unchanged".into(), changed: vec![] }
             }
             Ok(s) => {
-                info!(server = %current, changed = ?s.changed, "config.d synced");
+                info!(server = %current, changed = %crate::logging::brief(&s.changed), "config.d synced");
                 SyncStatus { time: now(), server: current.clone(), result: "ok".into(), changed: s.changed.clone() }
             }
             Err(e) => {

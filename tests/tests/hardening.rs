@@ -1,0 +1,95 @@
+//! Bad input and faults, tried as an attacker or a careless administrator would:
+//! each test reproduces a defect found that way and shows it fixed.
+
+use std::{fs, io::Write, time::Duration};
+
+use gse_dbus::health::HealthProxy;
+use gse_tests::{TestBus, TestRoot, disk::Tmpfs, gsectl, start_gsed, text, wait_for};
+use gsed::journal::{Event, Journal};
+
+#[tokio::test]
+async fn a_huge_reason_is_refused_and_gsed_stays_on_the_bus() {
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let _gsed = start_gsed(&bus, &root, "b1");
+    let conn = bus.connect().await;
+    let health = HealthProxy::new(&conn).await.unwrap();
+    // Three of these once made GetReport larger than dbus-daemon's message limit,
+    // which then dropped gsed from the bus for good.
+    let huge = "x".repeat(12 << 20);
+    for _ in 0..3 {
+        let err = health.mark_bad(&huge).await.expect_err("refused");
+        assert!(err.to_string().contains("at most 1024"), "{err}");
+    }
+    assert!(bus.gsed_owns_name(), "gsed is still on the bus");
+    let report = health.get_report().await.unwrap();
+    assert!(report.len() < 64 << 10, "the report stays small: {} bytes", report.len());
+    assert!(health.mark_bad("lab share down").await.is_ok(), "a reason of normal length is taken");
+}
+
+#[test]
+fn gsed_exits_when_its_bus_goes_away_so_the_supervisor_restarts_it() {
+    let (mut bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let mut gsed = start_gsed(&bus, &root, "b1");
+    bus.kill_daemon();
+    let status = gsed.wait_exit(Duration::from_secs(10)).expect("gsed exits by itself");
+    assert!(!status.success(), "a non-zero exit, so supervise-daemon/systemd restart it");
+    let log = fs::read_to_string(root.path().join("gsed-b1.log")).unwrap();
+    assert!(log.contains("lost the connection to the bus"), "and it says why:\n{log}");
+}
+
+/// A record that ENOSPC cut in the middle must not swallow the next one (the clean
+/// shutdown): a healthy cycle would become a dirty boot.
+#[test]
+fn a_journal_append_that_fails_on_a_full_disk_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("data"), "64k");
+    let path = disk.0.join("health.journal");
+    let (mut j, _) = Journal::open(&path).unwrap();
+    j.append("boot1", "a", Event::BootStarted).unwrap();
+    // Leave about 40 bytes free in the journal's last page: the next record (about
+    // 100 bytes) can only be written in part.
+    let base = fs::metadata(&path).unwrap().len();
+    j.append("b", "a", Event::CleanShutdown).unwrap();
+    let one = fs::metadata(&path).unwrap().len() - base - 1; // a record with a one-byte boot id, less that byte
+    let room = 4096 - fs::metadata(&path).unwrap().len() % 4096;
+    let id = "p".repeat((room + 4096 - 40 - one) as usize % 4096);
+    j.append(&id, "a", Event::BootStarted).unwrap();
+    let room = 4096 - fs::metadata(&path).unwrap().len() % 4096;
+    assert!((20..80).contains(&room), "{room} bytes left in the page");
+    {
+        let mut filler = fs::File::create(disk.0.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let err = j.append("boot1", "a", Event::Healthy { reason: "all checks passed".into() }).expect_err("ENOSPC");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    fs::remove_file(disk.0.join("filler")).unwrap();
+    j.append("boot1", "a", Event::CleanShutdown).unwrap();
+    drop(j);
+    let (j, rec) = Journal::open(&path).unwrap();
+    assert_eq!(rec.skipped, 0, "no fragment was left in the file");
+    let last = j.records().last().unwrap();
+    assert_eq!((last.boot_id.as_str(), &last.event), ("boot1", &Event::CleanShutdown));
+}
+
+#[test]
+fn a_second_gsed_leaves_the_journal_alone() {
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let _first = start_gsed(&bus, &root, "b1");
+    wait_for(Duration::from_secs(10), "green", || gsectl(&bus.address, &["health"]).status.success().then_some(()));
+    // A torn tail, as if a write were in flight.
+    let mut f = fs::OpenOptions::new().append(true).open(root.journal()).unwrap();
+    f.write_all(b"0badf00d {\"time\":1,\"bo").unwrap();
+    let before = fs::read(root.journal()).unwrap();
+    let second = std::process::Command::new(gse_tests::bin("gsed"))
+        .args(["--bus", &bus.address, "--root"])
+        .arg(root.path())
+        .args(["--boot-id", "b1"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(text(&second.stderr).contains("already owned"), "{}", text(&second.stderr));
+    assert_eq!(fs::read(root.journal()).unwrap(), before, "the second gsed changed nothing");
+}
