@@ -234,3 +234,46 @@ async fn manage_false_only_reports() {
     assert!(lab.client_addresses().is_empty(), "another network manager owns the interface: gsed sets nothing");
     assert!(lab.client_ip(&["link", "show", &lab.client_if]).contains("state DOWN"), "not even brought up");
 }
+
+/// Under --root gsed manages only the interfaces network.conf names: links that
+/// come and go elsewhere cost it no work, and none of their events is an error.
+#[tokio::test]
+async fn links_gsed_does_not_manage_wake_no_work_and_log_no_errors() {
+    let lab = NetLab::new();
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let mut gsed = start_gsed_in(&bus, &root, "boot-quiet", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    net.interfaces().await.unwrap();
+    let log = root.path().join("gsed-boot-quiet.log");
+    let passes = || fs::read_to_string(&log).unwrap_or_default().matches("network pass").count();
+    // An event of the interface it manages does wake it…
+    let before = passes();
+    lab.client_ip(&["link", "set", &lab.client_if, "mtu", "1400"]);
+    wait_for(Duration::from_secs(5), "a pass for the managed interface", || (passes() > before).then_some(()));
+    // (one change can come as several events: let them settle)
+    let mut settled = (passes(), std::time::Instant::now());
+    wait_for(Duration::from_secs(10), "the passes to settle", || {
+        let n = passes();
+        if n != settled.0 {
+            settled = (n, std::time::Instant::now());
+        }
+        (settled.1.elapsed() > Duration::from_millis(500)).then_some(())
+    });
+    // …those of the others do not.
+    let before = passes();
+    for i in 0..20 {
+        let (a, b) = (format!("gseq{i}a"), format!("gseq{i}b"));
+        lab.client_ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        lab.client_ip(&["link", "set", &a, "up"]);
+        lab.client_ip(&["link", "del", &a]);
+    }
+    // gsed has seen them once it answers after them (events come in order).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    net.interfaces().await.unwrap();
+    gsed.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5));
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(passes(), before, "the events of 40 unmanaged links caused no pass:\n{text}");
+    assert!(!text.contains("ERROR"), "no link event is an error (RTM_DELLINK parses):\n{text}");
+}

@@ -26,7 +26,7 @@ use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     confd::ConfigService,
@@ -173,24 +173,37 @@ impl NetworkService {
                     });
                 }
             }
-            tokio::select! {
-                changed = cfg.changed() => if changed.is_err() { return },
-                msg = messages.next() => {
-                    let Some((msg, _)) = msg else { return };
-                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m)) = msg.payload
-                        && let Some(l) = link::from_message(&m)
-                    {
-                        self.carrier.send_if_modified(|c| {
-                            let new = (l.index, l.carrier, l.mac.clone());
-                            let changed = c.get(&l.name) != Some(&new);
-                            c.insert(l.name.clone(), new);
-                            changed
-                        });
+            // Links gsed has no business with (the host's, under --root) cause no pass.
+            let relevant = |name: &str| {
+                !conf.manage
+                    || conf.interface.contains_key(name)
+                    || (conf.interface.is_empty() && self.paths.is_real_root() && link::is_physical_wired(name))
+            };
+            loop {
+                tokio::select! {
+                    changed = cfg.changed() => if changed.is_err() { return } else { break },
+                    msg = messages.next() => {
+                        let Some((msg, _)) = msg else { return };
+                        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m)) = msg.payload
+                            && let Some(l) = link::from_message(&m)
+                        {
+                            if !relevant(&l.name) {
+                                continue;
+                            }
+                            self.carrier.send_if_modified(|c| {
+                                let new = (l.index, l.carrier, l.mac.clone());
+                                let changed = c.get(&l.name) != Some(&new);
+                                c.insert(l.name.clone(), new);
+                                changed
+                            });
+                        }
+                        // New interfaces are picked up on the next pass; coalesce bursts.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        break;
                     }
-                    // New interfaces are picked up on the next pass; coalesce bursts.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+            debug!("network pass");
         }
     }
 
