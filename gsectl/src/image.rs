@@ -53,13 +53,25 @@ fn fail(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Failure {
     move |e| Failure::Error(format!("{what}: {e}"))
 }
 
+/// `rel` inside the tree `root`, links followed as the image will follow them
+/// (never out of the tree): see `gsed::fsutil::in_root`.
+fn at(root: &Path, rel: &str, follow_last: bool) -> Result<PathBuf, Failure> {
+    gsed::fsutil::in_root(root, rel.trim_start_matches('/'), follow_last).map_err(fail(format!("resolving /{rel}")))
+}
+
 /// Writes `data` at `rel` under `root` unless it is already there (keeps the
-/// tree, and so the image, unchanged on a rebuild).
+/// tree, and so the image, unchanged on a rebuild). A link there is replaced by
+/// the file, never written through.
 fn put(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), Failure> {
-    let p = root.join(rel.trim_start_matches('/'));
-    if fs::read(&p).is_ok_and(|d| d == data) && fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode)
+    let p = at(root, rel, false)?;
+    let meta = fs::symlink_metadata(&p).ok();
+    if meta.as_ref().is_some_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode)
+        && fs::read(&p).is_ok_and(|d| d == data)
     {
         return Ok(());
+    }
+    if meta.is_some_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(&p).map_err(fail(format!("replacing the link /{rel}")))?;
     }
     fs::create_dir_all(p.parent().expect("a path under the root"))
         .map_err(fail(format!("creating the parent of {rel}")))?;
@@ -68,7 +80,7 @@ fn put(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), Failure> {
 }
 
 fn link(root: &Path, rel: &str, target: &str) -> Result<(), Failure> {
-    let p = root.join(rel.trim_start_matches('/'));
+    let p = at(root, rel, false)?;
     if fs::read_link(&p).is_ok_and(|t| t == Path::new(target)) {
         return Ok(());
     }
@@ -126,7 +138,7 @@ fn run_hook(root: &Path, hook: &Path, i: usize) -> Result<(), Failure> {
                 .mount(
                     &format!("hook {}", hook.display()),
                     src,
-                    &root.join(dst),
+                    &at(root, dst, true)?,
                     "none",
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     "",
@@ -154,7 +166,9 @@ fn run_hook(root: &Path, hook: &Path, i: usize) -> Result<(), Failure> {
     })();
     // Recursive binds that cannot come down plainly are detached.
     mounts.unwind();
-    let _ = fs::remove_file(root.join(&inside));
+    if let Ok(p) = at(root, &inside, false) {
+        let _ = fs::remove_file(p);
+    }
     result
 }
 
@@ -205,12 +219,12 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
         ))
     })?;
     drop(checked);
-    let dest = root.join("usr/share/gse/config.d");
     for f in gsed::config::walk(config) {
         let rel = f.strip_prefix(config).expect("under config").to_string_lossy().into_owned();
         let mode =
             fs::metadata(&f).map(|m| if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 }).unwrap_or(0o644);
-        put(&dest, &rel, &fs::read(&f).map_err(fail(format!("reading {}", f.display())))?, mode)?;
+        let data = fs::read(&f).map_err(fail(format!("reading {}", f.display())))?;
+        put(root, &format!("usr/share/gse/config.d/{rel}"), &data, mode)?;
     }
     Ok(())
 }
@@ -218,7 +232,7 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
 /// Adds a system group (for the D-Bus policy: members may change state) unless
 /// the image has it, with the first free gid from 100 up; idempotent.
 fn add_group(root: &Path, name: &str) -> Result<(), Failure> {
-    let path = root.join("etc/group");
+    let path = at(root, "etc/group", true)?;
     let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
     if text.lines().any(|l| l.split(':').next() == Some(name)) {
         return Ok(());
@@ -234,8 +248,9 @@ fn add_group(root: &Path, name: &str) -> Result<(), Failure> {
     new.push_str(&format!("{name}:x:{gid}:\n"));
     let mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
     put(root, "etc/group", new.as_bytes(), mode)?;
-    if let Ok(gshadow) = fs::read_to_string(root.join("etc/gshadow")) {
-        let mode = fs::metadata(root.join("etc/gshadow")).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o640);
+    let gshadow_path = at(root, "etc/gshadow", true)?;
+    if let Ok(gshadow) = fs::read_to_string(&gshadow_path) {
+        let mode = fs::metadata(&gshadow_path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o640);
         put(root, "etc/gshadow", format!("{gshadow}{name}:!::\n").as_bytes(), mode)?;
     }
     Ok(())
@@ -263,7 +278,7 @@ const EMPTIED: &[&str] = &[
 
 fn stateless(root: &Path, version: &str) -> Result<(), Failure> {
     for d in ["user-data", "boot", "proc", "sys", "dev", "run", "tmp", "var/tmp", "home", "root"] {
-        fs::create_dir_all(root.join(d)).map_err(fail(format!("creating /{d}")))?;
+        fs::create_dir_all(at(root, d, true)?).map_err(fail(format!("creating /{d}")))?;
     }
     put(root, "etc/gse-release", format!("NAME=GSE\nVERSION={version}\n").as_bytes(), 0o644)?;
     let mut removed = 0;
@@ -277,13 +292,13 @@ fn stateless(root: &Path, version: &str) -> Result<(), Failure> {
         Ok(())
     };
     for f in PER_MACHINE {
-        rm(&root.join(f), &mut removed)?;
+        rm(&at(root, f, false)?, &mut removed)?;
     }
     // An empty machine-id makes systemd (and dbus through it) create one at boot.
-    if root.join("etc/machine-id").exists() {
+    if at(root, "etc/machine-id", true)?.exists() {
         put(root, "etc/machine-id", b"", 0o444)?;
     }
-    if let Ok(rd) = fs::read_dir(root.join("etc/ssh")) {
+    if let Ok(rd) = fs::read_dir(at(root, "etc/ssh", true)?) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with("ssh_host_") {
                 rm(&e.path(), &mut removed)?;
@@ -291,7 +306,7 @@ fn stateless(root: &Path, version: &str) -> Result<(), Failure> {
         }
     }
     for d in EMPTIED {
-        let Ok(rd) = fs::read_dir(root.join(d)) else { continue };
+        let Ok(rd) = fs::read_dir(at(root, d, true)?) else { continue };
         for e in rd.flatten() {
             // Keep the directory layout of /var/log (services expect it), drop the files.
             if *d == "var/log" && e.file_type().is_ok_and(|t| t.is_dir()) {

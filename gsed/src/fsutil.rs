@@ -4,7 +4,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// Replaces `path` with `data` so that a reader, or the next boot after a power
@@ -29,6 +29,62 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// `rel` inside `root` as a program chrooted to `root` would find it: symbolic
+/// links on the way are followed with `root` as `/`, so an absolute target or a
+/// `..` never leads out of the tree. With `follow_last`, a link in the last
+/// component is followed too; without, the link itself is returned, to be
+/// replaced rather than written through. Images and the RAM /etc are full of
+/// absolute links (`/etc/mtab -> /proc/self/mounts`): followed on the host, they
+/// would make GSE write, empty or read the host's files.
+pub fn in_root(root: &Path, rel: impl AsRef<Path>, follow_last: bool) -> io::Result<PathBuf> {
+    use std::{collections::VecDeque, ffi::OsString, path::Component};
+    fn push(parts: &mut VecDeque<OsString>, p: &Path, front: bool) {
+        let comps: Vec<OsString> = p
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_owned()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        if front {
+            for c in comps.into_iter().rev() {
+                parts.push_front(c);
+            }
+        } else {
+            parts.extend(comps);
+        }
+    }
+    let mut parts = VecDeque::new();
+    push(&mut parts, rel.as_ref(), false);
+    let mut cur = PathBuf::new();
+    let mut hops = 0;
+    while let Some(part) = parts.pop_front() {
+        if part == ".." {
+            cur.pop();
+            continue;
+        }
+        let cand = cur.join(&part);
+        let last = parts.is_empty();
+        let host = root.join(&cand);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() && (!last || follow_last) => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::other(format!("{}: too many levels of symbolic links", host.display())));
+                }
+                let target = fs::read_link(&host)?;
+                if target.is_absolute() {
+                    cur = PathBuf::new();
+                }
+                push(&mut parts, &target, true);
+            }
+            _ => cur = cand,
+        }
+    }
+    Ok(root.join(cur))
+}
+
 /// Creates `path` anew (never an existing file or link) with at most `mode`'s
 /// permissions from the first byte: a secret written into it is never readable
 /// by anyone `mode` does not allow, not even while it is being written.
@@ -44,6 +100,25 @@ pub fn create_private(path: &Path, mode: u32) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_in_a_root_never_leave_it() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("usr/lib")).unwrap();
+        fs::create_dir_all(r.join("run")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/run", r.join("var-run")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.join("victim")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc", r.join("up")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(in_root(r, "lib/x.so", false).unwrap(), r.join("usr/lib/x.so"));
+        assert_eq!(in_root(r, "/var-run/gse", false).unwrap(), r.join("run/gse"), "absolute targets stay inside");
+        assert_eq!(in_root(r, "victim", false).unwrap(), r.join("victim"), "the last link is not followed");
+        assert_eq!(in_root(r, "victim", true).unwrap(), r.join("etc/passwd"), "or followed inside");
+        assert_eq!(in_root(r, "up/shadow", false).unwrap(), r.join("etc/shadow"), ".. stops at the root");
+        assert!(in_root(r, "loop/x", false).is_err());
+    }
 
     #[test]
     fn a_secret_is_private_before_its_first_byte() {

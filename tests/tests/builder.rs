@@ -159,6 +159,30 @@ impl FifoLike for fs::FileType {
     }
 }
 
+/// A tree's absolute links point into the image, not at the build host.
+#[test]
+fn image_build_never_writes_outside_its_tree() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("rootfs");
+    tiny_root(&tree, "src");
+    let host = d.path().join("host");
+    fs::create_dir_all(host.join("dir")).unwrap();
+    fs::write(host.join("victim"), "host file\n").unwrap();
+    fs::write(host.join("dir/keep"), "host dir\n").unwrap();
+    let _ = fs::remove_file(tree.join("etc/gse-release"));
+    symlink(host.join("victim"), tree.join("etc/gse-release")).unwrap();
+    fs::create_dir_all(tree.join("var")).unwrap();
+    let _ = fs::remove_dir_all(tree.join("var/tmp"));
+    symlink(host.join("dir"), tree.join("var/tmp")).unwrap();
+    let out = d.path().join("image.tar.zst");
+    let r = image_build(&tree, "7", &out, &["--install-gse", "--config", repo().join("config.d").to_str().unwrap()]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert_eq!(fs::read_to_string(host.join("victim")).unwrap(), "host file\n", "the host's file is untouched");
+    assert_eq!(fs::read_to_string(host.join("dir/keep")).unwrap(), "host dir\n", "the host's directory is not emptied");
+    let rel = Command::new("tar").args(["--zstd", "-xOf", out.to_str().unwrap(), "etc/gse-release"]).output().unwrap();
+    assert!(text(&rel.stdout).contains("VERSION=7"), "the image has its own release file: {}", text(&rel.stderr));
+}
+
 #[test]
 fn hooks_run_inside_the_tree_and_a_failing_hook_leaves_no_output() {
     let d = tempfile::tempdir().unwrap();

@@ -87,35 +87,28 @@ pub fn mount_layout(mounts: &mut Mounts, settings: &Settings, paths: &Paths, sys
 
 /// Writes config.d's view of /etc into the RAM-backed /etc.
 pub fn apply_etc(settings: &Settings, etc: &Path) -> Result<(), BootError> {
-    let io = |what: String| move |e| BootError::Io(what, e);
     let e = &settings.etc;
     if !e.hostname.is_empty() {
-        fs::write(etc.join("hostname"), format!("{}\n", e.hostname)).map_err(io("/etc/hostname".into()))?;
+        write_etc(etc, "/etc/hostname", format!("{}\n", e.hostname).as_bytes(), 0o644)?;
     }
     if !e.timezone.is_empty() {
-        let lt = etc.join("localtime");
+        let lt = under(etc, "/etc/localtime")?;
         let _ = fs::remove_file(&lt);
-        symlink(Path::new("/usr/share/zoneinfo").join(&e.timezone), &lt).map_err(io("/etc/localtime".into()))?;
-        fs::write(etc.join("timezone"), format!("{}\n", e.timezone)).map_err(io("/etc/timezone".into()))?;
+        symlink(Path::new("/usr/share/zoneinfo").join(&e.timezone), &lt).map_err(io("/etc/localtime"))?;
+        write_etc(etc, "/etc/timezone", format!("{}\n", e.timezone).as_bytes(), 0o644)?;
     }
     for p in &e.remove {
-        let f = under(etc, p);
-        match fs::remove_file(&f) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(p.clone())(err)),
+        match fs::remove_file(under(etc, p)?) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(err)),
             _ => {}
         }
     }
     for (p, file) in &e.file {
-        let f = under(etc, p);
-        if let Some(dir) = f.parent() {
-            fs::create_dir_all(dir).map_err(io(p.clone()))?;
-        }
-        fs::write(&f, &file.content).map_err(io(p.clone()))?;
-        fs::set_permissions(&f, fs::Permissions::from_mode(file.mode.0)).map_err(io(p.clone()))?;
+        write_etc(etc, p, file.content.as_bytes(), file.mode.0)?;
     }
-    fs::write(etc.join("fstab"), fstab(settings)).map_err(io("/etc/fstab".into()))?;
+    write_etc(etc, "/etc/fstab", fstab(settings).as_bytes(), 0o644)?;
     if let Some(list) = &settings.default_runlevel {
-        let applied = runlevel::apply(etc, list).map_err(io("/etc/runlevels/default".into()))?;
+        let applied = runlevel::apply(etc, list).map_err(io("/etc/runlevels/default"))?;
         if !applied.missing.is_empty() {
             tracing::warn!(missing = ?applied.missing, "default-runlevel names services the image does not have");
         }
@@ -123,9 +116,29 @@ pub fn apply_etc(settings: &Settings, etc: &Path) -> Result<(), BootError> {
     Ok(())
 }
 
-/// `/etc/X` in config → `<etc>/X`.
-fn under(etc: &Path, p: &str) -> PathBuf {
-    etc.join(p.trim_start_matches("/etc/"))
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> BootError + '_ {
+    move |e| BootError::Io(what.to_owned(), e)
+}
+
+/// `/etc/X` in config → `<etc>/X`, with links in the image's /etc followed as the
+/// booted system will follow them: inside the new root, never into the initramfs.
+fn under(etc: &Path, p: &str) -> Result<PathBuf, BootError> {
+    let root = etc.parent().unwrap_or(etc);
+    crate::fsutil::in_root(root, format!("etc/{}", p.trim_start_matches("/etc/")), false).map_err(io(p))
+}
+
+/// Writes one file of the RAM /etc; a link from the image is replaced by the
+/// file, never written through.
+fn write_etc(etc: &Path, p: &str, data: &[u8], mode: u32) -> Result<(), BootError> {
+    let f = under(etc, p)?;
+    if let Some(dir) = f.parent() {
+        fs::create_dir_all(dir).map_err(io(p))?;
+    }
+    if fs::symlink_metadata(&f).is_ok_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(&f).map_err(io(p))?;
+    }
+    fs::write(&f, data).map_err(io(p))?;
+    fs::set_permissions(&f, fs::Permissions::from_mode(mode)).map_err(io(p))
 }
 
 /// /etc/fstab as generated from fstab.conf (with cfstab.conf merged in).
@@ -137,4 +150,31 @@ pub fn fstab(settings: &Settings) -> String {
         let _ = writeln!(out, "{}\t{}\t{}\t{}\t{} {}", m.device, at, m.fstype, m.options.join(","), m.dump, m.pass);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_in_the_image_etc_are_replaced_not_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, "keep me").unwrap();
+        let etc = d.path().join("sysroot/etc");
+        fs::create_dir_all(&etc).unwrap();
+        symlink(&victim, etc.join("motd")).unwrap();
+        symlink(&victim, etc.join("hostname")).unwrap();
+        let mut settings = Settings::default();
+        settings.etc.hostname = "lab-01".into();
+        settings.etc.file.insert(
+            "/etc/motd".into(),
+            crate::config::EtcFile { content: "hello\n".into(), mode: crate::config::values::Mode(0o644) },
+        );
+        apply_etc(&settings, &etc).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me", "nothing outside the new root is written");
+        assert_eq!(fs::read_to_string(etc.join("motd")).unwrap(), "hello\n");
+        assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "lab-01\n");
+        assert!(fs::symlink_metadata(etc.join("motd")).unwrap().is_file());
+    }
 }
