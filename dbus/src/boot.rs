@@ -36,6 +36,9 @@ pub struct BootRecord {
     /// The config.d sync in early boot, when it was tried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<String>,
+    /// What early boot skipped (a configured mount point the image lacks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Seconds since the epoch.
     pub time: u64,
 }

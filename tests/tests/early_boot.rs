@@ -449,3 +449,21 @@ fn an_image_installed_into_both_slots_boots() {
     assert!(c.ns.ok(&format!("cat {}/etc/gse-release", c.sysroot.display())).contains("VERSION=2.0"));
     c.power_off();
 }
+
+/// A published config.d that names mount points the image does not have must not
+/// break the boot of a whole room: they are skipped with a warning.
+#[test]
+fn mount_points_the_image_lacks_are_skipped_with_a_warning() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    c.root
+        .write("usr/share/gse/config.d/controller/coverlays.conf", "[overlay.\"/srv/lab-tools\"]\nupper = \"tmpfs\"\n");
+    c.root.write("usr/share/gse/config.d/controller/cfstab.conf", "persistent = [\"/home\", \"/scratch\"]\n");
+    c.provision();
+    let b = c.early_boot();
+    assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"), "{b:#}");
+    let warnings = b["warnings"].to_string();
+    assert!(warnings.contains("/srv/lab-tools") && warnings.contains("/scratch"), "{b:#}");
+    let sys = c.sysroot.display().to_string();
+    let mounts = c.ns.ok(&format!("awk '$2 ~ \"^{sys}\" {{print $2, $3}}' /proc/self/mounts"));
+    assert!(mounts.contains(&format!("{sys}/etc tmpfs")) && mounts.contains(&format!("{sys}/home ")), "{mounts}");
+}

@@ -29,9 +29,32 @@ fn escape(path: &str) -> String {
 }
 
 /// Mounts everything below `sysroot`, which already holds the slot read-only.
-pub fn mount_layout(mounts: &mut Mounts, settings: &Settings, paths: &Paths, sysroot: &Path) -> Result<(), BootError> {
+/// A configured mount point the image does not have is skipped (the slot is
+/// read-only, so it cannot be made): returned as a warning for boot.json, so a
+/// synced config.d can never break every boot of a room.
+pub fn mount_layout(
+    mounts: &mut Mounts,
+    settings: &Settings,
+    paths: &Paths,
+    sysroot: &Path,
+) -> Result<Vec<String>, BootError> {
     let at = |p: &str| sysroot.join(p.trim_start_matches('/'));
     let stage = paths.resolve("/run/gse/stage");
+    let mut warnings = Vec::new();
+    // The mount point inside the image (its links followed inside the new root),
+    // or None with a warning when the image lacks it.
+    let mut point = |what: &str, dir: &str| -> Option<PathBuf> {
+        let p = crate::fsutil::in_root(sysroot, dir.trim_start_matches('/'), true).ok();
+        match p.filter(|p| p.is_dir()) {
+            Some(p) => Some(p),
+            None => {
+                let w = format!("{what}: the image has no directory {dir}; skipped");
+                tracing::warn!("{w}");
+                warnings.push(w);
+                None
+            }
+        }
+    };
 
     // Shallow paths first, so /var is in place before /var/tmp.
     let mut tmpfs: Vec<(&String, &TmpfsEntry)> = settings.tmpfs.mount.iter().collect();
@@ -41,16 +64,17 @@ pub fn mount_layout(mounts: &mut Mounts, settings: &Settings, paths: &Paths, sys
         options.extend(t.options.iter().cloned());
         let (flags, data) = split_options(&options);
         let step = format!("tmpfs {path}");
-        if POPULATED.contains(&path.as_str()) && at(path).is_dir() {
+        let Some(target) = point(&step, path) else { continue };
+        if POPULATED.contains(&path.as_str()) {
             // Fill a staged tmpfs from the image, then move it over the image's copy.
             let staged = stage.join(escape(path));
             mounts.mount(&step, "tmpfs", &staged, "tmpfs", flags, &data)?;
-            copy_tree(&at(path), &staged).map_err(|e| {
+            copy_tree(&target, &staged).map_err(|e| {
                 BootError::Io(format!("{step}: filling from the image: {}", e.path.display()), e.source)
             })?;
-            mounts.move_mount(&step, &staged, &at(path))?;
+            mounts.move_mount(&step, &staged, &target)?;
         } else {
-            mounts.mount(&step, "tmpfs", &at(path), "tmpfs", flags, &data)?;
+            mounts.mount(&step, "tmpfs", &target, "tmpfs", flags, &data)?;
         }
     }
 
@@ -58,14 +82,16 @@ pub fn mount_layout(mounts: &mut Mounts, settings: &Settings, paths: &Paths, sys
 
     mounts.bind("user data", &paths.resolve("/user-data"), &at("/user-data"), false)?;
     for dir in &settings.fstab.persistent {
+        let Some(target) = point(&format!("persistent {dir}"), dir) else { continue };
         let src = paths.resolve("/user-data/persistent/local").join(escape(dir));
         fs::create_dir_all(&src)
             .map_err(|e| BootError::Io(format!("persistent {dir}: creating {}", src.display()), e))?;
-        mounts.bind(&format!("persistent {dir}"), &src, &at(dir), false)?;
+        mounts.bind(&format!("persistent {dir}"), &src, &target, false)?;
     }
 
     for (dir, o) in &settings.overlays.overlay {
         let step = format!("overlay {dir}");
+        let Some(target) = point(&step, dir) else { continue };
         let base = match o.upper {
             Upper::Tmpfs => {
                 let base = stage.join(format!("overlay-{}", escape(dir)));
@@ -79,10 +105,10 @@ pub fn mount_layout(mounts: &mut Mounts, settings: &Settings, paths: &Paths, sys
         for d in [&upper, &work] {
             fs::create_dir_all(d).map_err(|e| BootError::Io(format!("{step}: creating {}", d.display()), e))?;
         }
-        let data = format!("lowerdir={},upperdir={},workdir={}", at(dir).display(), upper.display(), work.display());
-        mounts.mount(&step, "overlay", &at(dir), "overlay", MsFlags::empty(), &data)?;
+        let data = format!("lowerdir={},upperdir={},workdir={}", target.display(), upper.display(), work.display());
+        mounts.mount(&step, "overlay", &target, "overlay", MsFlags::empty(), &data)?;
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Writes config.d's view of /etc into the RAM-backed /etc.

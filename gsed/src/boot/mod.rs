@@ -185,7 +185,7 @@ impl BootService {
 
         let mut mounts = Mounts::new();
         slots.mount(&mut mounts, &d.slot, sysroot, false)?;
-        layout::mount_layout(&mut mounts, settings, &self.paths, sysroot)?;
+        let warnings = layout::mount_layout(&mut mounts, settings, &self.paths, sysroot)?;
 
         let booted =
             d.write_flags.get(&d.slot).cloned().or_else(|| flags.get(&d.slot).and_then(FlagState::flag).cloned());
@@ -208,6 +208,7 @@ impl BootService {
             }),
             network: online.network,
             sync: online.sync,
+            warnings,
             time: now,
         };
         let json = serde_json::to_vec_pretty(&record).expect("record serialises");
