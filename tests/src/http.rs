@@ -28,6 +28,8 @@ pub struct Nginx {
     dir: tempfile::TempDir,
     process: Option<ProcessGuard>,
     netns: Option<String>,
+    /// nginx's `limit_rate` (bytes a second), for a slow server.
+    pub limit_rate: Option<u32>,
 }
 
 impl Nginx {
@@ -48,6 +50,7 @@ impl Nginx {
             dir: tempfile::Builder::new().prefix("gse-nginx-").tempdir().expect("tempdir"),
             process: None,
             netns,
+            limit_rate: None,
         };
         n.restart();
         n
@@ -75,8 +78,9 @@ impl Nginx {
              events {{ worker_connections 64; }}\n\
              http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/tmp/body;\n proxy_temp_path {d}/tmp/proxy;\n\
              fastcgi_temp_path {d}/tmp/fastcgi;\n uwsgi_temp_path {d}/tmp/uwsgi;\n scgi_temp_path {d}/tmp/scgi;\n\
-             default_type application/octet-stream;\n{block}\n}}\n",
-            d = d.display()
+             default_type application/octet-stream;\n{rate}{block}\n}}\n",
+            d = d.display(),
+            rate = self.limit_rate.map(|r| format!(" limit_rate {r};\n")).unwrap_or_default(),
         );
         fs::write(d.join("nginx.conf"), conf).expect("nginx.conf");
         let _ = fs::remove_file(d.join("nginx.pid"));

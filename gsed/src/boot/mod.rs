@@ -104,20 +104,25 @@ impl BootService {
                 return Online { network: format!("offline: no address within {}", settings.network.wait), sync: None };
             }
         };
-        let sync = self.early_sync(&settings.servers).await;
+        let deadline = settings.servers.boot_deadline;
+        let sync = match tokio::time::timeout(deadline.get(), self.early_sync(&settings.servers, deadline)).await {
+            Ok(s) => s,
+            Err(_) => format!("no sync within boot_deadline {deadline}; using the cached config.d"),
+        };
         info!(%network, %sync, "early boot online");
         // The lease stays; the running gsed takes over the interface.
         task.abort();
         Online { network, sync: Some(sync) }
     }
 
-    async fn early_sync(&self, conf: &crate::config::ServerInfoConf) -> String {
+    async fn early_sync(&self, conf: &crate::config::ServerInfoConf, deadline: crate::config::Duration) -> String {
+        let until = std::time::Instant::now() + deadline.get();
         use crate::servers::{
             http::{Http, probe_all},
             select::{Policy, Selector, View},
             sync::sync_config,
         };
-        let probes = probe_all(&Http::new(conf.probe_timeout.get()), &conf.server).await;
+        let probes = probe_all(&Http::new(conf.probe_timeout.get()).until(until), &conf.server).await;
         let views: Vec<View> = conf
             .server
             .iter()
@@ -135,7 +140,9 @@ impl BootService {
             return "no server answered; using the cached config.d".into();
         };
         let (paths, key) = (self.paths.clone(), conf.public_key.clone());
-        let http = Http::new(conf.probe_timeout.get().max(Duration::from_secs(10)));
+        // The blocking sync stops by itself at the deadline too: nothing is
+        // swapped in behind the boot's back.
+        let http = Http::new(conf.probe_timeout.get().max(Duration::from_secs(10))).until(until);
         let r = tokio::task::spawn_blocking(move || sync_config(&http, &url, &key, &paths)).await;
         match r {
             Ok(Ok(s)) if s.changed.is_empty() => format!("config.d is up to date with {}", choice.to),

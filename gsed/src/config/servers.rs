@@ -27,6 +27,9 @@ pub struct ServerInfoConf {
     pub jitter: Duration,
     /// How often config.d is synced from the current server.
     pub sync_interval: Duration,
+    /// How long early boot may spend choosing a server and syncing config.d;
+    /// past it the boot goes on with the cached config.d.
+    pub boot_deadline: Duration,
     pub server: Vec<Server>,
 }
 
@@ -48,6 +51,7 @@ impl Default for ServerInfoConf {
             switch_margin: 0.3,
             jitter: Duration::secs(600),
             sync_interval: Duration::secs(900),
+            boot_deadline: Duration::secs(30),
             server: Vec::new(),
         }
     }
@@ -117,6 +121,11 @@ impl Validate for ServerInfoConf {
         }
         if self.sync_interval.get() < std::time::Duration::from_secs(10) {
             out.push(Invalid::new("sync_interval", "must be at least 10s".into()));
+        }
+        if self.boot_deadline.get() < std::time::Duration::from_secs(1)
+            || self.boot_deadline.get() > std::time::Duration::from_secs(600)
+        {
+            out.push(Invalid::new("boot_deadline", format!("{} is out of range: 1s to 10m", self.boot_deadline)));
         }
         out
     }

@@ -13,6 +13,8 @@ pub struct FetchError {
 #[derive(Clone)]
 pub struct Http {
     agent: ureq::Agent,
+    /// No request runs past this instant (early boot's overall deadline).
+    deadline: Option<Instant>,
 }
 
 impl Http {
@@ -25,13 +27,27 @@ impl Http {
             .user_agent(concat!("gsed/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Http { agent }
+        Http { agent, deadline: None }
+    }
+
+    /// The same client, but every request ends by `deadline` at the latest.
+    pub fn until(mut self, deadline: Instant) -> Http {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// GETs `url`; bodies larger than `limit` bytes are refused.
     pub fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let err = |why: String| FetchError { url: url.to_owned(), why };
-        let mut resp = self.agent.get(url).call().map_err(|e| err(describe(e)))?;
+        let mut req = self.agent.get(url);
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(err("the deadline for this sync has passed".into()));
+            }
+            req = req.config().timeout_global(Some(left)).build();
+        }
+        let mut resp = req.call().map_err(|e| err(describe(e)))?;
         resp.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| err(describe(e)))
     }
 
