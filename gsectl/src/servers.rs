@@ -186,6 +186,10 @@ pub async fn update(bus: &BusAddress, args: UpdateArgs) -> Result<u8, Failure> {
     match args.action {
         Some(UpdateAction::Check) => {
             let s = p.check().await.map_err(|e| Failure::from_bus(e, bus, "check for updates"))?;
+            if s == "error" {
+                let detail = p.detail().await.unwrap_or_default();
+                return Err(Failure::Error(format!("the version check failed: {detail}")));
+            }
             println!("{s}");
         }
         Some(UpdateAction::Approve) => {

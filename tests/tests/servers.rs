@@ -215,6 +215,23 @@ async fn tampered_or_broken_publishes_change_nothing() {
     })
     .await;
     servers.switch("s0").await.unwrap();
+    let live = room.servers[0].docroot.join("gse1/config.d");
+    // An older publish, validly signed, replayed by a mirror or on the plain-HTTP
+    // path, cannot take config.d back.
+    let old = (fs::read(live.join("MANIFEST")).unwrap(), fs::read(live.join("MANIFEST.minisig")).unwrap());
+    fs::write(room.source.join("system/etc.conf"), "[file.\"/etc/motd\"]\ncontent = \"newer\\n\"\n").unwrap();
+    room.publish(0, &room.source, "k");
+    let out = gsectl(&room.bus.address, &["servers", "sync"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before_replay = snapshot(&room.synced());
+    let dir = fs::canonicalize(&live).unwrap();
+    fs::write(dir.join("MANIFEST"), &old.0).unwrap();
+    fs::write(dir.join("MANIFEST.minisig"), &old.1).unwrap();
+    let out = gsectl(&room.bus.address, &["servers", "sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already accepted: refused"), "{}", text(&out.stderr));
+    assert!(snapshot(&room.synced()) == before_replay, "the replay changed nothing");
+
     let good = snapshot(&room.synced());
     let live = room.servers[0].docroot.join("gse1/config.d");
     let key = room.secret("k");
@@ -223,7 +240,7 @@ async fn tampered_or_broken_publishes_change_nothing() {
         assert_eq!(out.status.code(), Some(1), "{expect}: {}", text(&out.stdout));
         let err = text(&out.stderr);
         assert!(err.contains(expect), "expected {expect:?} in {err}");
-        assert_eq!(snapshot(&room.synced()), good, "{expect}: the persistent config.d is unchanged");
+        assert!(snapshot(&room.synced()) == good, "{expect}: the persistent config.d is unchanged");
     };
     let changed = room.source.join("controller/update.chk.conf");
     let mut edited = fs::read_to_string(&changed).unwrap();
@@ -242,7 +259,7 @@ async fn tampered_or_broken_publishes_change_nothing() {
     fs::write(live.join("controller/update.chk.conf"), &edited[..edited.len() / 2]).unwrap();
     sync_fails("(truncated?)").await;
     // A MANIFEST naming a path outside the tree, properly signed.
-    let evil = format!("# GSE config.d manifest 1\n{} 5 644 ../../etc/shadow\n", "a".repeat(64));
+    let evil = format!("# GSE config.d manifest 2\nserial 99999999999\n{} 5 644 ../../etc/shadow\n", "a".repeat(64));
     let sig = gsed::servers::manifest::sign(&key, evil.as_bytes(), "evil").unwrap();
     let dir = fs::canonicalize(&live).unwrap();
     fs::write(dir.join("MANIFEST"), &evil).unwrap();
@@ -304,6 +321,48 @@ async fn version_check_asks_and_records_the_decision() {
     assert_eq!((recorded["available_version"].as_str(), recorded["state"].as_str()), (Some("2.0"), Some("approved")));
     let status = text(&gsectl(&room.bus.address, &["update"]).stdout);
     assert!(status.contains("Available: 2.0") && status.contains("State:     approved"), "{status}");
+}
+
+/// A channel file is taken only for its own channel and never older than one taken.
+#[tokio::test]
+async fn replayed_or_mixed_up_channel_files_are_refused() {
+    let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
+    let www = room.servers[0].docroot.clone();
+    let image = room.docroots.path().join("stage4.tar.zst");
+    fs::write(&image, b"signed and hashed like an image").unwrap();
+    let publish = |version: &str, channel: &str| {
+        let out = publish_image(&image, version, channel, &www, &room.secret("k"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let chan = |name: &str| {
+        let p = www.join(format!("gse1/channels/{name}.json"));
+        (fs::read(&p).unwrap(), fs::read(p.with_extension("json.minisig")).unwrap())
+    };
+    let serve_as_stable = |(json, sig): &(Vec<u8>, Vec<u8>)| {
+        fs::write(www.join("gse1/channels/stable.json"), json).unwrap();
+        fs::write(www.join("gse1/channels/stable.json.minisig"), sig).unwrap();
+    };
+    publish("2.0", "stable");
+    let old = chan("stable");
+    publish("3.0", "stable");
+    publish("9.0", "testing");
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-chan");
+    let check = || {
+        let out = gsectl(&room.bus.address, &["update", "check"]);
+        (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+    };
+    let version = || text(&gsectl(&room.bus.address, &["update"]).stdout);
+    eventually("3.0 seen", 10, async || version().contains("Available: 3.0").then_some(())).await;
+
+    serve_as_stable(&old);
+    let (ok, said) = check();
+    assert!(!ok && said.contains("older than") && said.contains("refused"), "{said}");
+    assert!(version().contains("Available: 3.0"), "still 3.0: {}", version());
+
+    serve_as_stable(&chan("testing"));
+    let (ok, said) = check();
+    assert!(!ok && said.contains("signed for channel 'testing'"), "{said}");
+    assert!(version().contains("Available: 3.0"), "testing's 9.0 is not taken for stable: {}", version());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-const HEADER: &str = "# GSE config.d manifest 1";
+const HEADER: &str = "# GSE config.d manifest 2";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -26,6 +26,10 @@ pub struct Entry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
+    /// Grows with every publish of the tree (signed with it): a client refuses a
+    /// manifest older than one it has accepted, so a replayed one cannot roll
+    /// config.d back.
+    pub serial: u64,
     pub entries: Vec<Entry>,
 }
 
@@ -114,11 +118,11 @@ impl Manifest {
             }
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Manifest { entries })
+        Ok(Manifest { serial: 0, entries })
     }
 
     pub fn encode(&self) -> String {
-        let mut out = format!("{HEADER}\n");
+        let mut out = format!("{HEADER}\nserial {}\n", self.serial);
         for e in &self.entries {
             let _ = writeln!(out, "{} {} {:o} {}", e.sha256, e.size, e.mode, e.path);
         }
@@ -131,6 +135,11 @@ impl Manifest {
             Some((_, HEADER)) => {}
             _ => return Err(ManifestError::Malformed { line: 1, why: "not a GSE config.d manifest".into() }),
         }
+        let serial = match lines.next() {
+            Some((_, l)) => l.strip_prefix("serial ").and_then(|n| n.parse().ok()),
+            None => None,
+        }
+        .ok_or_else(|| ManifestError::Malformed { line: 2, why: "expected 'serial N'".into() })?;
         let mut entries: Vec<Entry> = Vec::new();
         for (i, line) in lines {
             let bad = |why: &str| ManifestError::Malformed { line: i + 1, why: why.into() };
@@ -168,7 +177,7 @@ impl Manifest {
                 parent = up;
             }
         }
-        Ok(Manifest { entries })
+        Ok(Manifest { serial, entries })
     }
 }
 
@@ -232,14 +241,14 @@ mod tests {
             assert!(!safe_path(bad), "{bad}");
         }
         assert!(safe_path("controller/server/server.info.conf"));
-        let m = format!("{HEADER}\n{} 4 644 ../../etc/shadow\n", "0".repeat(64));
+        let m = format!("{HEADER}\nserial 1\n{} 4 644 ../../etc/shadow\n", "0".repeat(64));
         assert_eq!(Manifest::parse(&m), Err(ManifestError::Escapes("../../etc/shadow".into())));
-        let m = format!("{HEADER}\n{z} 4 644 a\n{z} 4 644 a/b\n", z = "0".repeat(64));
+        let m = format!("{HEADER}\nserial 1\n{z} 4 644 a\n{z} 4 644 a/b\n", z = "0".repeat(64));
         assert!(matches!(Manifest::parse(&m), Err(ManifestError::Conflict(_))));
         // Whatever sorts between a file and what it would need to be a directory of.
-        let m = format!("{HEADER}\n{z} 4 644 a\n{z} 4 644 a-b\n{z} 4 644 a/b/c\n", z = "0".repeat(64));
+        let m = format!("{HEADER}\nserial 1\n{z} 4 644 a\n{z} 4 644 a-b\n{z} 4 644 a/b/c\n", z = "0".repeat(64));
         assert_eq!(Manifest::parse(&m), Err(ManifestError::Conflict("a/b/c".into())));
-        let m = format!("{HEADER}\n{z} 4 644 x\n{z} 4 644 x\n", z = "0".repeat(64));
+        let m = format!("{HEADER}\nserial 1\n{z} 4 644 x\n{z} 4 644 x\n", z = "0".repeat(64));
         assert_eq!(Manifest::parse(&m), Err(ManifestError::Conflict("x".into())));
     }
 

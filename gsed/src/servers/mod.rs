@@ -1,3 +1,4 @@
+pub mod accepted;
 pub mod http;
 pub mod manifest;
 pub mod publish;

@@ -54,8 +54,11 @@ pub struct Channel {
 /// the published directory and its manifest.
 pub fn publish_config(from: &Path, tree: &Path, secret: &Path) -> Result<(String, Manifest), PublishError> {
     config::check_tree(from).map_err(PublishError::Invalid)?;
-    let manifest = Manifest::from_dir(from)?;
+    let mut manifest = Manifest::from_dir(from)?;
     let gse1 = tree.join("gse1");
+    // Later than anything this tree published before, even with a clock that went back.
+    let before = fs::read_to_string(gse1.join("config.d/MANIFEST")).ok().and_then(|t| Manifest::parse(&t).ok());
+    manifest.serial = crate::journal::now().max(before.map_or(0, |m| m.serial + 1));
     fs::create_dir_all(&gse1).map_err(io(format!("creating {}", gse1.display())))?;
     let link = gse1.join("config.d");
     if fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
@@ -129,13 +132,17 @@ pub fn publish_image(
         .filter(|n| super::manifest::safe_path(n))
         .ok_or_else(|| PublishError::Refused(format!("{}: unusual image file name", image.display())))?;
     let (sha256, size) = hash_file(image).map_err(io(format!("reading {}", image.display())))?;
+    let chdir = tree.join("gse1/channels");
+    // `published` only grows (clients refuse a channel file older than one they took).
+    let before: Option<Channel> =
+        fs::read(chdir.join(format!("{name}.json"))).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let channel = Channel {
         channel: name.to_owned(),
         version: version.to_owned(),
         image: format!("images/{version}/{file_name}"),
         sha256: sha256.clone(),
         size,
-        published: crate::journal::now(),
+        published: crate::journal::now().max(before.map_or(0, |c| c.published + 1)),
     };
     // Signed before anything is written: a bad key leaves the tree untouched.
     let json = serde_json::to_vec_pretty(&channel).expect("channel serialises");
@@ -150,7 +157,6 @@ pub fn publish_image(
         fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("syncing the image"))?;
         fs::rename(&tmp, &dest).map_err(io(format!("placing {}", dest.display())))?;
     }
-    let chdir = gse1.join("channels");
     write_atomic(&chdir.join(format!("{name}.json.minisig")), sig.as_bytes(), 0o644)
         .map_err(io("writing the channel signature"))?;
     write_atomic(&chdir.join(format!("{name}.json")), &json, 0o644).map_err(io("writing the channel file"))?;

@@ -31,6 +31,10 @@ pub enum SyncError {
     Io(String, #[source] std::io::Error),
     #[error("no public_key is configured in server.info.conf")]
     NoKey,
+    #[error(
+        "the server's MANIFEST has serial {got}, older than serial {have} already accepted: refused (a replayed or stale publish)"
+    )]
+    Rollback { got: u64, have: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -56,6 +60,10 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
     let sig = http.get(&format!("{root}MANIFEST.minisig"), 64 << 10)?;
     verify(public_key, &text, &String::from_utf8_lossy(&sig))?;
     let manifest = Manifest::parse(&String::from_utf8_lossy(&text))?;
+    let mut accepted = super::accepted::Accepted::load(paths);
+    if manifest.serial < accepted.config {
+        return Err(SyncError::Rollback { got: manifest.serial, have: accepted.config });
+    }
 
     let current = paths.synced_config();
     let work = paths.state_dir().join("sync");
@@ -79,6 +87,10 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
         Ok(synced)
     });
     let _ = fs::remove_dir_all(&staging);
+    if result.is_ok() && manifest.serial > accepted.config {
+        accepted.config = manifest.serial;
+        accepted.save(paths).map_err(io("recording the accepted MANIFEST serial"))?;
+    }
     result
 }
 

@@ -61,11 +61,14 @@ impl UpdateService {
         let (channel, key) = (settings.update.channel.clone(), settings.servers.public_key.clone());
         let url = format!("{}/gse1/channels/{channel}.json", base.trim_end_matches('/'));
         let http = Http::new(settings.servers.probe_timeout.get().max(std::time::Duration::from_secs(5)));
+        let paths = self.paths.clone();
         let fetched = tokio::task::spawn_blocking(move || -> Result<Channel, String> {
             let json = http.get(&url, 1 << 20).map_err(|e| e.to_string())?;
             let sig = http.get(&format!("{url}.minisig"), 64 << 10).map_err(|e| e.to_string())?;
             verify(&key, &json, &String::from_utf8_lossy(&sig)).map_err(|e| format!("channel {channel}: {e}"))?;
-            serde_json::from_slice(&json).map_err(|e| format!("channel {channel}: {e}"))
+            let ch: Channel = serde_json::from_slice(&json).map_err(|e| format!("channel {channel}: {e}"))?;
+            accept_channel(&paths, &channel, &ch)?;
+            Ok(ch)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
@@ -137,6 +140,28 @@ impl UpdateService {
             warn!(file = %path.display(), error = %e, "cannot record the update decision");
         }
     }
+}
+
+/// A channel file is taken only for the channel it was signed for, and never
+/// older than one taken before (a replayed or mixed-up file cannot bring an old
+/// version back); what is taken is recorded.
+fn accept_channel(paths: &Paths, channel: &str, ch: &Channel) -> Result<(), String> {
+    if ch.channel != channel {
+        return Err(format!("channel {channel}: the file is signed for channel '{}': refused", ch.channel));
+    }
+    let mut acc = super::accepted::Accepted::load(paths);
+    let have = acc.channels.get(channel).copied().unwrap_or(0);
+    if ch.published < have {
+        return Err(format!(
+            "channel {channel}: published at {}, older than {have} already accepted: refused (a replayed file)",
+            ch.published
+        ));
+    }
+    if ch.published > have {
+        acc.channels.insert(channel.to_owned(), ch.published);
+        acc.save(paths).map_err(|e| format!("recording the accepted channel: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The version of the running image: `/etc/gse-release`, else early boot's record.
