@@ -193,7 +193,9 @@ impl ConfigWatch {
             }
             // A tree replaced by rename (a sync) is a new directory: watch it anew.
             self.service.rewatch(&mut self.watcher, &mut self.watched);
-            let outcome = self.service.reload();
+            // Parsing is off the thread that serves D-Bus: a large tree never freezes the bus.
+            let svc = self.service.clone();
+            let outcome = tokio::task::spawn_blocking(move || svc.reload()).await;
             debug!(?outcome, "reload after file change");
         }
     }
@@ -216,7 +218,10 @@ fn fingerprint(trees: &[PathBuf]) -> BTreeMap<PathBuf, u64> {
         .iter()
         .flat_map(|t| config::walk(t))
         .filter_map(|p| {
-            let data = std::fs::read(&p).ok()?;
+            use std::io::Read;
+            // (walk lists regular files only; a huge one is hashed by its head)
+            let mut data = Vec::new();
+            std::fs::File::open(&p).ok()?.take(config::MAX_FILE + 1).read_to_end(&mut data).ok()?;
             let mut h = std::collections::hash_map::DefaultHasher::new();
             data.hash(&mut h);
             Some((p, h.finish()))

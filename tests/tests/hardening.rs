@@ -93,3 +93,72 @@ fn a_second_gsed_leaves_the_journal_alone() {
     assert!(text(&second.stderr).contains("already owned"), "{}", text(&second.stderr));
     assert_eq!(fs::read(root.journal()).unwrap(), before, "the second gsed changed nothing");
 }
+
+fn synced(root: &TestRoot, rel: &str) -> std::path::PathBuf {
+    let p = root.path().join("user-data/persistent/config.d").join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    p
+}
+
+/// A FIFO could block gsed for good, a link to /dev/zero grow it without bound:
+/// each is an error naming the file, and gsed goes on serving.
+#[tokio::test]
+async fn config_files_that_are_fifos_links_or_huge_are_errors_and_gsed_keeps_serving() {
+    use gse_dbus::config::ConfigProxy;
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let _gsed = start_gsed(&bus, &root, "b1");
+    let conn = bus.connect().await;
+    let config = ConfigProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    nix::unistd::mkfifo(&synced(&root, "system/network.conf"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+        .unwrap();
+    std::os::unix::fs::symlink("/dev/zero", synced(&root, "system/etc.conf")).unwrap();
+    fs::write(synced(&root, "controller/cboot.conf"), format!("# {}\n", "x".repeat(2 << 20))).unwrap();
+    let errors = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = config.errors().await.unwrap();
+            if e.len() >= 3 {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the errors are published");
+    let all = errors.join("\n");
+    assert!(all.contains("network.conf: is not a regular file"), "{all}");
+    assert!(all.contains("etc.conf: is a symbolic link"), "{all}");
+    assert!(all.contains("cboot.conf: is 2097155 bytes; config.d files are at most 1048576 bytes"), "{all}");
+    let health = HealthProxy::new(&conn).await.unwrap();
+    assert!(health.get_report().await.is_ok(), "gsed still serves");
+}
+
+/// 8000 `[file]` tables (380 KB) once froze D-Bus for 18.7 s: origin tracking
+/// rescanned the file for every value, on the thread that serves the bus.
+#[tokio::test]
+async fn a_config_with_thousands_of_tables_loads_while_the_bus_stays_responsive() {
+    use gse_dbus::config::ConfigProxy;
+    let (bus, root) = (TestBus::start(), TestRoot::new());
+    root.health_conf("");
+    let _gsed = start_gsed(&bus, &root, "b1");
+    let conn = bus.connect().await;
+    let config = ConfigProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    let health = HealthProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    let before = config.generation().await.unwrap();
+    let big: String = (0..8000).map(|i| format!("[file.\"/etc/lab/f{i}\"]\ncontent = \"line {i}\"\n")).collect();
+    fs::write(synced(&root, "system/etc.conf"), big).unwrap();
+    let mut slowest = Duration::ZERO;
+    loop {
+        let t0 = std::time::Instant::now();
+        health.status().await.unwrap();
+        slowest = slowest.max(t0.elapsed());
+        if config.generation().await.unwrap() > before {
+            break;
+        }
+        assert!(slowest < Duration::from_secs(2), "a call waited {slowest:?}: the bus froze during the load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(slowest < Duration::from_secs(2), "a call waited {slowest:?}");
+    let shown = gsectl(&bus.address, &["config", "show", "etc.file.\"/etc/lab/f7999\".content", "--origin"]);
+    assert!(text(&shown.stdout).contains("etc.conf:16000"), "the origin is still exact: {}", text(&shown.stdout));
+}

@@ -71,8 +71,12 @@ impl ConfigObject {
     }
 
     /// Read config.d again now.
-    fn reload(&self) -> Result<(), DBusError> {
-        match self.svc.reload() {
+    async fn reload(&self) -> Result<(), DBusError> {
+        let svc = self.svc.clone();
+        let outcome = tokio::task::spawn_blocking(move || svc.reload())
+            .await
+            .map_err(|e| DBusError::Failed(format!("reload crashed: {e}")))?;
+        match outcome {
             Outcome::Rejected(errors) => {
                 Err(DBusError::InvalidConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
             }

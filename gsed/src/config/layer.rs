@@ -200,16 +200,21 @@ fn one_line(msg: &str) -> String {
 
 /// Merges `src` over `dst` key by key; tables merge, everything else replaces.
 fn merge(dst: &mut toml::Table, src: toml::Table, prefix: &str, file: &Path, text: &str, origins: &mut Origins) {
+    /// Drops the origins of `key` and everything below it (a range of the map:
+    /// children sort between `key.` and `key/`).
     fn forget(origins: &mut Origins, key: &str) {
-        let inside = format!("{key}.");
-        origins.retain(|o, _| o != key && !o.starts_with(&inside));
+        origins.remove(key);
+        let below: Vec<String> = origins.range(format!("{key}.")..format!("{key}/")).map(|(k, _)| k.clone()).collect();
+        for k in below {
+            origins.remove(&k);
+        }
     }
     fn walk(
         dst: &mut toml::Table,
         src: toml::Table,
         path: &mut Vec<String>,
         file: &Path,
-        text: &str,
+        text: &LineIndex,
         origins: &mut Origins,
     ) {
         for (k, v) in src {
@@ -225,7 +230,7 @@ fn merge(dst: &mut toml::Table, src: toml::Table, prefix: &str, file: &Path, tex
                 }
                 (_, v) => {
                     forget(origins, &key);
-                    origins.insert(key, Origin { file: file.to_owned(), line: locate(text, &path[1..]) });
+                    origins.insert(key, Origin { file: file.to_owned(), line: text.locate(&path[1..]) });
                     dst.insert(k, v);
                 }
             }
@@ -233,7 +238,7 @@ fn merge(dst: &mut toml::Table, src: toml::Table, prefix: &str, file: &Path, tex
         }
     }
     let mut path = vec![prefix.to_owned()];
-    walk(dst, src, &mut path, file, text, origins);
+    walk(dst, src, &mut path, file, &LineIndex::new(text), origins);
 }
 
 /// 1-based line and column of a byte offset.
@@ -244,34 +249,41 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Finds the line that sets a dotted key, following `[table]` headers. Good enough
-/// for messages; `None` where the file uses forms it does not follow.
-fn locate(text: &str, key: &[String]) -> Option<usize> {
-    let mut table: Vec<String> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('#') {
-            continue;
-        }
-        if let Some(h) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-            table = super::split_key(h.trim());
-            if !key.starts_with(&table) {
+/// The line that sets each dotted key of one file, following `[table]` headers,
+/// built in one pass so that finding the origin of every value stays linear in
+/// the size of the file. Good enough for messages; `None` where the file uses
+/// forms it does not follow.
+struct LineIndex {
+    first: std::collections::HashMap<Vec<String>, usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        let mut first = std::collections::HashMap::new();
+        let mut table: Vec<String> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.starts_with('#') {
                 continue;
             }
-            if table.len() == key.len() {
-                return Some(i + 1);
-            }
-        } else if let Some(h) = line.strip_prefix('[').and_then(|l| l.rsplit_once(']')).map(|(h, _)| h) {
-            table = super::split_key(h.trim());
-        } else if let Some((k, _)) = line.split_once('=') {
-            let mut full = table.clone();
-            full.extend(super::split_key(k.trim()));
-            if full.len() <= key.len() && full[..] == key[..full.len()] {
-                return Some(i + 1);
+            if let Some(h) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+                table = super::split_key(h.trim());
+                first.entry(table.clone()).or_insert(i + 1);
+            } else if let Some(h) = line.strip_prefix('[').and_then(|l| l.rsplit_once(']')).map(|(h, _)| h) {
+                table = super::split_key(h.trim());
+            } else if let Some((k, _)) = line.split_once('=') {
+                let mut full = table.clone();
+                full.extend(super::split_key(k.trim()));
+                first.entry(full).or_insert(i + 1);
             }
         }
+        LineIndex { first }
     }
-    None
+
+    /// The first line that sets `key` or a key above it (a dotted or inline table).
+    fn locate(&self, key: &[String]) -> Option<usize> {
+        (1..=key.len()).filter_map(|n| self.first.get(&key[..n]).copied()).min()
+    }
 }
 
 #[cfg(test)]
@@ -289,10 +301,11 @@ mod tests {
     fn locate_follows_headers() {
         let t = "primary = \"a\"\n\n[health]\n# max_attempts = 9\nmax_attempts = 3\n[slots.b]\ndevice = \"x\"\n[mount.\"/tmp\"]\nsize = \"1G\"\n";
         let k = |s: &str| super::super::split_key(s);
-        assert_eq!(locate(t, &k("primary")), Some(1));
-        assert_eq!(locate(t, &k("health.max_attempts")), Some(5));
-        assert_eq!(locate(t, &k("slots.b.device")), Some(7));
-        assert_eq!(locate(t, &k("mount.\"/tmp\".size")), Some(9));
-        assert_eq!(locate(t, &k("slots.a.device")), None);
+        let index = LineIndex::new(t);
+        assert_eq!(index.locate(&k("primary")), Some(1));
+        assert_eq!(index.locate(&k("health.max_attempts")), Some(5));
+        assert_eq!(index.locate(&k("slots.b.device")), Some(7));
+        assert_eq!(index.locate(&k("mount.\"/tmp\".size")), Some(9));
+        assert_eq!(index.locate(&k("slots.a.device")), None);
     }
 }

@@ -184,16 +184,50 @@ pub fn load(trees: &[PathBuf]) -> Result<Loaded, Vec<ConfigError>> {
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
-/// Reads a text file; `Ok(None)` when it does not exist.
+/// Largest config.d file GSE reads: real ones are a few KiB; the limit keeps a
+/// mistake or an attack from exhausting gsed's memory.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// Reads a config.d file; `Ok(None)` when it does not exist. Only a regular file
+/// of at most [`MAX_FILE`] bytes is read: a FIFO could block gsed forever and a
+/// link could lead anywhere (`/dev/zero`), so both are errors naming the file.
 fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ConfigError::file(path, format!("cannot read: {e}"))),
-        Ok(m) if m.is_dir() => Err(ConfigError::file(path, "is a directory, expected a file")),
-        Ok(_) => {
-            std::fs::read_to_string(path).map(Some).map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))
-        }
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let m = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ConfigError::file(path, format!("cannot read: {e}"))),
+        Ok(m) => m,
+    };
+    let refuse = |why: String| Err(ConfigError::file(path, why));
+    if m.file_type().is_symlink() {
+        return refuse("is a symbolic link: config.d files must be regular files".into());
     }
+    if m.is_dir() {
+        return refuse("is a directory, expected a file".into());
+    }
+    if !m.is_file() {
+        return refuse("is not a regular file (a FIFO, socket or device)".into());
+    }
+    let too_big = |n: u64| format!("is {n} bytes; config.d files are at most {MAX_FILE} bytes");
+    if m.len() > MAX_FILE {
+        return refuse(too_big(m.len()));
+    }
+    let cannot = |e: std::io::Error| ConfigError::file(path, format!("cannot read: {e}"));
+    // Swapped for something else since the look above: no link, no blocking open.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    if !f.metadata().map_err(cannot)?.is_file() {
+        return refuse("is not a regular file (a FIFO, socket or device)".into());
+    }
+    let mut data = Vec::new();
+    f.take(MAX_FILE + 1).read_to_end(&mut data).map_err(cannot)?;
+    if data.len() as u64 > MAX_FILE {
+        return refuse(too_big(data.len() as u64));
+    }
+    String::from_utf8(data).map(Some).map_err(|_| ConfigError::file(path, "is not UTF-8 text"))
 }
 
 /// Checks one tree on its own, as an administrator does before publishing it:
@@ -271,18 +305,19 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 impl Loaded {
     /// The merged value at a dotted key (`boot.health`, `tmpfs.mount."/tmp".size`).
     pub fn get(&self, key: &str) -> Option<toml::Value> {
-        let mut v = toml::Value::Table(self.merged.clone());
-        for part in split_key(key) {
+        // Walks by reference: a dump looks up every key, and cloning the whole
+        // view for each would be quadratic in the size of the configuration.
+        let parts = split_key(key);
+        let (first, rest) = parts.split_first()?;
+        let mut v = self.merged.get(first)?;
+        for part in rest {
             v = match v {
-                toml::Value::Table(mut t) => t.remove(&part)?,
-                toml::Value::Array(mut a) => {
-                    let i: usize = part.parse().ok()?;
-                    (i < a.len()).then(|| a.swap_remove(i))?
-                }
+                toml::Value::Table(t) => t.get(part)?,
+                toml::Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
                 _ => return None,
             };
         }
-        Some(v)
+        Some(v.clone())
     }
 
     /// Every leaf value as (dotted key, value as TOML), with the origin of its
