@@ -11,7 +11,7 @@ packages="
   nginx minisign zstd cpio tar
   iproute2 dnsmasq
   shellcheck
-  prometheus prometheus-node-exporter chromium curl
+  prometheus prometheus-node-exporter chromium curl polkitd
   debootstrap debian-archive-keyring qemu-system-x86 kmod
 "
 

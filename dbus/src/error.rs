@@ -19,6 +19,9 @@ pub enum DBusError {
     InvalidConfig(String),
     /// Something failed inside the daemon (I/O, a helper program); the message says what.
     Failed(String),
+    /// The caller may not do this: not root, not in group `gse`, and polkit did not
+    /// authorize the action.
+    AccessDenied(String),
 }
 
 impl DBusError {
@@ -32,7 +35,7 @@ impl DBusError {
 
     /// True when the bus (or the peer) refused the call for lack of privilege.
     pub fn is_access_denied(&self) -> bool {
-        matches!(self.fdo(), Some(zbus::fdo::Error::AccessDenied(_)))
+        matches!(self.fdo(), Some(zbus::fdo::Error::AccessDenied(_))) || matches!(self, DBusError::AccessDenied(_))
     }
 
     /// True when nobody owns the GSE name or the bus itself cannot be reached.

@@ -181,6 +181,12 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
     put(root, "usr/share/dbus-1/system.d/org.gentoo.Gse1.conf", gse_dbus::POLICY.as_bytes(), 0o644)?;
     put(
         root,
+        "usr/share/polkit-1/actions/org.gentoo.gse1.policy",
+        include_bytes!("../../dbus/org.gentoo.gse1.policy"),
+        0o644,
+    )?;
+    put(
+        root,
         "usr/share/dbus-1/system-services/org.gentoo.Gse1.service",
         include_bytes!("../../dbus/org.gentoo.Gse1.service"),
         0o644,

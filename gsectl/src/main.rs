@@ -105,7 +105,9 @@ impl Failure {
             return Failure::Unreachable(unreachable_message(bus));
         }
         if e.is_access_denied() {
-            return Failure::Error(format!("permission denied: only root and members of group 'gse' may {what}"));
+            return Failure::Error(format!(
+                "permission denied: only root, members of group 'gse' and users polkit allows (org.gentoo.gse1.*) may {what}"
+            ));
         }
         Failure::Error(match e {
             DBusError::ZBus(zbus::Error::MethodError(name, msg, _)) => {
@@ -115,7 +117,8 @@ impl Failure {
             DBusError::InvalidArgs(m)
             | DBusError::NotPossible(m)
             | DBusError::InvalidConfig(m)
-            | DBusError::Failed(m) => format!("cannot {what}: {m}"),
+            | DBusError::Failed(m)
+            | DBusError::AccessDenied(m) => format!("cannot {what}: {m}"),
         })
     }
 }

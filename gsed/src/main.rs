@@ -196,6 +196,9 @@ mod early {
     use tracing::{info, warn};
     use zbus::{Guid, connection};
 
+    /// How long a client of the early socket may take for the D-Bus handshake.
+    const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+
     pub async fn run(paths: &Paths, signal: impl std::future::Future<Output = &'static str>) -> Result<()> {
         let config = ConfigService::with_trees(config::early_layers(paths));
         let boot = BootService::new(paths, config);
@@ -213,23 +216,36 @@ mod early {
         info!(socket = %sock.display(), "gsed --early ready");
 
         let mut conns = Vec::new();
+        let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
         tokio::pin!(signal);
         let why = loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, _) = accepted.context("accepting a connection")?;
-                    let obj = BootObject::new(boot.clone(), finished.clone());
-                    let built = connection::Builder::unix_stream(stream.into_std()?)
-                        .server(Guid::generate())
-                        .p2p()
-                        .serve_at(OBJECT_PATH, obj)
-                        .build()
-                        .await;
-                    match built {
-                        Ok(c) => conns.push(c),
-                        Err(e) => warn!(error = %e, "a client could not connect"),
+                    // Only root drives early boot, whatever the socket's mode says.
+                    match stream.peer_cred().map(|c| c.uid()) {
+                        Ok(0) => {}
+                        Ok(uid) => { warn!(uid, "refused a connection to the early socket: only root may drive early boot"); continue; }
+                        Err(e) => { warn!(error = %e, "refused a connection whose peer is unknown"); continue; }
                     }
+                    // Each handshake runs on its own, bounded: a client that stays
+                    // silent cannot hold up the hook's.
+                    let (obj, tx) = (BootObject::new(boot.clone(), finished.clone()), ready_tx.clone());
+                    let stream = stream.into_std()?;
+                    tokio::spawn(async move {
+                        let built = connection::Builder::unix_stream(stream)
+                            .server(Guid::generate())
+                            .p2p()
+                            .serve_at(OBJECT_PATH, obj)
+                            .build();
+                        match tokio::time::timeout(HANDSHAKE, built).await {
+                            Ok(Ok(c)) => { let _ = tx.send(c); }
+                            Ok(Err(e)) => warn!(error = %e, "a client could not connect"),
+                            Err(_) => warn!("a client did not finish its handshake within {HANDSHAKE:?}; dropped"),
+                        }
+                    });
                 }
+                Some(c) = ready.recv() => conns.push(c),
                 _ = finished.notified() => break "the boot was handed over",
                 s = &mut signal => break s,
             }

@@ -140,6 +140,11 @@ pub struct TestBus {
 
 impl TestBus {
     pub fn start() -> TestBus {
+        Self::start_with(&[])
+    }
+
+    /// With more policy files included (another service's, such as polkit's).
+    pub fn start_with(extra_policies: &[&Path]) -> TestBus {
         let daemon = require_tool("dbus-daemon", "dbus-daemon");
         let dir = tempfile::Builder::new().prefix("gse-bus-").tempdir().expect("tempdir");
         // Reachable by the unprivileged test user, too.
@@ -148,7 +153,12 @@ impl TestBus {
         let config = fs::read_to_string(repo().join("tests/data/system-bus.conf.in"))
             .expect("tests/data/system-bus.conf.in")
             .replace("@SOCKET@", &socket.display().to_string())
-            .replace("@POLICY@", &repo().join("dbus/org.gentoo.Gse1.conf").display().to_string());
+            .replace("@POLICY@", &repo().join("dbus/org.gentoo.Gse1.conf").display().to_string())
+            .replace(
+                "</busconfig>",
+                &extra_policies.iter().map(|p| format!("  <include>{}</include>\n", p.display())).collect::<String>(),
+            )
+            + "</busconfig>\n";
         let config_path = dir.path().join("bus.conf");
         fs::write(&config_path, config).expect("write bus config");
         let child = Command::new(daemon)

@@ -162,3 +162,47 @@ async fn a_config_with_thousands_of_tables_loads_while_the_bus_stays_responsive(
     let shown = gsectl(&bus.address, &["config", "show", "etc.file.\"/etc/lab/f7999\".content", "--origin"]);
     assert!(text(&shown.stdout).contains("etc.conf:16000"), "the origin is still exact: {}", text(&shown.stdout));
 }
+
+/// The early socket serves root alone (whatever its mode), and a client that
+/// connects and says nothing no longer holds up the hook's own connection.
+#[tokio::test]
+async fn the_early_socket_serves_root_only_and_a_silent_client_blocks_no_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = TestRoot::new();
+    let log = root.path().join("early.log");
+    let child = std::process::Command::new(gse_tests::bin("gsed"))
+        .arg("--early")
+        .arg("--root")
+        .arg(root.path())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut early = gse_tests::ProcessGuard { child: Some(child), name: "gsed --early".into() };
+    let sock = root.path().join("run/gse/early.sock");
+    wait_for(Duration::from_secs(10), "the early socket", || sock.exists().then_some(()));
+    let _silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+
+    // A careless chmod lets others reach the socket; gsed still refuses them.
+    for d in [root.path(), &root.path().join("run"), &root.path().join("run/gse")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(gse_tests::bin("gsectl"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["boot", "prepare", "--sysroot", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody cannot drive early boot");
+    wait_for(Duration::from_secs(5), "the refusal in the log", || {
+        fs::read_to_string(&log).ok().filter(|l| l.contains("refused a connection to the early socket")).map(|_| ())
+    });
+
+    let addr: gse_dbus::BusAddress = format!("unix:path={}", sock.display()).parse().unwrap();
+    let conn = addr.connect_peer().await.unwrap();
+    gse_dbus::boot::BootProxy::new(&conn).await.unwrap().finish().await.unwrap();
+    let status = early.wait_exit(Duration::from_secs(4)).expect("Finish() was served while the silent client waited");
+    assert!(status.success());
+}

@@ -8,7 +8,7 @@ use gse_dbus::{
 };
 use tokio::sync::watch;
 use tracing::warn;
-use zbus::{Connection, interface, object_server::SignalEmitter};
+use zbus::{Connection, interface, message::Header, object_server::SignalEmitter};
 
 use crate::confd::{ConfigService, ConfigState, Outcome};
 
@@ -42,23 +42,34 @@ impl ConfigObject {
     }
 
     /// The merged value at a dotted key (boot.health.max_attempts), as JSON.
-    fn get(&self, key: String) -> Result<String, DBusError> {
+    /// Files that are not world-readable keep their content from unprivileged callers.
+    async fn get(
+        &self,
+        key: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DBusError> {
         super::bounded("the key", &key, super::limits::KEY)?;
         let state = self.svc.current();
-        let value =
-            state.loaded.get(&key).ok_or_else(|| DBusError::InvalidArgs(format!("no configuration key '{key}'")))?;
+        let loaded = visible(&state, conn, &header).await?;
+        let value = loaded.get(&key).ok_or_else(|| DBusError::InvalidArgs(format!("no configuration key '{key}'")))?;
         Ok(json(&value).to_string())
     }
 
     /// The whole configuration in force as JSON, each value with the file and line that set it.
-    fn dump(&self) -> Result<String, DBusError> {
+    /// Files that are not world-readable keep their content from unprivileged callers.
+    async fn dump(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DBusError> {
         let state = self.svc.current();
-        let values = state
-            .loaded
+        let loaded = visible(&state, conn, &header).await?;
+        let values = loaded
             .flatten(None)
             .into_iter()
             .map(|(key, _, origin)| {
-                let value = state.loaded.get(&key).map(|v| json(&v)).unwrap_or_default();
+                let value = loaded.get(&key).map(|v| json(&v)).unwrap_or_default();
                 ConfigValue { key, value, origin: origin.map(|o| o.to_string()) }
             })
             .collect();
@@ -71,7 +82,12 @@ impl ConfigObject {
     }
 
     /// Read config.d again now.
-    async fn reload(&self) -> Result<(), DBusError> {
+    async fn reload(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::ReloadConfig).await?;
         let svc = self.svc.clone();
         let outcome = tokio::task::spawn_blocking(move || svc.reload())
             .await
@@ -87,6 +103,19 @@ impl ConfigObject {
     /// The files whose change was just applied.
     #[zbus(signal)]
     async fn changed(emitter: &SignalEmitter<'_>, files: Vec<String>) -> zbus::Result<()>;
+}
+
+/// The configuration as this caller may see it.
+async fn visible<'a>(
+    state: &'a ConfigState,
+    conn: &Connection,
+    header: &Header<'_>,
+) -> Result<std::borrow::Cow<'a, crate::config::Loaded>, DBusError> {
+    Ok(if super::auth::is_privileged(conn, header).await? {
+        std::borrow::Cow::Borrowed(&*state.loaded)
+    } else {
+        state.loaded.for_anyone()
+    })
 }
 
 /// Emits `PropertiesChanged` and `Changed` as the configuration state moves.

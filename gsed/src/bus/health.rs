@@ -5,7 +5,7 @@ use std::sync::Arc;
 use gse_dbus::{DBusError, OBJECT_PATH};
 use tokio::sync::watch;
 use tracing::warn;
-use zbus::{Connection, interface, object_server::SignalEmitter};
+use zbus::{Connection, interface, message::Header, object_server::SignalEmitter};
 
 use crate::health::{HealthService, Snapshot};
 
@@ -46,24 +46,46 @@ impl HealthObject {
     }
 
     /// Declare this boot healthy, whatever the checks say.
-    fn mark_good(&self) -> Result<(), DBusError> {
+    async fn mark_good(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::Health).await?;
         Ok(self.svc.mark_good()?)
     }
 
     /// Declare this boot red, with a reason for the record.
-    fn mark_bad(&self, reason: String) -> Result<(), DBusError> {
+    async fn mark_bad(
+        &self,
+        reason: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
         super::bounded("the reason", &reason, super::limits::REASON)?;
+        super::auth::authorize(conn, &header, super::auth::Action::Health).await?;
         Ok(self.svc.mark_bad(&reason)?)
     }
 
     /// Record the clean shutdown of this boot (called by the init system on shutdown).
-    fn record_shutdown(&self) -> Result<(), DBusError> {
+    async fn record_shutdown(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::Health).await?;
         Ok(self.svc.record_shutdown()?)
     }
 
     /// Tell the daemon that systemd reached boot-complete.target.
-    fn boot_complete(&self) {
-        self.svc.boot_complete()
+    async fn boot_complete(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::Health).await?;
+        self.svc.boot_complete();
+        Ok(())
     }
 
     /// The new status, on every change of Status.

@@ -2,6 +2,7 @@
 //! plain services, and the tasks that turn service state changes into signals.
 //! Errors are mapped to [`DBusError`] here, once.
 
+mod auth;
 mod boot;
 mod config;
 mod health;

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use gse_dbus::OBJECT_PATH;
+use gse_dbus::{DBusError, OBJECT_PATH};
 use tracing::warn;
-use zbus::{Connection, interface};
+use zbus::{Connection, interface, message::Header};
 
 use crate::network::NetworkService;
 
@@ -33,8 +33,14 @@ impl NetworkObject {
     }
 
     /// Renew every DHCP lease now.
-    fn renew(&self) {
-        self.svc.renew()
+    async fn renew(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::Network).await?;
+        self.svc.renew();
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use gse_dbus::{DBusError, OBJECT_PATH};
 use tracing::warn;
-use zbus::{Connection, interface, object_server::SignalEmitter};
+use zbus::{Connection, interface, message::Header, object_server::SignalEmitter};
 
 use crate::servers::{ServersService, UpdateService, service::ServersError, update::UpdateError};
 
@@ -67,18 +67,35 @@ impl ServersObject {
     }
 
     /// Use this server until Unpin() or a restart.
-    fn switch(&self, name: String) -> Result<(), DBusError> {
+    async fn switch(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
         super::bounded("the server name", &name, super::limits::NAME)?;
+        super::auth::authorize(conn, &header, super::auth::Action::Servers).await?;
         Ok(self.svc.switch_to(&name)?)
     }
 
     /// Let the client choose its server again.
-    fn unpin(&self) {
-        self.svc.unpin()
+    async fn unpin(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::Servers).await?;
+        self.svc.unpin();
+        Ok(())
     }
 
     /// Sync config.d from the current server now; returns the result as JSON.
-    async fn sync(&self) -> Result<String, DBusError> {
+    async fn sync(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::Servers).await?;
         let status = self.svc.sync_now().await?;
         serde_json::to_string(&status).map_err(|e| DBusError::Failed(e.to_string()))
     }
@@ -127,7 +144,12 @@ impl UpdateObject {
     }
 
     /// Check the channel on the current server now; returns the new state.
-    async fn check(&self) -> Result<String, DBusError> {
+    async fn check(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::CheckUpdate).await?;
         let current = self.servers.snapshot().current;
         let url = self.servers.snapshot().servers.into_iter().find(|s| s.name == current).map(|s| s.url);
         let url = url.ok_or_else(|| DBusError::NotPossible("no server is in use".into()))?;
@@ -136,12 +158,22 @@ impl UpdateObject {
     }
 
     /// Take the available version.
-    fn approve(&self) -> Result<(), DBusError> {
+    async fn approve(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::DecideUpdate).await?;
         Ok(self.svc.approve()?)
     }
 
     /// Stay on the running version.
-    fn decline(&self) -> Result<(), DBusError> {
+    async fn decline(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DBusError> {
+        super::auth::authorize(conn, &header, super::auth::Action::DecideUpdate).await?;
         Ok(self.svc.decline()?)
     }
 

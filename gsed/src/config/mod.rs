@@ -303,6 +303,30 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 impl Loaded {
+    /// The view an unprivileged reader may see: the content of every /etc file
+    /// that is not world-readable (`mode = "0600"`: a keytab, a password) is
+    /// replaced by a note. Borrowed when there is nothing to hide.
+    pub fn for_anyone(&self) -> std::borrow::Cow<'_, Loaded> {
+        let private: Vec<&String> =
+            self.settings.etc.file.iter().filter(|(_, f)| f.mode.0 & 0o004 == 0).map(|(p, _)| p).collect();
+        if private.is_empty() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut out = self.clone();
+        if let Some(toml::Value::Table(etc)) = out.merged.get_mut("etc")
+            && let Some(toml::Value::Table(files)) = etc.get_mut("file")
+        {
+            for p in private {
+                if let Some(toml::Value::Table(f)) = files.get_mut(p.as_str())
+                    && f.contains_key("content")
+                {
+                    f.insert("content".into(), toml::Value::String("(hidden: the file is not world-readable)".into()));
+                }
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
     /// The merged value at a dotted key (`boot.health`, `tmpfs.mount."/tmp".size`).
     pub fn get(&self, key: &str) -> Option<toml::Value> {
         // Walks by reference: a dump looks up every key, and cloning the whole
