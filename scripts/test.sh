@@ -14,4 +14,6 @@ cargo build --workspace --bins
 # The VM suite boots what ships: the release binaries, in its image and initramfs.
 cargo build --release --workspace --bins
 cargo test --workspace -- --skip vm_
+# Every parser of outside bytes, fuzzed for a bounded time each (tests/fuzz/).
+target/release/gse-fuzz --seconds "${GSE_FUZZ_SECONDS:-15}"
 cargo test -p gse-tests --test vm -- --show-output

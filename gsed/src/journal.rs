@@ -139,7 +139,7 @@ fn encode(record: &Record) -> String {
 
 /// Returns the valid records, the length of the prefix that ends with the last complete
 /// line, and how many complete lines were invalid.
-fn parse(data: &[u8]) -> (Vec<Record>, u64, usize) {
+pub fn parse(data: &[u8]) -> (Vec<Record>, u64, usize) {
     let mut records = Vec::new();
     let mut skipped = 0;
     let mut good_len = 0;

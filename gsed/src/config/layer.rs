@@ -195,7 +195,9 @@ fn read_fragment<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>
 
 /// toml's messages may span lines; an error report keeps one error a line.
 fn one_line(msg: &str) -> String {
-    msg.trim().lines().map(str::trim).collect::<Vec<_>>().join("; ")
+    let line = msg.trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
+    // toml says nothing about some bytes (a NUL, say): an error must still say something.
+    if line.is_empty() { "not valid TOML here (a control character?)".into() } else { line }
 }
 
 /// Merges `src` over `dst` key by key; tables merge, everything else replaces.

@@ -116,7 +116,7 @@ impl Client {
                 return Ok(None);
             };
             let (n, _) = r?;
-            let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) else { continue };
+            let Some(m) = decode(&buf[..n]) else { continue };
             if m.xid() != xid || m.chaddr().get(..self.mac.len()) != Some(&self.mac[..]) {
                 continue;
             }
@@ -180,6 +180,21 @@ impl Client {
         m.opts_mut().insert(DhcpOption::ServerIdentifier(lease.server));
         self.send(&m, lease.server).await
     }
+}
+
+/// Decodes a datagram from the network. dhcproto panics on some malformed
+/// options (found by tests/fuzz): anyone on the wire can send one, so a panic is
+/// a datagram ignored, never a crash.
+fn decode(bytes: &[u8]) -> Option<Message> {
+    std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes)).ok()).ok().flatten()
+}
+
+/// A reply as it comes off the wire, read as a lease (what `acquire` does with an
+/// ACK); None when it does not decode. For the fuzzer.
+pub fn lease_from_bytes(bytes: &[u8]) -> Option<Lease> {
+    let m = decode(bytes)?;
+    let _ = m.opts().msg_type();
+    Some(lease_of(&m, Ipv4Addr::UNSPECIFIED))
 }
 
 fn lease_of(ack: &Message, server: Ipv4Addr) -> Lease {
