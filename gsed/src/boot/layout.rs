@@ -41,14 +41,16 @@ pub fn mount_layout(
     let at = |p: &str| sysroot.join(p.trim_start_matches('/'));
     let stage = paths.resolve("/run/gse/stage");
     let mut warnings = Vec::new();
-    // The mount point inside the image (its links followed inside the new root),
-    // or None with a warning when the image lacks it.
+    // The mount point inside the new root (its links followed inside it), made
+    // where that is writable (below a tmpfs of the layout); None with a warning
+    // when the read-only image lacks it.
     let mut point = |what: &str, dir: &str| -> Option<PathBuf> {
-        let p = crate::fsutil::in_root(sysroot, dir.trim_start_matches('/'), true).ok();
-        match p.filter(|p| p.is_dir()) {
-            Some(p) => Some(p),
-            None => {
-                let w = format!("{what}: the image has no directory {dir}; skipped");
+        let made = crate::fsutil::in_root(sysroot, dir.trim_start_matches('/'), true)
+            .and_then(|p| if p.is_dir() { Ok(p) } else { fs::create_dir_all(&p).map(|()| p) });
+        match made {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let w = format!("{what}: the image has no directory {dir} and it cannot be made ({e}); skipped");
                 tracing::warn!("{w}");
                 warnings.push(w);
                 None
