@@ -365,9 +365,13 @@ fn write_stage4(root: &Path, out: &Path) -> Result<(String, u64, usize), Failure
 /// Appends the tree in pre-order (each directory right before its contents, as
 /// tar expects for restoring directory times), children in name order.
 fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<usize, Failure> {
-    let dev = fs::symlink_metadata(root).map_err(fail(root.display()))?.dev();
+    let meta = fs::symlink_metadata(root).map_err(fail(root.display()))?;
+    let dev = meta.dev();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut count = 0;
+    // The root itself first: unpacked, it gives every slot the image's mode and
+    // times, so two slots installed seconds apart still compare equal.
+    append_entry(tar, root, Path::new("./"), &meta, &mut links)?;
+    let mut count = 1;
     append_dir(tar, root, Path::new(""), dev, &mut links, &mut count)?;
     Ok(count)
 }
