@@ -141,10 +141,7 @@ fn gather(s: &Sources, boot: &serde_json::Value, last_sync: u64) -> Inputs {
 
 /// Rewrites the metrics file on every change until aborted.
 pub async fn run(paths: Paths, s: Sources) {
-    let boot: serde_json::Value = std::fs::read(paths.boot_json())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(serde_json::Value::Null);
+    let boot = crate::health::read_boot_record(&paths.boot_json()).unwrap_or(serde_json::Value::Null);
     let (mut health, mut servers, mut update, mut config) =
         (s.health.subscribe(), s.servers.subscribe(), s.servers.update.subscribe(), s.config.subscribe());
     let mut last_sync = 0;

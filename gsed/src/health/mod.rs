@@ -457,7 +457,9 @@ fn clip(mut s: String, max: usize) -> String {
     s
 }
 
-fn read_boot_record(path: &Path) -> Option<serde_json::Value> {
+/// What early boot decided (`/run/gse/boot.json`), as JSON; None without one.
+/// The one reader of that file in the running system.
+pub fn read_boot_record(path: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(path).ok()?;
     match serde_json::from_str(&text) {
         Ok(v) => Some(v),

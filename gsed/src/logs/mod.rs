@@ -74,7 +74,7 @@ pub struct LogService {
 impl LogService {
     /// `slot`: the booted slot; the rest of the boot's identity comes from boot.json.
     pub fn new(paths: &Paths, config: Arc<ConfigService>, boot_id: &str, slot: &str) -> Arc<Self> {
-        let record = std::fs::read(paths.boot_json()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let record = crate::health::read_boot_record(&paths.boot_json());
         let field = |k: &str| {
             record.as_ref().and_then(|r: &serde_json::Value| r.get(k)).and_then(|v| v.as_str()).map(str::to_owned)
         };

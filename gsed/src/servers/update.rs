@@ -171,8 +171,7 @@ pub fn local_version(paths: &Paths) -> String {
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VERSION=").map(|v| v.trim_matches('"').to_owned())));
     from_release
         .or_else(|| {
-            let rec: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(paths.boot_json()).ok()?).ok()?;
+            let rec = crate::health::read_boot_record(&paths.boot_json())?;
             rec.get("image_version").and_then(|v| v.as_str()).map(String::from)
         })
         .unwrap_or_else(|| "unknown".into())
