@@ -62,6 +62,11 @@ impl Paths {
         self.state_dir().join("health.journal")
     }
 
+    /// What this client accepted from its servers (MANIFEST serial, channel times).
+    pub fn accepted(&self) -> PathBuf {
+        self.state_dir().join("accepted.json")
+    }
+
     /// Early boot's attempt counters and unfinished repair.
     pub fn boot_state(&self) -> PathBuf {
         self.state_dir().join("boot-state.json")

@@ -60,7 +60,12 @@ trait Authority {
 pub async fn is_privileged(conn: &Connection, header: &Header<'_>) -> Result<bool, DBusError> {
     // Peer-to-peer (the early socket): no sender; the socket admits root only.
     let Some(sender) = header.sender() else { return Ok(true) };
-    let dbus = zbus::fdo::DBusProxy::new(conn).await.map_err(|e| DBusError::Failed(e.to_string()))?;
+    // No property cache: one call per check, not a GetAll first.
+    let dbus = zbus::fdo::DBusProxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| DBusError::Failed(e.to_string()))?;
     let creds = dbus
         .get_connection_credentials(sender.clone().into())
         .await

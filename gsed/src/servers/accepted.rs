@@ -22,7 +22,7 @@ pub struct Accepted {
 
 impl Accepted {
     pub fn load(paths: &Paths) -> Accepted {
-        let path = paths.state_dir().join("accepted.json");
+        let path = paths.accepted();
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 warn!(file = %path.display(), error = %e, "unreadable; starting from nothing accepted");
@@ -34,6 +34,6 @@ impl Accepted {
 
     pub fn save(&self, paths: &Paths) -> std::io::Result<()> {
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        write_atomic(&paths.state_dir().join("accepted.json"), &data, 0o644)
+        write_atomic(&paths.accepted(), &data, 0o644)
     }
 }
