@@ -9,13 +9,48 @@ use zbus::proxy;
 
 use crate::DBusError;
 
+wire_enum!(
+    "boot action",
+    /// What early boot did with the slots (DESIGN §5).
+    #[derive(Default)]
+    pub enum Action {
+        /// The primary slot was trusted and boots.
+        #[default]
+        Normal = "normal",
+        /// The backup slot boots; the primary is left for an administrator.
+        Bailout = "bailout",
+        /// The primary was restored from the backup, then booted.
+        Repair = "repair",
+        /// A newly installed version boots on probation (DESIGN §11).
+        Trial = "trial",
+        /// The trial failed; the slot that was good before boots.
+        Rollback = "rollback",
+    }
+);
+
+wire_enum!(
+    "boot verdict",
+    /// How a boot ended, as far as the health journal knows.
+    pub enum Verdict {
+        /// Healthy startup and clean shutdown.
+        HealthyCycle = "healthy-cycle",
+        /// Reached healthy, then lost power (no clean shutdown).
+        Dirty = "dirty",
+        /// Recorded red.
+        Red = "red",
+        /// Started, but never reached healthy.
+        Incomplete = "incomplete",
+    }
+);
+
 /// What early boot decided: `/run/gse/boot.json`, and the reply of `Prepare`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Fields missing from a file read as their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BootRecord {
     /// The slot that boots.
     pub slot: String,
-    /// `normal`, `bailout` or `repair`.
-    pub action: String,
+    pub action: Action,
     /// Why, in one sentence.
     pub reason: String,
     /// Each slot's flag as found before acting: `valid`, `missing`, `unreadable: …`, `forged: …`.
@@ -27,17 +62,16 @@ pub struct BootRecord {
     pub image_version: String,
     /// Boots of each slot since its last healthy cycle, this one included.
     pub attempts: BTreeMap<String, u32>,
-    /// How the previous boot ended (`healthy-cycle`, `dirty`, `red`, `incomplete`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<String>,
+    /// How the previous boot ended, when early boot judged it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Verdict>,
     /// The network in early boot: `not needed: …`, `up: …` or `offline: …`.
-    #[serde(default)]
     pub network: String,
     /// The config.d sync in early boot, when it was tried.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<String>,
     /// What early boot skipped (a configured mount point the image lacks).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Seconds since the epoch.
     pub time: u64,

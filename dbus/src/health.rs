@@ -1,55 +1,26 @@
 //! `org.gentoo.Gse1.Health`: whether this boot is healthy, and the report behind it.
 
-use std::{fmt, str::FromStr};
-
 use serde::{Deserialize, Serialize};
 use zbus::proxy;
 
 use crate::DBusError;
 
-/// The value of the `Status` property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Nothing is known yet (the daemon has not started this boot's checks).
-    Unknown,
-    /// Checks are running; the deadline has not passed.
-    Starting,
-    /// Every required check passed.
-    Green,
-    /// A required check failed, the deadline passed, or an administrator marked it bad.
-    Red,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Unknown => "unknown",
-            Status::Starting => "starting",
-            Status::Green => "green",
-            Status::Red => "red",
-        }
+wire_enum!(
+    "health status",
+    /// The value of the `Status` property.
+    #[derive(Default)]
+    pub enum Status {
+        /// Nothing is known yet (the daemon has not started this boot's checks).
+        #[default]
+        Unknown = "unknown",
+        /// Checks are running; the deadline has not passed.
+        Starting = "starting",
+        /// Every required check passed.
+        Green = "green",
+        /// A required check failed, the deadline passed, or an administrator marked it bad.
+        Red = "red",
     }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "unknown" => Ok(Status::Unknown),
-            "starting" => Ok(Status::Starting),
-            "green" => Ok(Status::Green),
-            "red" => Ok(Status::Red),
-            other => Err(format!("unknown health status '{other}'")),
-        }
-    }
-}
+);
 
 /// Which list a check came from (reports list them in this order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,7 +92,7 @@ pub struct HealthReport {
     pub events: Vec<ReportEvent>,
     /// What early boot decided (`/run/gse/boot.json`), when there is a record.
     #[serde(default)]
-    pub boot: Option<serde_json::Value>,
+    pub boot: Option<crate::boot::BootRecord>,
 }
 
 #[proxy(interface = "org.gentoo.Gse1.Health", default_service = "org.gentoo.Gse1", default_path = "/org/gentoo/Gse1")]

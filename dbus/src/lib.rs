@@ -5,6 +5,8 @@
 //! The introspection XML in `interfaces/` and the bus policy `org.gentoo.Gse1.conf`
 //! live beside this crate; a test keeps the XML equal to what `gsed` exports.
 
+#[macro_use]
+mod wire_enum;
 mod address;
 pub mod boot;
 pub mod config;

@@ -5,9 +5,78 @@ use zbus::proxy;
 
 use crate::DBusError;
 
-/// One row of the `Servers` property: name, URL, state (`unknown`, `up`,
-/// `down`), latency in ms, advertised load, failed probes in a row.
+use serde::{Deserialize, Serialize};
+
+wire_enum!(
+    "server state",
+    /// Whether a server answers its probes.
+    #[derive(Default)]
+    pub enum ServerState {
+        /// Not probed yet.
+        #[default]
+        Unknown = "unknown",
+        Up = "up",
+        /// `fail_after` probes in a row failed.
+        Down = "down",
+    }
+);
+
+wire_enum!(
+    "update state",
+    /// The `State` property of the Update interface.
+    #[derive(Default)]
+    pub enum UpdateState {
+        /// The channel was not checked yet.
+        #[default]
+        Unknown = "unknown",
+        UpToDate = "up-to-date",
+        /// A newer version is published; policy `ask` waits for an administrator.
+        Available = "available",
+        Approved = "approved",
+        Declined = "declined",
+        Downloading = "downloading",
+        Installing = "installing",
+        /// Installed into the other slot; waits for the next boot.
+        Installed = "installed",
+        /// Running the new version on probation.
+        Trial = "trial",
+        /// The new version failed its trial; not retried until a newer one appears.
+        Failed = "failed",
+        /// The last check failed; `Detail` says why.
+        Error = "error",
+    }
+);
+
+/// One row of the `Servers` property: name, URL, state, latency in ms,
+/// advertised load, failed probes in a row.
 pub type ServerRow = (String, String, String, f64, f64, u32);
+
+/// One server as a client sees it; crosses the bus as a [`ServerRow`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    pub name: String,
+    pub url: String,
+    pub state: ServerState,
+    pub latency_ms: f64,
+    pub load: f64,
+    pub failures: u32,
+    /// Why the last probe failed (not on the bus).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl From<Server> for ServerRow {
+    fn from(s: Server) -> Self {
+        (s.name, s.url, s.state.as_str().into(), s.latency_ms, s.load, s.failures)
+    }
+}
+
+impl TryFrom<ServerRow> for Server {
+    type Error = String;
+    fn try_from((name, url, state, latency_ms, load, failures): ServerRow) -> Result<Self, String> {
+        Ok(Server { name, url, state: state.parse()?, latency_ms, load, failures, error: String::new() })
+    }
+}
 
 #[proxy(interface = "org.gentoo.Gse1.Servers", default_service = "org.gentoo.Gse1", default_path = "/org/gentoo/Gse1")]
 pub trait Servers {
@@ -47,7 +116,7 @@ pub trait Update {
     #[zbus(property)]
     fn available_version(&self) -> Result<String, DBusError>;
 
-    /// `unknown`, `up-to-date`, `available`, `approved`, `declined` or `error`.
+    /// An [`UpdateState`] by name.
     #[zbus(property)]
     fn state(&self) -> Result<String, DBusError>;
 

@@ -75,8 +75,7 @@ fn render(r: &HealthReport) -> String {
     let _ =
         writeln!(out, "Boot:    slot {}, {} healthy cycle(s), boot id {}", r.booted_slot, r.healthy_cycles, r.boot_id);
     if let Some(boot) = &r.boot {
-        let field = |k: &str| boot.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
-        let _ = writeln!(out, "Early:   {} — {}", field("action"), field("reason"));
+        let _ = writeln!(out, "Early:   {} — {}", boot.action, boot.reason);
     }
     if !r.failures.is_empty() {
         let _ = writeln!(out, "Failures:");

@@ -62,7 +62,7 @@ fn list(paths: &Paths, json: bool) -> Result<u8, Failure> {
     );
     for e in &entries {
         let m = &e.meta;
-        let mut verdict = m.verdict.clone();
+        let mut verdict = m.verdict.map_or("running", |v| v.as_str()).to_owned();
         if m.recovered {
             verdict.push('*');
         }
@@ -72,7 +72,7 @@ fn list(paths: &Paths, json: bool) -> Result<u8, Failure> {
             utc(m.started),
             m.slot,
             if m.image_version.is_empty() { "-" } else { &m.image_version },
-            m.action,
+            m.action.as_str(),
             verdict,
             human(e.size)
         );
@@ -98,7 +98,7 @@ fn show(paths: &Paths, boot: &str, unit: Option<&str>) -> Result<u8, Failure> {
         m.boot_id,
         m.slot,
         m.action,
-        m.verdict,
+        m.verdict.map_or("running", |v| v.as_str()),
         utc(m.started)
     );
     for (name, data) in files {

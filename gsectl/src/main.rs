@@ -11,7 +11,9 @@ mod image;
 mod initramfs;
 mod install;
 mod logs;
+mod network;
 mod output;
+mod publish;
 mod servers;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -47,19 +49,19 @@ enum Command {
     /// Install an image into the slots of this (provisioned) machine, with fresh flags.
     Install(install::InstallArgs),
     /// The wired network: state of each interface (and renew).
-    Network(servers::NetworkArgs),
+    Network(network::NetworkArgs),
     /// The servers this client syncs from (and switch, unpin, sync).
     Servers(servers::ServersArgs),
     /// The version check (and check, approve, decline).
     Update(servers::UpdateArgs),
     /// Make a minisign key pair for signing what the server publishes.
-    Keygen(servers::KeygenArgs),
+    Keygen(publish::KeygenArgs),
     /// The archived logs of every boot on this machine (list, show BOOT).
     Logs(logs::LogsArgs),
     /// The room at a glance, from the Prometheus that scrapes it.
     Fleet(fleet::FleetArgs),
     /// Server side: publish config.d or an image into a static tree.
-    Publish(servers::PublishArgs),
+    Publish(publish::PublishArgs),
     /// Server side: build a system image (stage4) from a root tree.
     Image(ImageArgs),
     /// Server side: build the initramfs that runs GSE's early boot.
@@ -172,12 +174,12 @@ fn main() -> ExitCode {
             Command::Provision(args) => boot::provision(&cli.root, args),
             Command::Install(args) => install::install(&cli.root, args),
             Command::Servers(args) => servers::servers(&bus, args).await,
-            Command::Network(args) => servers::network(&bus, args).await,
+            Command::Network(args) => network::network(&bus, args).await,
             Command::Update(args) => servers::update(&bus, args).await,
             Command::Logs(args) => logs::run(&cli.root, args),
             Command::Fleet(args) => fleet::run(args),
-            Command::Keygen(args) => servers::keygen(args),
-            Command::Publish(args) => servers::publish(args),
+            Command::Keygen(args) => publish::keygen(args),
+            Command::Publish(args) => publish::publish(args),
             Command::Image(ImageArgs { action: ImageAction::Build(args) }) => image::build(args),
             Command::Initramfs(InitramfsArgs { action: InitramfsAction::Build(args) }) => initramfs::build(args),
         }

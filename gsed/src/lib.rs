@@ -1,9 +1,9 @@
 //! gsed, the GSE daemon, as a library: the plain services that do the work, and the
-//! thin D-Bus layer over them. The binary in `main.rs` only wires them together.
+//! thin D-Bus layer over them. The binary (`bin/gsed/`) parses arguments and runs the daemon's life
+//! (`daemon.rs`) or early boot's (`early.rs`) over them.
 
 pub mod boot;
 pub mod bus;
-pub mod confd;
 pub mod config;
 pub mod fsutil;
 pub mod health;

@@ -7,40 +7,26 @@
 
 use std::{path::PathBuf, sync::Arc};
 
+use gse_dbus::{boot::Action, boot::BootRecord, health::Status, servers::UpdateState};
 use tracing::{debug, warn};
 
 use crate::{
-    confd::ConfigService,
+    config::live::ConfigService,
     fsutil::write_atomic,
     health::HealthService,
     paths::Paths,
     servers::{ServersService, service::ServersSnapshot, update::UpdateSnapshot},
 };
 
-/// The update states of DESIGN §11; each gets a sample, the current one 1.
-pub const UPDATE_STATES: &[&str] = &[
-    "unknown",
-    "up-to-date",
-    "available",
-    "approved",
-    "declined",
-    "downloading",
-    "installing",
-    "installed",
-    "trial",
-    "failed",
-    "error",
-];
-
 /// Everything the metrics say, gathered from the services.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {
-    pub status: String,
+    pub status: Status,
     pub healthy_cycles: u64,
     pub slot: String,
-    pub action: String,
+    pub action: Action,
     pub image_version: String,
-    pub update_state: String,
+    pub update_state: UpdateState,
     pub server: String,
     pub config_errors: usize,
     /// Seconds since the epoch of the last sync that succeeded (0: none yet).
@@ -61,16 +47,13 @@ pub fn render(i: &Inputs) -> String {
         }
     };
     let one_of = |label: &str, all: &[&str], current: &str| -> Vec<(String, String)> {
-        let mut names: Vec<&str> = all.to_vec();
-        if !names.contains(&current) {
-            names.push(current);
-        }
-        names.iter().map(|n| (format!("{{{label}=\"{}\"}}", escape(n)), u8::from(*n == current).to_string())).collect()
+        all.iter().map(|n| (format!("{{{label}=\"{n}\"}}"), u8::from(*n == current).to_string())).collect()
     };
+    let names = |all: &[Status]| all.iter().map(|s| s.as_str()).collect::<Vec<_>>();
     family(
         "gse_health_status",
         "Health of this boot: 1 for the current status (unknown, starting, green, red).",
-        one_of("status", &["unknown", "starting", "green", "red"], &i.status),
+        one_of("status", &names(Status::ALL), i.status.as_str()),
     );
     family(
         "gse_healthy_cycles",
@@ -84,7 +67,7 @@ pub fn render(i: &Inputs) -> String {
             format!(
                 "{{slot=\"{}\",action=\"{}\",image_version=\"{}\"}}",
                 escape(&i.slot),
-                escape(&i.action),
+                i.action,
                 escape(&i.image_version)
             ),
             "1".into(),
@@ -93,7 +76,7 @@ pub fn render(i: &Inputs) -> String {
     family(
         "gse_update_state",
         "State of the image update: 1 for the current one.",
-        one_of("state", UPDATE_STATES, &i.update_state),
+        one_of("state", &UpdateState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(), i.update_state.as_str()),
     );
     let server = if i.server.is_empty() {
         Vec::new()
@@ -121,17 +104,16 @@ pub struct Sources {
     pub servers: Arc<ServersService>,
 }
 
-fn gather(s: &Sources, boot: &serde_json::Value, last_sync: u64) -> Inputs {
+fn gather(s: &Sources, boot: &BootRecord, last_sync: u64) -> Inputs {
     let h = s.health.snapshot();
     let srv: ServersSnapshot = s.servers.snapshot();
     let upd: UpdateSnapshot = s.servers.update.snapshot();
-    let field = |k: &str| boot.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     Inputs {
-        status: h.status.to_string(),
+        status: h.status,
         healthy_cycles: h.healthy_cycles,
         slot: h.booted_slot,
-        action: field("action").unwrap_or_else(|| "normal".into()),
-        image_version: field("image_version").unwrap_or(upd.local_version),
+        action: boot.action,
+        image_version: Some(boot.image_version.clone()).filter(|v| !v.is_empty()).unwrap_or(upd.local_version),
         update_state: upd.state,
         server: srv.current,
         config_errors: s.config.current().errors.len(),
@@ -141,7 +123,7 @@ fn gather(s: &Sources, boot: &serde_json::Value, last_sync: u64) -> Inputs {
 
 /// Rewrites the metrics file on every change until aborted.
 pub async fn run(paths: Paths, s: Sources) {
-    let boot = crate::health::read_boot_record(&paths.boot_json()).unwrap_or(serde_json::Value::Null);
+    let boot = crate::health::read_boot_record(&paths.boot_json()).unwrap_or_default();
     let (mut health, mut servers, mut update, mut config) =
         (s.health.subscribe(), s.servers.subscribe(), s.servers.update.subscribe(), s.config.subscribe());
     let mut last_sync = 0;
@@ -190,12 +172,12 @@ mod tests {
     #[test]
     fn every_fixed_name_with_the_current_value_set() {
         let text = render(&Inputs {
-            status: "red".into(),
+            status: Status::Red,
             healthy_cycles: 7,
             slot: "b".into(),
-            action: "bailout".into(),
+            action: Action::Bailout,
             image_version: "2026.11\"x".into(),
-            update_state: "available".into(),
+            update_state: UpdateState::Available,
             server: "s1".into(),
             config_errors: 2,
             last_sync: 1_800_000_000,
@@ -213,7 +195,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
-        let no_server = render(&Inputs { status: "green".into(), ..Default::default() });
+        let no_server = render(&Inputs { status: Status::Green, ..Default::default() });
         assert!(!no_server.contains("gse_server_current{"), "{no_server}");
     }
 }

@@ -120,6 +120,16 @@ impl Paths {
     }
 }
 
+/// The kernel's id of this boot (never under `--root`: it is the kernel's).
+pub const KERNEL_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Reads [`KERNEL_BOOT_ID`].
+pub fn kernel_boot_id() -> std::io::Result<String> {
+    std::fs::read_to_string(KERNEL_BOOT_ID)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read {KERNEL_BOOT_ID}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,8 +161,8 @@ fn the_budget_removes_old_normal_boots_and_keeps_red_ones() {
         let meta = gsed::logs::archive::BootMeta {
             boot_id: format!("old{i}"),
             started: 1_000 + i as u64,
-            verdict: (*verdict).into(),
-            action: "normal".into(),
+            verdict: verdict.parse().ok(),
+            action: gse_dbus::boot::Action::Normal,
             ..Default::default()
         };
         gsed::logs::archive::write(&dir, &meta, &spool).unwrap();

@@ -10,32 +10,13 @@ use super::{
     flag::{BootFlag, FlagState},
     state::{BootState, RepairMarker},
 };
+pub use gse_dbus::boot::{Action, Verdict};
+
 use crate::{
     config::{BootConf, OnFailure},
+    health::verdict::judge,
     journal::{Event, Record},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Normal,
-    Bailout,
-    Repair,
-}
-
-/// How the previous boot ended, as far as the journal knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// Healthy startup and clean shutdown.
-    HealthyCycle,
-    /// Reached healthy, then lost power (no clean shutdown).
-    Dirty,
-    /// Recorded red.
-    Red,
-    /// Started, but never reached healthy.
-    Incomplete,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastBoot {
@@ -57,27 +38,6 @@ pub struct Decision {
     pub repair: Option<RepairMarker>,
     /// The state to persist once the flags are written.
     pub state: BootState,
-}
-
-/// Judges a boot from its journal records.
-pub fn verdict_of(records: &[Record], boot_id: &str) -> Verdict {
-    let mut healthy = false;
-    let mut clean = false;
-    let mut red = false;
-    for r in records.iter().filter(|r| r.boot_id == boot_id) {
-        match r.event {
-            Event::Healthy { .. } => (healthy, red) = (true, false),
-            Event::Red { .. } => (healthy, red) = (false, true),
-            Event::CleanShutdown => clean = true,
-            Event::BootStarted => {}
-        }
-    }
-    match (healthy, clean, red) {
-        (true, true, _) => Verdict::HealthyCycle,
-        (true, false, _) => Verdict::Dirty,
-        (false, _, true) => Verdict::Red,
-        _ => Verdict::Incomplete,
-    }
 }
 
 /// The slot that is not `primary` (boot.conf validation guarantees one).
@@ -103,7 +63,7 @@ pub fn decide(
     let last_boot = last.filter(|r| old.judged.as_deref() != Some(r.boot_id.as_str())).map(|r| LastBoot {
         boot_id: r.boot_id.clone(),
         slot: r.slot.clone(),
-        verdict: verdict_of(records, &r.boot_id),
+        verdict: judge(records, &r.boot_id),
     });
     if let Some(lb) = &last_boot {
         state.judged = Some(lb.boot_id.clone());

@@ -18,13 +18,14 @@ use gse_dbus::boot::BootRecord;
 use tracing::{info, warn};
 
 use crate::{
-    confd::ConfigService,
+    config::live::ConfigService,
     fsutil::write_atomic,
     journal::{self, Journal},
     network::NetworkService,
     paths::Paths,
+    servers::{ServersService, service::ServersError},
 };
-use decide::{Action, decide};
+use decide::decide;
 use flag::{FlagKey, FlagState};
 use mount::{MountError, Mounts};
 use slots::Slots;
@@ -50,6 +51,8 @@ pub struct BootService {
     paths: Paths,
     config: Arc<ConfigService>,
     network: Arc<NetworkService>,
+    /// The kernel's boot id (seeds the server choice).
+    boot_id: String,
     /// How long to wait for slot devices to appear.
     pub device_wait: Duration,
 }
@@ -62,9 +65,15 @@ pub struct Online {
 }
 
 impl BootService {
-    pub fn new(paths: &Paths, config: Arc<ConfigService>) -> Arc<Self> {
+    pub fn new(paths: &Paths, config: Arc<ConfigService>, boot_id: &str) -> Arc<Self> {
         let network = NetworkService::new(paths, config.clone());
-        Arc::new(BootService { paths: paths.clone(), config, network, device_wait: Duration::from_secs(10) })
+        Arc::new(BootService {
+            paths: paths.clone(),
+            config,
+            network,
+            boot_id: boot_id.to_owned(),
+            device_wait: Duration::from_secs(10),
+        })
     }
 
     /// DESIGN §6: when a server is configured, bring the wired network up (waiting
@@ -85,7 +94,7 @@ impl BootService {
                 let found = rx
                     .borrow_and_update()
                     .values()
-                    .find(|s| s.state == "bound" || s.state == "static")
+                    .find(|s| s.state.is_up())
                     .map(|s| format!("up: {} {}", s.name, s.addresses.join(",")));
                 if let Some(f) = found {
                     return f;
@@ -105,54 +114,23 @@ impl BootService {
             }
         };
         let deadline = settings.servers.boot_deadline;
-        let sync = match tokio::time::timeout(deadline.get(), self.early_sync(&settings.servers, deadline)).await {
-            Ok(s) => s,
+        let until = std::time::Instant::now() + deadline.get();
+        // The same pick and sync as the running daemon's, bounded by the deadline.
+        let servers = ServersService::new(&self.paths, self.config.clone(), &self.boot_id);
+        let sync = match tokio::time::timeout(deadline.get(), servers.pick_and_sync(until)).await {
+            Ok(Ok(s)) if s.changed.is_empty() => format!("config.d is up to date with {}", s.server),
+            Ok(Ok(s)) => format!("synced config.d from {}: {} file(s) changed", s.server, s.changed.len()),
+            Ok(Err(ServersError::NoServer)) => "no server answered; using the cached config.d".into(),
+            Ok(Err(ServersError::Sync(e))) => {
+                format!("sync from {} failed, using the cached config.d: {e}", servers.snapshot().current)
+            }
+            Ok(Err(e)) => format!("{e}; using the cached config.d"),
             Err(_) => format!("no sync within boot_deadline {deadline}; using the cached config.d"),
         };
         info!(%network, %sync, "early boot online");
         // The lease stays; the running gsed takes over the interface.
         task.abort();
         Online { network, sync: Some(sync) }
-    }
-
-    async fn early_sync(&self, conf: &crate::config::ServerInfoConf, deadline: crate::config::Duration) -> String {
-        let until = std::time::Instant::now() + deadline.get();
-        use crate::servers::{
-            http::{Http, probe_all},
-            select::{Policy, Selector, View},
-            sync::sync_config,
-        };
-        let probes = probe_all(&Http::new(conf.probe_timeout.get()).until(until), &conf.server).await;
-        let views: Vec<View> = conf
-            .server
-            .iter()
-            .zip(probes)
-            .map(|(s, p)| match p {
-                Ok(p) => View { name: s.name.clone(), latency_ms: p.latency_ms, load: p.load, failures: 0 },
-                Err(_) => View { name: s.name.clone(), latency_ms: 0.0, load: 0.0, failures: 1 },
-            })
-            .collect();
-        let policy = Policy { fail_after: 1, margin: conf.switch_margin, jitter_ms: 0 };
-        let Some(choice) = Selector::new(fastrand::u64(..)).update(&views, &policy, 0) else {
-            return "no server answered; using the cached config.d".into();
-        };
-        let Some(url) = conf.server.iter().find(|s| s.name == choice.to).map(|s| s.url.0.clone()) else {
-            return "no server answered; using the cached config.d".into();
-        };
-        let (paths, key) = (self.paths.clone(), conf.public_key.clone());
-        // The blocking sync stops by itself at the deadline too: nothing is
-        // swapped in behind the boot's back.
-        let http = Http::new(conf.probe_timeout.get().max(Duration::from_secs(10))).until(until);
-        let r = tokio::task::spawn_blocking(move || sync_config(&http, &url, &key, &paths)).await;
-        match r {
-            Ok(Ok(s)) if s.changed.is_empty() => format!("config.d is up to date with {}", choice.to),
-            Ok(Ok(s)) => {
-                self.config.reload();
-                format!("synced config.d from {}: {} file(s) changed", choice.to, s.changed.len())
-            }
-            Ok(Err(e)) => format!("sync from {} failed, using the cached config.d: {e}", choice.to),
-            Err(e) => format!("sync failed: {e}"),
-        }
     }
 
     /// The whole early-boot sequence for the new root at `sysroot`.
@@ -198,21 +176,14 @@ impl BootService {
             d.write_flags.get(&d.slot).cloned().or_else(|| flags.get(&d.slot).and_then(FlagState::flag).cloned());
         let record = BootRecord {
             slot: d.slot.clone(),
-            action: match d.action {
-                Action::Normal => "normal",
-                Action::Bailout => "bailout",
-                Action::Repair => "repair",
-            }
-            .into(),
+            action: d.action,
             reason: d.reason.clone(),
             flags: flags.iter().map(|(s, f)| (s.clone(), f.to_string())).collect(),
             flag: flags.get(&d.slot).map_or("missing", FlagState::name).into(),
             healthy_cycles: booted.as_ref().map_or(0, |f| f.healthy_cycles),
             image_version: booted.map(|f| f.image_version).unwrap_or_default(),
             attempts: d.state.attempts.clone(),
-            previous: d.last_boot.as_ref().map(|l| {
-                serde_json::to_value(l.verdict).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-            }),
+            previous: d.last_boot.as_ref().map(|l| l.verdict),
             network: online.network,
             sync: online.sync,
             warnings,

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use gse_dbus::{
-    DBusError, OBJECT_PATH,
+    DBusError,
     config::{ConfigDump, ConfigValue},
 };
-use tokio::sync::watch;
-use tracing::warn;
-use zbus::{Connection, interface, message::Header, object_server::SignalEmitter};
+use zbus::{
+    Connection, interface,
+    message::Header,
+    object_server::{InterfaceRef, SignalEmitter},
+};
 
-use crate::confd::{ConfigService, ConfigState, Outcome};
+use crate::config::live::{ConfigService, ConfigState, Reload};
 
 pub struct ConfigObject {
     svc: Arc<ConfigService>,
@@ -93,10 +95,10 @@ impl ConfigObject {
             .await
             .map_err(|e| DBusError::Failed(format!("reload crashed: {e}")))?;
         match outcome {
-            Outcome::Rejected(errors) => {
+            Reload::Rejected(errors) => {
                 Err(DBusError::InvalidConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
             }
-            Outcome::Applied(_) | Outcome::Unchanged => Ok(()),
+            Reload::Applied(_) | Reload::Unchanged => Ok(()),
         }
     }
 
@@ -118,29 +120,20 @@ async fn visible<'a>(
     })
 }
 
-/// Emits `PropertiesChanged` and `Changed` as the configuration state moves.
-pub(super) async fn forward_changes(conn: Connection, mut rx: watch::Receiver<Arc<ConfigState>>) -> zbus::Result<()> {
-    let iface = conn.object_server().interface::<_, ConfigObject>(OBJECT_PATH).await?;
-    let mut last = rx.borrow_and_update().clone();
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let now = rx.borrow_and_update().clone();
-            let obj = iface.get().await;
-            let em = iface.signal_emitter();
-            let mut sent = Ok(());
-            if now.generation != last.generation {
-                sent = sent.and(obj.generation_changed(em).await);
-                let files = now.changed.iter().map(|p| p.display().to_string()).collect();
-                sent = sent.and(ConfigObject::changed(em, files).await);
-            }
-            if now.errors != last.errors {
-                sent = sent.and(obj.errors_changed(em).await);
-            }
-            if let Err(e) = sent {
-                warn!(error = %e, "could not emit a config signal");
-            }
-            last = now;
-        }
-    });
+/// `PropertiesChanged` and `Changed` for one move of the configuration state.
+pub(super) async fn emit(
+    iface: InterfaceRef<ConfigObject>,
+    last: Arc<ConfigState>,
+    now: Arc<ConfigState>,
+) -> zbus::Result<()> {
+    let (obj, em) = (iface.get().await, iface.signal_emitter());
+    if now.generation != last.generation {
+        obj.generation_changed(em).await?;
+        let files = now.changed.iter().map(|p| p.display().to_string()).collect();
+        ConfigObject::changed(em, files).await?;
+    }
+    if now.errors != last.errors {
+        obj.errors_changed(em).await?;
+    }
     Ok(())
 }

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use gse_dbus::{DBusError, OBJECT_PATH};
-use tokio::sync::watch;
-use tracing::warn;
-use zbus::{Connection, interface, message::Header, object_server::SignalEmitter};
+use gse_dbus::DBusError;
+use zbus::{
+    Connection, interface,
+    message::Header,
+    object_server::{InterfaceRef, SignalEmitter},
+};
 
-use crate::health::{HealthService, Snapshot};
+use crate::health::{HealthService, HealthSnapshot};
 
 pub struct HealthObject {
     svc: Arc<HealthService>,
@@ -93,31 +95,22 @@ impl HealthObject {
     async fn status_signal(emitter: &SignalEmitter<'_>, status: &str) -> zbus::Result<()>;
 }
 
-/// Emits `PropertiesChanged` and `StatusChanged` for every change of the snapshot.
-pub(super) async fn forward_changes(conn: Connection, mut rx: watch::Receiver<Snapshot>) -> zbus::Result<()> {
-    let iface = conn.object_server().interface::<_, HealthObject>(OBJECT_PATH).await?;
-    let mut last = rx.borrow_and_update().clone();
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let now = rx.borrow_and_update().clone();
-            let obj = iface.get().await;
-            let em = iface.signal_emitter();
-            let mut sent = Ok(());
-            if now.status != last.status {
-                sent = sent.and(obj.status_changed(em).await);
-                sent = sent.and(HealthObject::status_signal(em, now.status.as_str()).await);
-            }
-            if now.booted_slot != last.booted_slot {
-                sent = sent.and(obj.booted_slot_changed(em).await);
-            }
-            if now.healthy_cycles != last.healthy_cycles {
-                sent = sent.and(obj.healthy_cycles_changed(em).await);
-            }
-            if let Err(e) = sent {
-                warn!(error = %e, "could not emit a health signal");
-            }
-            last = now;
-        }
-    });
+/// `PropertiesChanged` and `StatusChanged` for one change of the snapshot.
+pub(super) async fn emit(
+    iface: InterfaceRef<HealthObject>,
+    last: HealthSnapshot,
+    now: HealthSnapshot,
+) -> zbus::Result<()> {
+    let (obj, em) = (iface.get().await, iface.signal_emitter());
+    if now.status != last.status {
+        obj.status_changed(em).await?;
+        HealthObject::status_signal(em, now.status.as_str()).await?;
+    }
+    if now.booted_slot != last.booted_slot {
+        obj.booted_slot_changed(em).await?;
+    }
+    if now.healthy_cycles != last.healthy_cycles {
+        obj.healthy_cycles_changed(em).await?;
+    }
     Ok(())
 }

@@ -12,7 +12,12 @@ mod servers;
 use std::sync::Arc;
 
 use gse_dbus::{DBusError, OBJECT_PATH};
-use zbus::Connection;
+use tokio::sync::watch;
+use tracing::warn;
+use zbus::{
+    Connection,
+    object_server::{Interface, InterfaceRef},
+};
 
 pub use boot::BootObject;
 pub use config::ConfigObject;
@@ -21,7 +26,7 @@ pub use network::NetworkObject;
 pub use servers::{ServersObject, UpdateObject};
 
 use crate::{
-    confd::ConfigService,
+    config::live::ConfigService,
     health::{HealthError, HealthService},
     network::NetworkService,
     servers::ServersService,
@@ -41,13 +46,38 @@ pub async fn serve(conn: &Connection, services: &Services) -> zbus::Result<()> {
     let server = conn.object_server();
     server.at(OBJECT_PATH, HealthObject::new(services.health.clone())).await?;
     server.at(OBJECT_PATH, ConfigObject::new(services.config.clone())).await?;
-    health::forward_changes(conn.clone(), services.health.subscribe()).await?;
     server.at(OBJECT_PATH, ServersObject::new(services.servers.clone())).await?;
     server.at(OBJECT_PATH, UpdateObject::new(services.servers.clone())).await?;
-    config::forward_changes(conn.clone(), services.config.subscribe()).await?;
-    servers::forward_changes(conn.clone(), services.servers.clone()).await?;
     server.at(OBJECT_PATH, NetworkObject::new(services.network.clone())).await?;
-    network::forward_changes(conn.clone(), services.network.clone()).await?;
+    forward(conn, services.health.subscribe(), health::emit).await?;
+    forward(conn, services.config.subscribe(), config::emit).await?;
+    forward(conn, services.servers.subscribe(), servers::emit_servers).await?;
+    forward(conn, services.servers.update.subscribe(), servers::emit_update).await?;
+    forward(conn, services.network.subscribe(), network::emit).await?;
+    servers::forward_switches(conn, services.servers.switches()).await
+}
+
+/// On every change of a service's state, runs `emit(interface, before, now)` on
+/// a task of its own: the one loop that turns state into `PropertiesChanged` and
+/// signals, so each interface only says which of its properties changed.
+async fn forward<T, I, F, Fut>(conn: &Connection, mut rx: watch::Receiver<T>, emit: F) -> zbus::Result<()>
+where
+    T: Clone + Send + Sync + 'static,
+    I: Interface,
+    F: Fn(InterfaceRef<I>, T, T) -> Fut + Send + 'static,
+    Fut: Future<Output = zbus::Result<()>> + Send,
+{
+    let iface = conn.object_server().interface::<_, I>(OBJECT_PATH).await?;
+    let mut last = rx.borrow_and_update().clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_and_update().clone();
+            if let Err(e) = emit(iface.clone(), last, now.clone()).await {
+                warn!(interface = %I::name(), error = %e, "could not emit a signal");
+            }
+            last = now;
+        }
+    });
     Ok(())
 }
 

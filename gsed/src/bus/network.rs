@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use gse_dbus::{DBusError, OBJECT_PATH};
-use tracing::warn;
-use zbus::{Connection, interface, message::Header};
+use gse_dbus::{DBusError, network::InterfaceRow};
+use zbus::{Connection, interface, message::Header, object_server::InterfaceRef};
 
-use crate::network::NetworkService;
+use crate::network::{Interfaces, NetworkService};
 
 pub struct NetworkObject {
     svc: Arc<NetworkService>,
@@ -23,13 +22,8 @@ impl NetworkObject {
 impl NetworkObject {
     /// Each interface: name, state, carrier, method, addresses, gateway, DNS, lease expiry (epoch seconds), detail.
     #[zbus(property)]
-    #[allow(clippy::type_complexity)]
-    fn interfaces(&self) -> Vec<(String, String, bool, String, Vec<String>, String, Vec<String>, u64, String)> {
-        self.svc
-            .snapshot()
-            .into_iter()
-            .map(|s| (s.name, s.state, s.carrier, s.method, s.addresses, s.gateway, s.dns, s.lease_expiry, s.detail))
-            .collect()
+    fn interfaces(&self) -> Vec<InterfaceRow> {
+        self.svc.snapshot().into_iter().map(InterfaceRow::from).collect()
     }
 
     /// Renew every DHCP lease now.
@@ -44,16 +38,7 @@ impl NetworkObject {
     }
 }
 
-pub(super) async fn forward_changes(conn: Connection, svc: Arc<NetworkService>) -> zbus::Result<()> {
-    let iface = conn.object_server().interface::<_, NetworkObject>(OBJECT_PATH).await?;
-    let mut rx = svc.subscribe();
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            rx.borrow_and_update();
-            if let Err(e) = iface.get().await.interfaces_changed(iface.signal_emitter()).await {
-                warn!(error = %e, "could not emit a network signal");
-            }
-        }
-    });
-    Ok(())
+/// `PropertiesChanged` for one change of any interface.
+pub(super) async fn emit(iface: InterfaceRef<NetworkObject>, _: Interfaces, _: Interfaces) -> zbus::Result<()> {
+    iface.get().await.interfaces_changed(iface.signal_emitter()).await
 }

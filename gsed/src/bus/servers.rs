@@ -2,11 +2,25 @@
 
 use std::sync::Arc;
 
-use gse_dbus::{DBusError, OBJECT_PATH};
+use gse_dbus::{
+    DBusError, OBJECT_PATH,
+    servers::{ServerRow, UpdateState},
+};
 use tracing::warn;
-use zbus::{Connection, interface, message::Header, object_server::SignalEmitter};
+use zbus::{
+    Connection, interface,
+    message::Header,
+    object_server::{InterfaceRef, SignalEmitter},
+};
 
-use crate::servers::{ServersService, UpdateService, service::ServersError, update::UpdateError};
+use tokio::sync::broadcast;
+
+use crate::servers::{
+    ServersService, ServersSnapshot, UpdateService,
+    select::Switch,
+    service::ServersError,
+    update::{UpdateError, UpdateSnapshot},
+};
 
 impl From<ServersError> for DBusError {
     fn from(e: ServersError) -> Self {
@@ -51,13 +65,8 @@ impl ServersObject {
 
     /// Each server: name, URL, state (unknown, up, down), latency in ms, advertised load, failed probes in a row.
     #[zbus(property)]
-    fn servers(&self) -> Vec<(String, String, String, f64, f64, u32)> {
-        self.svc
-            .snapshot()
-            .servers
-            .into_iter()
-            .map(|s| (s.name, s.url, s.state, s.latency_ms, s.load, s.failures))
-            .collect()
+    fn servers(&self) -> Vec<ServerRow> {
+        self.svc.snapshot().servers.into_iter().map(ServerRow::from).collect()
     }
 
     /// The last sync as JSON: time, server, result (ok, unchanged or the error), changed files.
@@ -134,7 +143,7 @@ impl UpdateObject {
     /// unknown, up-to-date, available, approved, declined or error.
     #[zbus(property)]
     fn state(&self) -> String {
-        self.svc.snapshot().state
+        self.svc.snapshot().state.to_string()
     }
 
     /// Why the state is error, otherwise empty.
@@ -154,7 +163,7 @@ impl UpdateObject {
         let url = self.servers.snapshot().servers.into_iter().find(|s| s.name == current).map(|s| s.url);
         let url = url.ok_or_else(|| DBusError::NotPossible("no server is in use".into()))?;
         self.svc.check(&url).await;
-        Ok(self.svc.snapshot().state)
+        Ok(self.svc.snapshot().state.to_string())
     }
 
     /// Take the available version.
@@ -182,53 +191,63 @@ impl UpdateObject {
     async fn update_available(emitter: &SignalEmitter<'_>, version: &str) -> zbus::Result<()>;
 }
 
-pub(super) async fn forward_changes(conn: Connection, svc: Arc<ServersService>) -> zbus::Result<()> {
-    let servers = conn.object_server().interface::<_, ServersObject>(OBJECT_PATH).await?;
-    let update = conn.object_server().interface::<_, UpdateObject>(OBJECT_PATH).await?;
-    let mut rx = svc.subscribe();
-    let mut switches = svc.switches();
-    let mut up = svc.update.subscribe();
-    let mut last = rx.borrow_and_update().clone();
-    let mut last_up = up.borrow_and_update().clone();
+/// `PropertiesChanged` for one change of the servers' state.
+pub(super) async fn emit_servers(
+    iface: InterfaceRef<ServersObject>,
+    last: ServersSnapshot,
+    now: ServersSnapshot,
+) -> zbus::Result<()> {
+    let (obj, em) = (iface.get().await, iface.signal_emitter());
+    if now.current != last.current {
+        obj.current_changed(em).await?;
+    }
+    if now.pinned != last.pinned {
+        obj.pinned_changed(em).await?;
+    }
+    if now.servers != last.servers {
+        obj.servers_changed(em).await?;
+    }
+    if now.last_sync != last.last_sync {
+        obj.last_sync_changed(em).await?;
+    }
+    Ok(())
+}
+
+/// `PropertiesChanged` and `UpdateAvailable` for one change of the update state.
+pub(super) async fn emit_update(
+    iface: InterfaceRef<UpdateObject>,
+    last: UpdateSnapshot,
+    now: UpdateSnapshot,
+) -> zbus::Result<()> {
+    let (obj, em) = (iface.get().await, iface.signal_emitter());
+    if now.available_version != last.available_version {
+        obj.available_version_changed(em).await?;
+        if matches!(now.state, UpdateState::Available | UpdateState::Approved) {
+            UpdateObject::update_available(em, &now.available_version).await?;
+        }
+    }
+    if now.state != last.state {
+        obj.state_changed(em).await?;
+    }
+    if now.detail != last.detail {
+        obj.detail_changed(em).await?;
+    }
+    Ok(())
+}
+
+/// `Switched` for every change of server, as the service announces them.
+pub(super) async fn forward_switches(conn: &Connection, mut switches: broadcast::Receiver<Switch>) -> zbus::Result<()> {
+    let iface = conn.object_server().interface::<_, ServersObject>(OBJECT_PATH).await?;
     tokio::spawn(async move {
         loop {
-            let sent = tokio::select! {
-                sw = switches.recv() => match sw {
-                    Ok(sw) => ServersObject::switched(servers.signal_emitter(), sw.from.as_deref().unwrap_or(""), &sw.to, &sw.reason).await,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Ok(()),
-                    Err(_) => return,
-                },
-                changed = rx.changed() => {
-                    if changed.is_err() { return; }
-                    let now = rx.borrow_and_update().clone();
-                    let (obj, em) = (servers.get().await, servers.signal_emitter());
-                    let mut r = Ok(());
-                    if now.current != last.current { r = r.and(obj.current_changed(em).await); }
-                    if now.pinned != last.pinned { r = r.and(obj.pinned_changed(em).await); }
-                    if now.servers != last.servers { r = r.and(obj.servers_changed(em).await); }
-                    if now.last_sync != last.last_sync { r = r.and(obj.last_sync_changed(em).await); }
-                    last = now;
-                    r
-                }
-                changed = up.changed() => {
-                    if changed.is_err() { return; }
-                    let now = up.borrow_and_update().clone();
-                    let (obj, em) = (update.get().await, update.signal_emitter());
-                    let mut r = Ok(());
-                    if now.available_version != last_up.available_version {
-                        r = r.and(obj.available_version_changed(em).await);
-                        if now.state == "available" || now.state == "approved" {
-                            r = r.and(UpdateObject::update_available(em, &now.available_version).await);
-                        }
-                    }
-                    if now.state != last_up.state { r = r.and(obj.state_changed(em).await); }
-                    if now.detail != last_up.detail { r = r.and(obj.detail_changed(em).await); }
-                    last_up = now;
-                    r
-                }
+            let sw = match switches.recv().await {
+                Ok(sw) => sw,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
             };
-            if let Err(e) = sent {
-                warn!(error = %e, "could not emit a servers signal");
+            let from = sw.from.as_deref().unwrap_or("");
+            if let Err(e) = ServersObject::switched(iface.signal_emitter(), from, &sw.to, &sw.reason).await {
+                warn!(error = %e, "could not emit Switched");
             }
         }
     });

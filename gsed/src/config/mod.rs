@@ -16,6 +16,7 @@ mod drives;
 mod duration;
 mod keys;
 mod layer;
+pub mod live;
 mod logs;
 mod mounts;
 mod network;

@@ -25,7 +25,7 @@ pub struct CheckSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct CheckRun {
     pub state: CheckState,
     pub detail: String,
     pub output: String,
@@ -54,7 +54,7 @@ pub fn discover(dir: &Path, kind: CheckKind) -> Vec<CheckSpec> {
 }
 
 /// Runs one check to completion or until `timeout`, whichever comes first.
-pub async fn run(spec: &CheckSpec, timeout: Duration) -> Outcome {
+pub async fn run(spec: &CheckSpec, timeout: Duration) -> CheckRun {
     let started = Instant::now();
     let mut child = match Command::new(&spec.path)
         .stdin(Stdio::null())
@@ -66,7 +66,7 @@ pub async fn run(spec: &CheckSpec, timeout: Duration) -> Outcome {
     {
         Ok(c) => c,
         Err(e) => {
-            return Outcome {
+            return CheckRun {
                 state: CheckState::Failed,
                 detail: format!("cannot run {}: {e}", spec.path.display()),
                 output: String::new(),
@@ -111,7 +111,7 @@ pub async fn run(spec: &CheckSpec, timeout: Duration) -> Outcome {
         }
     };
     let output = if state == CheckState::Passed { String::new() } else { output };
-    Outcome { state, detail, output, duration }
+    CheckRun { state, detail, output, duration }
 }
 
 async fn collect(mut stream: impl tokio::io::AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {

@@ -3,10 +3,11 @@
 //! red, and record the clean shutdown when the init system asks for it.
 //!
 //! [`HealthService`] is plain Rust; the bus layer only translates calls and turns
-//! changes of its [`Snapshot`] into D-Bus signals.
+//! changes of its [`HealthSnapshot`] into D-Bus signals.
 
 pub mod checks;
 pub mod init;
+pub mod verdict;
 
 use std::{
     path::Path,
@@ -17,18 +18,22 @@ use std::{
     time::Instant,
 };
 
-use gse_dbus::health::{CheckKind, CheckResult, CheckState, HealthReport, ReportEvent, Status};
+use gse_dbus::{
+    boot::BootRecord,
+    health::{CheckKind, CheckResult, CheckState, HealthReport, ReportEvent, Status},
+};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::{
-    confd::ConfigState,
     config::HealthConf,
+    config::live::ConfigState,
     journal::{self, Event, Journal, JournalError, Record},
     paths::Paths,
 };
 use checks::CheckSpec;
 use init::InitCheck;
+use verdict::Round;
 
 /// How many journal events the report carries.
 const REPORT_EVENTS: usize = 12;
@@ -48,7 +53,7 @@ pub enum HealthError {
 
 /// What the bus publishes: every field that is a property or goes into a signal.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
+pub struct HealthSnapshot {
     pub status: Status,
     pub reason: String,
     pub since: u64,
@@ -62,8 +67,8 @@ pub struct HealthService {
     config: watch::Receiver<Arc<ConfigState>>,
     boot_id: String,
     journal: Mutex<Journal>,
-    state: watch::Sender<Snapshot>,
-    boot_record: Option<serde_json::Value>,
+    state: watch::Sender<HealthSnapshot>,
+    boot_record: Option<BootRecord>,
     boot_complete: AtomicBool,
     wake: Notify,
 }
@@ -87,22 +92,23 @@ impl HealthService {
             );
         }
         let boot_record = read_boot_record(&paths.boot_json());
-        let booted_slot = boot_record
-            .as_ref()
-            .and_then(|b| b.get("slot"))
-            .and_then(|s| s.as_str())
-            .map(str::to_owned)
-            .unwrap_or(primary_slot);
-        let mut snapshot = Snapshot {
+        let booted_slot =
+            boot_record.as_ref().map(|b| b.slot.clone()).filter(|s| !s.is_empty()).unwrap_or(primary_slot);
+        let mut snapshot = HealthSnapshot {
             status: Status::Unknown,
             reason: "checks have not started".into(),
             since: journal::now(),
-            healthy_cycles: cycles(boot_record.as_ref(), journal.records(), &booted_slot, boot_id),
+            healthy_cycles: verdict::cycles(
+                boot_record.as_ref().map(|b| b.healthy_cycles),
+                journal.records(),
+                &booted_slot,
+                boot_id,
+            ),
             booted_slot,
             checks: Vec::new(),
         };
         // A restart within the same boot picks up where the last instance left off.
-        if let Some((time, status, reason)) = verdict_of(journal.records(), boot_id) {
+        if let Some((time, status, reason)) = verdict::recorded_status(journal.records(), boot_id) {
             snapshot.status = status;
             snapshot.reason = clip(reason, REPORT_DETAIL);
             snapshot.since = time;
@@ -119,11 +125,11 @@ impl HealthService {
         }))
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+    pub fn subscribe(&self) -> watch::Receiver<HealthSnapshot> {
         self.state.subscribe()
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> HealthSnapshot {
         self.state.borrow().clone()
     }
 
@@ -195,7 +201,7 @@ impl HealthService {
                 &mut results,
                 init.name().into(),
                 CheckKind::Init,
-                checks::Outcome { state, detail, output: String::new(), duration: Default::default() },
+                checks::CheckRun { state, detail, output: String::new(), duration: Default::default() },
             );
             results.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
             self.state.send_if_modified(|s| {
@@ -207,29 +213,16 @@ impl HealthService {
             if self.snapshot().status != Status::Starting {
                 return Ok(()); // an administrator decided meanwhile
             }
-            let blocking: Vec<&CheckResult> =
-                results.iter().filter(|r| r.kind != CheckKind::Wanted && r.state != CheckState::Passed).collect();
-            if blocking.is_empty() {
-                let wanted_failed = results.iter().filter(|r| r.state != CheckState::Passed).count();
-                let reason = match wanted_failed {
-                    0 => "all checks passed".to_owned(),
-                    n => format!("all required checks passed; {n} wanted check(s) failed"),
-                };
-                return self.conclude(Event::Healthy { reason }, Status::Starting);
-            }
             let now = Instant::now();
-            if now >= deadline {
-                let failures = failures(&results);
-                let reason = format!(
-                    "{} required check(s) did not pass within the deadline of {}",
-                    blocking.len(),
-                    conf.deadline
-                );
-                return self.conclude(Event::Red { reason, failures }, Status::Starting);
-            }
+            let only_init = match verdict::round(&results, now >= deadline, &conf.deadline) {
+                Round::Healthy { reason } => return self.conclude(Event::Healthy { reason }, Status::Starting),
+                Round::Red { reason, failures } => {
+                    return self.conclude(Event::Red { reason, failures }, Status::Starting);
+                }
+                Round::Wait { only_init } => only_init,
+            };
             // The init system's verdict is a cheap look at a directory: while it is
             // the only thing missing, look every second rather than every retry_interval.
-            let only_init = blocking.iter().all(|r| r.kind == CheckKind::Init);
             let retry = if only_init { conf.retry_interval.get().min(INIT_POLL) } else { conf.retry_interval.get() };
             let pause = retry.min(deadline - now);
             tokio::select! {
@@ -262,7 +255,8 @@ impl HealthService {
             }
         }
         j.append(&self.boot_id, &slot, event)?;
-        let cycles = cycles(self.boot_record.as_ref(), j.records(), &slot, &self.boot_id);
+        let cycles =
+            verdict::cycles(self.boot_record.as_ref().map(|b| b.healthy_cycles), j.records(), &slot, &self.boot_id);
         self.state.send_if_modified(|s| {
             let changed = s.healthy_cycles != cycles || status.is_some_and(|st| st != s.status || reason != s.reason);
             s.healthy_cycles = cycles;
@@ -342,7 +336,7 @@ impl HealthService {
             healthy_cycles: s.healthy_cycles,
             reason: s.reason,
             since: s.since,
-            failures: failures(&s.checks),
+            failures: verdict::failures(&s.checks),
             checks: s.checks,
             events,
             boot: self.boot_record.clone(),
@@ -350,7 +344,7 @@ impl HealthService {
     }
 }
 
-fn upsert(results: &mut Vec<CheckResult>, name: String, kind: CheckKind, o: checks::Outcome) {
+fn upsert(results: &mut Vec<CheckResult>, name: String, kind: CheckKind, o: checks::CheckRun) {
     let runs = results.iter().find(|r| r.name == name && r.kind == kind).map_or(0, |r| r.runs);
     let new = CheckResult {
         name,
@@ -365,67 +359,6 @@ fn upsert(results: &mut Vec<CheckResult>, name: String, kind: CheckKind, o: chec
         Some(r) => *r = new,
         None => results.push(new),
     }
-}
-
-/// One line per failed check, required first.
-fn failures(results: &[CheckResult]) -> Vec<String> {
-    let mut out: Vec<(CheckKind, String)> = results
-        .iter()
-        .filter(|r| r.state != CheckState::Passed)
-        .map(|r| {
-            let kind = match r.kind {
-                CheckKind::Required => "required check",
-                CheckKind::Wanted => "wanted check",
-                CheckKind::Init => "init check",
-            };
-            let last = r.output.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
-            (r.kind, format!("{kind} '{}' {}{last}", r.name, r.detail))
-        })
-        .collect();
-    out.sort_by_key(|(k, _)| *k == CheckKind::Wanted);
-    out.into_iter().map(|(_, l)| l).collect()
-}
-
-/// The verdict this boot already has in the journal, if any: time, status, reason.
-fn verdict_of(records: &[Record], boot_id: &str) -> Option<(u64, Status, String)> {
-    records.iter().rev().filter(|r| r.boot_id == boot_id).find_map(|r| match &r.event {
-        Event::Healthy { reason } => Some((r.time, Status::Green, reason.clone())),
-        Event::Red { reason, .. } => Some((r.time, Status::Red, reason.clone())),
-        _ => None,
-    })
-}
-
-/// HealthyCycles: the booted slot's flag count as early boot found it, plus this
-/// boot once it completes its cycle; without an early-boot record, the journal's count.
-fn cycles(boot_record: Option<&serde_json::Value>, records: &[Record], slot: &str, boot_id: &str) -> u64 {
-    match boot_record.and_then(|b| b.get("healthy_cycles")).and_then(|c| c.as_u64()) {
-        Some(base) => {
-            let this: Vec<Record> = records.iter().filter(|r| r.boot_id == boot_id).cloned().collect();
-            base + healthy_cycles(&this, slot)
-        }
-        None => healthy_cycles(records, slot),
-    }
-}
-
-/// Boots of `slot` whose last verdict was healthy and that shut down cleanly.
-pub fn healthy_cycles(records: &[Record], slot: &str) -> u64 {
-    let mut boots: Vec<(&str, bool, bool)> = Vec::new(); // boot_id, healthy, clean
-    for r in records.iter().filter(|r| r.slot == slot) {
-        let i = match boots.iter().position(|b| b.0 == r.boot_id) {
-            Some(i) => i,
-            None => {
-                boots.push((&r.boot_id, false, false));
-                boots.len() - 1
-            }
-        };
-        match r.event {
-            Event::Healthy { .. } => boots[i].1 = true,
-            Event::Red { .. } => boots[i].1 = false,
-            Event::CleanShutdown => boots[i].2 = true,
-            Event::BootStarted => {}
-        }
-    }
-    boots.iter().filter(|b| b.1 && b.2).count() as u64
 }
 
 fn report_event(r: &Record) -> ReportEvent {
@@ -457,14 +390,14 @@ fn clip(mut s: String, max: usize) -> String {
     s
 }
 
-/// What early boot decided (`/run/gse/boot.json`), as JSON; None without one.
+/// What early boot decided (`/run/gse/boot.json`); None without one.
 /// The one reader of that file in the running system.
-pub fn read_boot_record(path: &Path) -> Option<serde_json::Value> {
+pub fn read_boot_record(path: &Path) -> Option<BootRecord> {
     let text = std::fs::read_to_string(path).ok()?;
     match serde_json::from_str(&text) {
         Ok(v) => Some(v),
         Err(e) => {
-            warn!(file = %path.display(), error = %e, "early-boot record is not valid JSON; ignored");
+            warn!(file = %path.display(), error = %e, "early-boot record is not valid; ignored");
             None
         }
     }

@@ -10,6 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use gse_dbus::boot::{Action, Verdict};
 use serde::{Deserialize, Serialize};
 
 use super::LogsError;
@@ -34,15 +35,16 @@ pub struct BootMeta {
     #[serde(default)]
     pub ended: u64,
     pub slot: String,
-    /// What early boot did: `normal`, `bailout`, `repair`, `trial`, `rollback`.
-    pub action: String,
+    /// What early boot did.
+    #[serde(default)]
+    pub action: Action,
     pub image_version: String,
     /// Early boot's one-sentence reason.
     #[serde(default)]
     pub reason: String,
-    /// `healthy-cycle`, `red`, `dirty`, `incomplete`; `running` while the boot runs.
+    /// How the boot ended; none while it runs.
     #[serde(default)]
-    pub verdict: String,
+    pub verdict: Option<Verdict>,
     /// Archived by a later boot, because this one never shut down cleanly.
     #[serde(default)]
     pub recovered: bool,
@@ -54,7 +56,7 @@ pub struct BootMeta {
 impl BootMeta {
     /// Boots whose logs outlive normal ones when the budget is tight.
     pub fn notable(&self) -> bool {
-        matches!(self.verdict.as_str(), "red" | "incomplete") || !matches!(self.action.as_str(), "normal" | "")
+        matches!(self.verdict, Some(Verdict::Red | Verdict::Incomplete)) || self.action != Action::Normal
     }
 }
 
@@ -203,10 +205,7 @@ pub fn list(dir: &Path, spool: &Path) -> (Vec<Entry>, Vec<LogsError>) {
         for e in rd.flatten() {
             let path = e.path();
             let Ok(text) = fs::read(path.join(META)) else { continue };
-            let Ok(mut meta) = serde_json::from_slice::<BootMeta>(&text) else { continue };
-            if meta.verdict.is_empty() {
-                meta.verdict = "running".into();
-            }
+            let Ok(meta) = serde_json::from_slice::<BootMeta>(&text) else { continue };
             let size = spool_files(&path).iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.len()).sum();
             out.push(Entry { meta, size, path, live: true });
         }
@@ -278,8 +277,12 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, size: u64, verdict: &str, action: &str) -> Entry {
-        let meta =
-            BootMeta { boot_id: name.into(), verdict: verdict.into(), action: action.into(), ..Default::default() };
+        let meta = BootMeta {
+            boot_id: name.into(),
+            verdict: verdict.parse().ok(),
+            action: action.parse().unwrap_or_default(),
+            ..Default::default()
+        };
         Entry { meta, size, path: PathBuf::from(name), live: false }
     }
 
@@ -315,7 +318,8 @@ mod tests {
         fs::write(spool.join("gsed.log"), "gsed line\n").unwrap();
         fs::write(spool.join("var/log/messages"), "system line\n").unwrap();
         fs::write(spool.join(SPOOL_STATE), "{}").unwrap();
-        let meta = BootMeta { boot_id: "b1/../x".into(), started: 42, verdict: "red".into(), ..Default::default() };
+        let meta =
+            BootMeta { boot_id: "b1/../x".into(), started: 42, verdict: Some(Verdict::Red), ..Default::default() };
         let path = write(&d.path().join("logs"), &meta, &spool).unwrap();
         assert_eq!(path.file_name().unwrap(), "0000000042-b1____x.tar.zst");
         let (list, errors) = list(&d.path().join("logs"), &d.path().join("none"));

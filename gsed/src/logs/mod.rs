@@ -23,9 +23,9 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    boot::decide::{Verdict, verdict_of},
-    confd::ConfigService,
     config::LogsConf,
+    config::live::ConfigService,
+    health::verdict::judge,
     journal::{Record, now},
     paths::Paths,
 };
@@ -42,16 +42,6 @@ pub enum LogsError {
     NoSuchBoot(String),
     #[error("'{0}' matches more than one boot: {1}")]
     Ambiguous(String, String),
-}
-
-/// The name `verdict_of` gives, as written in boot.json and the archive.
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::HealthyCycle => "healthy-cycle",
-        Verdict::Dirty => "dirty",
-        Verdict::Red => "red",
-        Verdict::Incomplete => "incomplete",
-    }
 }
 
 /// What an archive run did, for the log and the figures.
@@ -74,17 +64,14 @@ pub struct LogService {
 impl LogService {
     /// `slot`: the booted slot; the rest of the boot's identity comes from boot.json.
     pub fn new(paths: &Paths, config: Arc<ConfigService>, boot_id: &str, slot: &str) -> Arc<Self> {
-        let record = crate::health::read_boot_record(&paths.boot_json());
-        let field = |k: &str| {
-            record.as_ref().and_then(|r: &serde_json::Value| r.get(k)).and_then(|v| v.as_str()).map(str::to_owned)
-        };
+        let record = crate::health::read_boot_record(&paths.boot_json()).unwrap_or_default();
         let meta = BootMeta {
             boot_id: boot_id.to_owned(),
             started: now(),
-            slot: field("slot").unwrap_or_else(|| slot.to_owned()),
-            action: field("action").unwrap_or_else(|| "normal".into()),
-            image_version: field("image_version").unwrap_or_default(),
-            reason: field("reason").unwrap_or_default(),
+            slot: Some(record.slot).filter(|s| !s.is_empty()).unwrap_or_else(|| slot.to_owned()),
+            action: record.action,
+            image_version: record.image_version,
+            reason: record.reason,
             ..Default::default()
         };
         Arc::new(LogService {
@@ -147,15 +134,14 @@ impl LogService {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_else(|| BootMeta { boot_id: name.clone(), ..Default::default() });
-            let verdict = verdict_of(records, &meta.boot_id);
-            meta.verdict = verdict_name(verdict).into();
+            meta.verdict = Some(judge(records, &meta.boot_id));
             // No clean shutdown: this is what a power cut or a crash left.
             meta.recovered =
                 !records.iter().any(|r| r.boot_id == meta.boot_id && r.event == crate::journal::Event::CleanShutdown);
             meta.ended = now();
             match self.pack(&meta, &dir) {
                 Ok(a) => {
-                    info!(boot_id = %meta.boot_id, verdict = %meta.verdict, archive = %a.path.display(), "logs of an earlier boot archived")
+                    info!(boot_id = %meta.boot_id, verdict = ?meta.verdict, archive = %a.path.display(), "logs of an earlier boot archived")
                 }
                 Err(e) => {
                     warn!(boot_id = %meta.boot_id, error = %e, "cannot archive the logs of an earlier boot; they stay in the spool");
@@ -227,7 +213,7 @@ impl LogService {
         self.collect_journal(spool.dir());
         sink::detach();
         let mut meta = self.meta.clone();
-        meta.verdict = verdict_name(verdict_of(records, &self.boot_id)).into();
+        meta.verdict = Some(judge(records, &self.boot_id));
         meta.truncated = spool.truncated();
         meta.ended = now();
         let dir = spool.dir().to_owned();

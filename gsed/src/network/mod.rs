@@ -17,11 +17,11 @@ use std::{
 };
 
 use futures_util::StreamExt;
+use gse_dbus::network::{AddrMethod, Interface, LinkState};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::AsyncSocket;
 use rtnetlink::Handle;
-use serde::Serialize;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -29,28 +29,17 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    confd::ConfigService,
+    config::live::ConfigService,
     config::{InterfaceConf, Method, NetworkConf, parse_cidr},
     paths::Paths,
 };
 use dhcp::{Client, Lease};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct IfaceState {
-    pub name: String,
-    /// `absent`, `down`, `no-carrier`, `configuring`, `bound`, `static`,
-    /// `no-lease`, `expired`, `unmanaged` or `error`.
-    pub state: String,
-    pub carrier: bool,
-    /// `dhcp`, `static` or `none` (not managed).
-    pub method: String,
-    pub addresses: Vec<String>,
-    pub gateway: String,
-    pub dns: Vec<String>,
-    /// Seconds since the epoch when the DHCP lease ends (0: none).
-    pub lease_expiry: u64,
-    pub detail: String,
-}
+/// One interface's state, as the bus and `gsectl network` show it.
+pub type IfaceState = Interface;
+
+/// Every interface's state, by name.
+pub type Interfaces = BTreeMap<String, IfaceState>;
 
 /// Per interface name: index, carrier, MAC.
 type Carriers = BTreeMap<String, (u32, bool, Vec<u8>)>;
@@ -58,7 +47,7 @@ type Carriers = BTreeMap<String, (u32, bool, Vec<u8>)>;
 pub struct NetworkService {
     paths: Paths,
     config: Arc<ConfigService>,
-    state: watch::Sender<BTreeMap<String, IfaceState>>,
+    state: watch::Sender<Interfaces>,
     carrier: watch::Sender<Carriers>,
     renew: Notify,
     /// The lease each DHCP interface holds, by interface name.
@@ -77,7 +66,7 @@ impl NetworkService {
         })
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<String, IfaceState>> {
+    pub fn subscribe(&self) -> watch::Receiver<Interfaces> {
         self.state.subscribe()
     }
 
@@ -166,8 +155,8 @@ impl NetworkService {
                 for l in &links {
                     let addrs = link::addresses(&handle, l.index).await.unwrap_or_default();
                     self.update(&l.name, |s| {
-                        s.state = "unmanaged".into();
-                        s.method = "none".into();
+                        s.state = LinkState::Unmanaged;
+                        s.method = AddrMethod::None;
                         s.carrier = l.carrier;
                         s.addresses = addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect();
                     });
@@ -214,12 +203,12 @@ impl NetworkService {
             match now {
                 Some((index, true, mac)) => return (index, mac),
                 Some(_) => self.update(name, |s| {
-                    s.state = "no-carrier".into();
+                    s.state = LinkState::NoCarrier;
                     s.carrier = false;
                     s.detail = "no cable or the other end is down".into();
                 }),
                 None => self.update(name, |s| {
-                    s.state = "absent".into();
+                    s.state = LinkState::Absent;
                     s.carrier = false;
                     s.detail = format!("network.conf names {name}, but there is no such interface");
                 }),
@@ -238,10 +227,10 @@ impl NetworkService {
     async fn manage(self: Arc<Self>, h: Handle, name: String, ic: InterfaceConf, hostname: String) {
         let mut carrier = self.carrier.subscribe();
         let method = match ic.method {
-            Method::Dhcp => "dhcp",
-            Method::Static => "static",
+            Method::Dhcp => AddrMethod::Dhcp,
+            Method::Static => AddrMethod::Static,
         };
-        self.update(&name, |s| s.method = method.into());
+        self.update(&name, |s| s.method = method);
         let known = carrier.borrow().get(&name).map(|c| c.0);
         let index = match known {
             Some(i) => i,
@@ -249,7 +238,7 @@ impl NetworkService {
         };
         if let Err(e) = link::set_up(&h, index, ic.mtu).await {
             self.update(&name, |s| {
-                s.state = "error".into();
+                s.state = LinkState::Error;
                 s.detail = format!("cannot bring {name} up: {e}");
             });
             return;
@@ -259,8 +248,8 @@ impl NetworkService {
             self.update(&name, |s| {
                 s.carrier = true;
                 // An expired lease stays visible as such until a new one arrives.
-                if s.state != "expired" {
-                    s.state = "configuring".into();
+                if s.state != LinkState::Expired {
+                    s.state = LinkState::Configuring;
                     s.detail.clear();
                 }
             });
@@ -270,7 +259,7 @@ impl NetworkService {
             };
             if let Err(e) = result {
                 self.update(&name, |s| {
-                    s.state = "error".into();
+                    s.state = LinkState::Error;
                     s.detail = e;
                 });
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -301,7 +290,7 @@ impl NetworkService {
         }
         info!(interface = name, %addr, prefix, "static address applied");
         self.update(name, |s| {
-            s.state = "static".into();
+            s.state = LinkState::Static;
             s.addresses = vec![format!("{addr}/{prefix}")];
             s.gateway = gw.map(|g| g.to_string()).unwrap_or_default();
             s.dns = dns.iter().map(ToString::to_string).collect();
@@ -327,7 +316,7 @@ impl NetworkService {
                 .map_err(|e| format!("resolv.conf: {e}"))?;
         }
         self.update(name, |s| {
-            s.state = "bound".into();
+            s.state = LinkState::Bound;
             s.addresses = vec![format!("{}/{}", lease.address, lease.prefix)];
             s.gateway = lease.router.map(|r| r.to_string()).unwrap_or_default();
             s.dns = lease.dns.iter().map(ToString::to_string).collect();
@@ -365,10 +354,10 @@ impl NetworkService {
                 Ok(l) => break l,
                 Err(e) => {
                     self.update(name, |s| {
-                        if s.state == "expired" {
+                        if s.state == LinkState::Expired {
                             s.detail = format!("the lease ran out and {e}; trying again in {backoff} s");
                         } else {
-                            s.state = "no-lease".into();
+                            s.state = LinkState::NoLease;
                             s.detail = format!("{e}; trying again in {backoff} s");
                         }
                     });
@@ -397,7 +386,7 @@ impl NetworkService {
                     _ = self.renew.notified() => {}
                     _ = carrier.changed() => {
                         if !self.carrier_of(name) {
-                            self.update(name, |s| { s.state = "no-carrier".into(); s.carrier = false; });
+                            self.update(name, |s| { s.state = LinkState::NoCarrier; s.carrier = false; });
                             return Ok(());
                         }
                         continue;
@@ -418,7 +407,7 @@ impl NetworkService {
                     let _ = link::flush_addresses(h, index).await;
                     self.leases.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
                     self.update(name, |s| {
-                        s.state = "expired".into();
+                        s.state = LinkState::Expired;
                         s.addresses.clear();
                         s.gateway.clear();
                         s.lease_expiry = 0;

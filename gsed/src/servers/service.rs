@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use gse_dbus::servers::{Server, ServerState};
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{info, warn};
@@ -19,20 +20,7 @@ use super::{
     sync::sync_config,
     update::UpdateService,
 };
-use crate::{confd::ConfigService, config::ServerInfoConf, journal::now, paths::Paths};
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServerState {
-    pub name: String,
-    pub url: String,
-    /// `unknown`, `up` or `down`.
-    pub state: String,
-    pub latency_ms: f64,
-    pub load: f64,
-    pub failures: u32,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub error: String,
-}
+use crate::{config::ServerInfoConf, config::live::ConfigService, journal::now, paths::Paths};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SyncStatus {
@@ -47,7 +35,7 @@ pub struct SyncStatus {
 pub struct ServersSnapshot {
     pub current: String,
     pub pinned: bool,
-    pub servers: Vec<ServerState>,
+    pub servers: Vec<Server>,
     pub last_sync: SyncStatus,
 }
 
@@ -78,12 +66,9 @@ fn policy(c: &ServerInfoConf) -> Policy {
 }
 
 impl ServersService {
-    pub fn new(paths: &Paths, config: Arc<ConfigService>) -> Arc<Self> {
-        // Each client draws its own jitter; the boot id makes the seed differ per machine.
-        let seed = std::fs::read("/proc/sys/kernel/random/boot_id")
-            .map(|b| b.iter().fold(0u64, |h, x| h.rotate_left(5) ^ u64::from(*x)))
-            .unwrap_or(0)
-            ^ u64::from(std::process::id());
+    /// `boot_id` seeds this client's jitter, so machines of a room draw apart.
+    pub fn new(paths: &Paths, config: Arc<ConfigService>, boot_id: &str) -> Arc<Self> {
+        let seed = boot_id.bytes().fold(0u64, |h, x| h.rotate_left(5) ^ u64::from(x)) ^ u64::from(std::process::id());
         Arc::new(ServersService {
             paths: paths.clone(),
             update: UpdateService::new(paths, config.clone()),
@@ -150,6 +135,27 @@ impl ServersService {
 
     /// Syncs config.d from the current server now.
     pub async fn sync_now(&self) -> Result<SyncStatus, ServersError> {
+        self.sync_until(None).await
+    }
+
+    /// Early boot's one step online (DESIGN §6): probe every server once, take
+    /// the best that answered (no second chances: `fail_after` is 1 here) and
+    /// sync config.d from it, all by `until`. The daemon's loop does the same
+    /// steps, with its own pace and smoothing.
+    pub async fn pick_and_sync(&self, until: Instant) -> Result<SyncStatus, ServersError> {
+        let conf = self.conf();
+        let mut stats = BTreeMap::new();
+        self.probe_round(&conf, &mut stats, Some(until)).await;
+        let once = Policy { fail_after: 1, jitter_ms: 0, ..policy(&conf) };
+        if let Some(sw) = self.select(&conf, &stats, &once) {
+            self.apply_switch(sw);
+        }
+        self.sync_until(Some(until)).await
+    }
+
+    /// Syncs from the current server, stopping at `until`; a tree that changed is
+    /// reloaded before this returns.
+    async fn sync_until(&self, until: Option<Instant>) -> Result<SyncStatus, ServersError> {
         let _one_at_a_time = self.sync_lock.lock().await;
         let current = self.snapshot().current;
         if current.is_empty() {
@@ -157,11 +163,13 @@ impl ServersService {
         }
         let url = self.url_of(&current).ok_or(ServersError::NoServer)?;
         let conf = self.conf();
-        let http = Http::new(conf.probe_timeout.get().max(Duration::from_secs(10)));
+        let mut http = Http::new(conf.probe_timeout.get().max(Duration::from_secs(10)));
+        if let Some(t) = until {
+            http = http.until(t);
+        }
         let paths = self.paths.clone();
         let key = conf.public_key.clone();
-        let base = url.clone();
-        let result = tokio::task::spawn_blocking(move || sync_config(&http, &base, &key, &paths))
+        let result = tokio::task::spawn_blocking(move || sync_config(&http, &url, &key, &paths))
             .await
             .map_err(|e| ServersError::Sync(e.to_string()))?;
         let status = match &result {
@@ -178,7 +186,8 @@ impl ServersService {
             }
         };
         self.state.send_modify(|s| s.last_sync = status.clone());
-        // The config watcher applies a changed tree; a sync also reloads right away.
+        // The new files apply before the caller goes on (early boot mounts /etc
+        // next); the watcher then finds nothing new and does not reload again.
         if matches!(&result, Ok(s) if !s.changed.is_empty()) {
             self.config.reload();
         }
@@ -186,19 +195,16 @@ impl ServersService {
     }
 
     /// Probes every server once, concurrently.
-    async fn probe_round(&self, conf: &ServerInfoConf, stats: &mut BTreeMap<String, ServerState>) {
-        let results = probe_all(&Http::new(conf.probe_timeout.get()), &conf.server).await;
+    async fn probe_round(&self, conf: &ServerInfoConf, stats: &mut BTreeMap<String, Server>, until: Option<Instant>) {
+        let mut http = Http::new(conf.probe_timeout.get());
+        if let Some(t) = until {
+            http = http.until(t);
+        }
+        let results = probe_all(&http, &conf.server).await;
         stats.retain(|n, _| conf.server.iter().any(|s| s.name == *n));
         for (s, result) in conf.server.iter().zip(results) {
-            let st = stats.entry(s.name.clone()).or_insert_with(|| ServerState {
-                name: s.name.clone(),
-                url: String::new(),
-                state: "unknown".into(),
-                latency_ms: 0.0,
-                load: 0.0,
-                failures: 0,
-                error: String::new(),
-            });
+            let st =
+                stats.entry(s.name.clone()).or_insert_with(|| Server { name: s.name.clone(), ..Default::default() });
             st.url = s.url.0.clone();
             match result {
                 Ok(p) => {
@@ -207,21 +213,21 @@ impl ServersService {
                     st.latency_ms = if fresh { p.latency_ms } else { 0.5 * st.latency_ms + 0.5 * p.latency_ms };
                     st.load = p.load;
                     st.failures = 0;
-                    st.state = "up".into();
+                    st.state = ServerState::Up;
                     st.error.clear();
                 }
                 Err(e) => {
                     st.failures += 1;
                     st.error = e.why;
                     if st.failures >= conf.fail_after {
-                        st.state = "down".into();
+                        st.state = ServerState::Down;
                     }
                 }
             }
         }
     }
 
-    fn select(&self, conf: &ServerInfoConf, stats: &BTreeMap<String, ServerState>) -> Option<Switch> {
+    fn select(&self, conf: &ServerInfoConf, stats: &BTreeMap<String, Server>, policy: &Policy) -> Option<Switch> {
         let views: Vec<View> = conf
             .server
             .iter()
@@ -229,8 +235,8 @@ impl ServersService {
             .map(|st| View { name: st.name.clone(), latency_ms: st.latency_ms, load: st.load, failures: st.failures })
             .collect();
         let now_ms = self.started.elapsed().as_millis() as u64;
-        let sw = self.selector().update(&views, &policy(conf), now_ms);
-        let ordered: Vec<ServerState> = conf.server.iter().filter_map(|s| stats.get(&s.name).cloned()).collect();
+        let sw = self.selector().update(&views, policy, now_ms);
+        let ordered: Vec<Server> = conf.server.iter().filter_map(|s| stats.get(&s.name).cloned()).collect();
         self.state.send_if_modified(|s| {
             let changed = s.servers != ordered;
             s.servers = ordered;
@@ -242,7 +248,7 @@ impl ServersService {
     /// Runs until the daemon stops.
     pub async fn run(self: Arc<Self>) {
         let mut cfg = self.config.subscribe();
-        let mut stats: BTreeMap<String, ServerState> = BTreeMap::new();
+        let mut stats: BTreeMap<String, Server> = BTreeMap::new();
         let mut next_sync: Option<Instant> = None;
         let mut next_check: Option<Instant> = None;
         loop {
@@ -259,8 +265,8 @@ impl ServersService {
                 }
                 continue;
             }
-            self.probe_round(&conf, &mut stats).await;
-            if let Some(sw) = self.select(&conf, &stats) {
+            self.probe_round(&conf, &mut stats, None).await;
+            if let Some(sw) = self.select(&conf, &stats, &policy(&conf)) {
                 self.apply_switch(sw);
                 next_sync = Some(Instant::now());
             }
@@ -289,7 +295,7 @@ impl ServersService {
                     }
                     // A changed list applies now: a removed current server is left at once.
                     let conf = self.conf();
-                    if let Some(sw) = self.select(&conf, &stats) {
+                    if let Some(sw) = self.select(&conf, &stats, &policy(&conf)) {
                         self.apply_switch(sw);
                         next_sync = Some(Instant::now());
                     }

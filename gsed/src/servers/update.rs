@@ -6,19 +6,19 @@
 
 use std::sync::Arc;
 
+use gse_dbus::servers::UpdateState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{http::Http, manifest::verify, publish::Channel};
-use crate::{confd::ConfigService, config::UpdatePolicy, fsutil::write_atomic, paths::Paths};
+use crate::{config::UpdatePolicy, config::live::ConfigService, fsutil::write_atomic, paths::Paths};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UpdateSnapshot {
     pub local_version: String,
     pub available_version: String,
-    /// `unknown`, `up-to-date`, `available`, `approved`, `declined` or `error`.
-    pub state: String,
+    pub state: UpdateState,
     pub detail: String,
 }
 
@@ -39,7 +39,7 @@ pub struct UpdateService {
 impl UpdateService {
     pub fn new(paths: &Paths, config: Arc<ConfigService>) -> Arc<Self> {
         let local = local_version(paths);
-        let snap = UpdateSnapshot { local_version: local, state: "unknown".into(), ..Default::default() };
+        let snap = UpdateSnapshot { local_version: local, ..Default::default() };
         Arc::new(UpdateService { paths: paths.clone(), config, state: watch::Sender::new(snap) })
     }
 
@@ -77,7 +77,7 @@ impl UpdateService {
             Err(e) => {
                 warn!(error = %e, "version check failed");
                 self.state.send_modify(|s| {
-                    s.state = "error".into();
+                    s.state = UpdateState::Error;
                     s.detail = e;
                 });
             }
@@ -91,12 +91,14 @@ impl UpdateService {
             s.detail.clear();
             if version == s.local_version {
                 s.available_version = version.to_owned();
-                s.state = "up-to-date".into();
-            } else if s.available_version != version || !matches!(s.state.as_str(), "approved" | "declined") {
+                s.state = UpdateState::UpToDate;
+            } else if s.available_version != version
+                || !matches!(s.state, UpdateState::Approved | UpdateState::Declined)
+            {
                 s.available_version = version.to_owned();
                 s.state = match self.policy() {
-                    UpdatePolicy::Auto => "approved".into(),
-                    UpdatePolicy::Ask | UpdatePolicy::Never => "available".into(),
+                    UpdatePolicy::Auto => UpdateState::Approved,
+                    UpdatePolicy::Ask | UpdatePolicy::Never => UpdateState::Available,
                 };
                 if before.available_version != version {
                     announce = Some(version.to_owned());
@@ -111,22 +113,22 @@ impl UpdateService {
     }
 
     pub fn approve(&self) -> Result<(), UpdateError> {
-        self.decide("approved", "approve")
+        self.decide(UpdateState::Approved, "approve")
     }
 
     pub fn decline(&self) -> Result<(), UpdateError> {
-        self.decide("declined", "decline")
+        self.decide(UpdateState::Declined, "decline")
     }
 
-    fn decide(&self, to: &str, verb: &'static str) -> Result<(), UpdateError> {
+    fn decide(&self, to: UpdateState, verb: &'static str) -> Result<(), UpdateError> {
         if self.policy() == UpdatePolicy::Never {
             return Err(UpdateError::Never);
         }
         let s = self.snapshot();
-        if s.available_version.is_empty() || s.state == "up-to-date" {
+        if s.available_version.is_empty() || s.state == UpdateState::UpToDate {
             return Err(UpdateError::Nothing(verb));
         }
-        self.state.send_modify(|s| s.state = to.to_owned());
+        self.state.send_modify(|s| s.state = to);
         self.record();
         Ok(())
     }
@@ -172,7 +174,7 @@ pub fn local_version(paths: &Paths) -> String {
     from_release
         .or_else(|| {
             let rec = crate::health::read_boot_record(&paths.boot_json())?;
-            rec.get("image_version").and_then(|v| v.as_str()).map(String::from)
+            Some(rec.image_version).filter(|v| !v.is_empty())
         })
         .unwrap_or_else(|| "unknown".into())
 }

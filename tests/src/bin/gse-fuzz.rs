@@ -404,7 +404,12 @@ fn write_seeds(ctx: &Ctx) {
     let spool = ctx.tmp.path().join("spool");
     fs::create_dir_all(&spool).unwrap();
     fs::write(spool.join("gsed.log"), "gsed ready\n").unwrap();
-    let meta = archive::BootMeta { boot_id: "b1".into(), started: 1, verdict: "red".into(), ..Default::default() };
+    let meta = archive::BootMeta {
+        boot_id: "b1".into(),
+        started: 1,
+        verdict: Some(gse_dbus::boot::Verdict::Red),
+        ..Default::default()
+    };
     let a = archive::write(&ctx.tmp.path().join("logs"), &meta, &spool).unwrap();
     put("archive", "seed-1", &fs::read(a).unwrap());
     println!("seeds written under {}", gse_tests::repo().join("tests/fuzz").display());

@@ -41,7 +41,7 @@ pub struct ConfigState {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Reload {
     Unchanged,
     Applied(Vec<PathBuf>),
     Rejected(Vec<ConfigError>),
@@ -50,9 +50,26 @@ pub enum Outcome {
 pub struct ConfigService {
     trees: Vec<PathBuf>,
     state: watch::Sender<Arc<ConfigState>>,
-    /// Content hashes of the files behind the configuration in force.
-    applied: Mutex<BTreeMap<PathBuf, u64>>,
+    files: Mutex<Files>,
 }
+
+/// What the service knows of the files, so a reload reads only files whose
+/// metadata moved and parses only when some content changed.
+#[derive(Default)]
+struct Files {
+    /// Content hashes of the files behind the configuration in force.
+    in_force: BTreeMap<PathBuf, u64>,
+    /// Content hashes at the last reload (valid or not).
+    seen: BTreeMap<PathBuf, u64>,
+    /// Per file: the metadata its hash was taken at.
+    hashes: BTreeMap<PathBuf, (Stamp, u64)>,
+    /// Files read to hash them, in total (for tests and the bench).
+    reads: u64,
+}
+
+/// A file's identity and last change; a rewrite, a rename over it or a change
+/// of size moves it.
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
 
 impl ConfigService {
     /// Loads the layers under `paths`; with errors, runs on built-in defaults and
@@ -62,7 +79,8 @@ impl ConfigService {
     }
 
     pub fn with_trees(trees: Vec<PathBuf>) -> Arc<Self> {
-        let fp = fingerprint(&trees);
+        let mut files = Files::default();
+        let fp = files.fingerprint(&trees);
         let (loaded, errors) = match config::load(&trees) {
             Ok(l) => (l, Vec::new()),
             Err(errors) => {
@@ -74,7 +92,8 @@ impl ConfigService {
             }
         };
         let state = ConfigState { generation: 1, loaded: Arc::new(loaded), errors, changed: Vec::new() };
-        Arc::new(ConfigService { trees, state: watch::Sender::new(Arc::new(state)), applied: Mutex::new(fp) })
+        (files.in_force, files.seen) = (fp.clone(), fp);
+        Arc::new(ConfigService { trees, state: watch::Sender::new(Arc::new(state)), files: Mutex::new(files) })
     }
 
     pub fn current(&self) -> Arc<ConfigState> {
@@ -85,10 +104,17 @@ impl ConfigService {
         self.state.subscribe()
     }
 
-    /// Reads the files again and applies them if they changed and are valid.
-    pub fn reload(&self) -> Outcome {
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        let now = fingerprint(&self.trees);
+    /// Applies the files if they changed and are valid. Only files whose
+    /// metadata moved are read, and nothing is parsed when no content changed
+    /// since the last reload: the watcher's reload after a sync's own is free.
+    pub fn reload(&self) -> Reload {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let now = files.fingerprint(&self.trees);
+        if now == files.seen {
+            let errors = self.current().errors.clone();
+            return if errors.is_empty() { Reload::Unchanged } else { Reload::Rejected(errors) };
+        }
+        files.seen = now.clone();
         match config::load(&self.trees) {
             Err(errors) => {
                 for e in &errors {
@@ -102,10 +128,10 @@ impl ConfigService {
                     *s = Arc::new(ConfigState { errors: errors.clone(), changed: Vec::new(), ..(**s).clone() });
                     true
                 });
-                Outcome::Rejected(errors)
+                Reload::Rejected(errors)
             }
             Ok(loaded) => {
-                let changed = diff(&applied, &now);
+                let changed = diff(&files.in_force, &now);
                 if changed.is_empty() {
                     // Back to the files in force: only the errors go away.
                     self.state.send_if_modified(|s| {
@@ -115,9 +141,9 @@ impl ConfigService {
                         }
                         had
                     });
-                    return Outcome::Unchanged;
+                    return Reload::Unchanged;
                 }
-                *applied = now;
+                files.in_force = now;
                 let generation = self.current().generation + 1;
                 let names: Vec<std::path::Display<'_>> = changed.iter().map(|p| p.display()).collect();
                 info!(generation, files = %crate::logging::brief(&names), "configuration applied");
@@ -127,7 +153,7 @@ impl ConfigService {
                     errors: Vec::new(),
                     changed: changed.clone(),
                 }));
-                Outcome::Applied(changed)
+                Reload::Applied(changed)
             }
         }
     }
@@ -212,21 +238,39 @@ fn relevant(ev: &notify::Result<notify::Event>) -> bool {
     }
 }
 
-/// Hash of every file's content in the trees, by path.
-fn fingerprint(trees: &[PathBuf]) -> BTreeMap<PathBuf, u64> {
-    trees
-        .iter()
-        .flat_map(|t| config::walk(t))
-        .filter_map(|p| {
-            use std::io::Read;
-            // (walk lists regular files only; a huge one is hashed by its head)
-            let mut data = Vec::new();
-            std::fs::File::open(&p).ok()?.take(config::MAX_FILE + 1).read_to_end(&mut data).ok()?;
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            data.hash(&mut h);
-            Some((p, h.finish()))
-        })
-        .collect()
+impl Files {
+    /// Hash of every file's content in the trees, by path; a file whose stamp
+    /// did not move keeps its hash without being read.
+    fn fingerprint(&mut self, trees: &[PathBuf]) -> BTreeMap<PathBuf, u64> {
+        let mut out = BTreeMap::new();
+        for p in trees.iter().flat_map(|t| config::walk(t)) {
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let stamp = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+            let hash = match self.hashes.get(&p) {
+                Some((s, h)) if *s == stamp => *h,
+                _ => {
+                    self.reads += 1;
+                    let Some(h) = hash_file(&p) else { continue };
+                    self.hashes.insert(p.clone(), (stamp, h));
+                    h
+                }
+            };
+            out.insert(p, hash);
+        }
+        self.hashes.retain(|p, _| out.contains_key(p));
+        out
+    }
+}
+
+/// Hash of a file's content (walk lists regular files only; a huge one is
+/// hashed by its head, and loading it reports it).
+fn hash_file(p: &std::path::Path) -> Option<u64> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(p).ok()?.take(config::MAX_FILE + 1).read_to_end(&mut data).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    Some(h.finish())
 }
 
 fn diff(old: &BTreeMap<PathBuf, u64>, new: &BTreeMap<PathBuf, u64>) -> Vec<PathBuf> {
@@ -250,25 +294,56 @@ mod tests {
         fs::write(&boot, "[health]\nmax_attempts = 3\n").unwrap();
         let svc = ConfigService::with_trees(vec![tree.clone()]);
         assert_eq!(svc.current().generation, 1);
-        assert_eq!(svc.reload(), Outcome::Unchanged);
+        assert_eq!(svc.reload(), Reload::Unchanged);
 
         fs::write(&boot, "[health]\nmax_attempts = 4\n").unwrap();
-        assert_eq!(svc.reload(), Outcome::Applied(vec![boot.clone()]));
+        assert_eq!(svc.reload(), Reload::Applied(vec![boot.clone()]));
         assert_eq!(svc.current().generation, 2);
         assert_eq!(svc.current().loaded.settings.boot.health.max_attempts, 4);
 
         fs::write(&boot, "[health]\nmax_attempts = \"many\"\n").unwrap();
-        assert!(matches!(svc.reload(), Outcome::Rejected(e) if e.len() == 1));
+        assert!(matches!(svc.reload(), Reload::Rejected(e) if e.len() == 1));
         let s = svc.current();
         assert_eq!((s.generation, s.loaded.settings.boot.health.max_attempts), (2, 4), "last good stays");
         assert_eq!(s.errors[0].line, Some(2));
 
         fs::write(&boot, "[health]\nmax_attempts = 4\n").unwrap();
-        assert_eq!(svc.reload(), Outcome::Unchanged);
+        assert_eq!(svc.reload(), Reload::Unchanged);
         assert!(svc.current().errors.is_empty(), "fixing the file clears the errors");
 
         fs::remove_file(&boot).unwrap();
-        assert_eq!(svc.reload(), Outcome::Applied(vec![boot]));
+        assert_eq!(svc.reload(), Reload::Applied(vec![boot]));
         assert_eq!(svc.current().loaded.settings.boot.health.max_attempts, 3, "back to the default");
+    }
+
+    #[test]
+    fn a_reload_reads_only_files_that_moved_and_a_second_one_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("config.d");
+        let etc = tree.join("etc");
+        fs::create_dir_all(&etc).unwrap();
+        for i in 0..200 {
+            fs::write(etc.join(format!("f{i}")), format!("{i}\n")).unwrap();
+        }
+        let svc = ConfigService::with_trees(vec![tree.clone()]);
+        let reads = || svc.files.lock().unwrap().reads;
+        assert_eq!(reads(), 200);
+        assert_eq!(svc.reload(), Reload::Unchanged);
+        assert_eq!(reads(), 200, "nothing moved: nothing read");
+
+        // A sync replaces one file by rename: one read, one apply, and the
+        // watcher's reload that follows finds nothing to do.
+        fs::write(etc.join(".new"), "changed\n").unwrap();
+        fs::rename(etc.join(".new"), etc.join("f7")).unwrap();
+        let generation = svc.current().generation;
+        assert_eq!(svc.reload(), Reload::Applied(vec![etc.join("f7")]));
+        assert_eq!(reads(), 201);
+        assert_eq!(svc.reload(), Reload::Unchanged);
+        assert_eq!((reads(), svc.current().generation), (201, generation + 1), "applied once");
+
+        // Touched but equal content: read again, nothing applied.
+        fs::write(etc.join("f8"), "8\n").unwrap();
+        assert_eq!(svc.reload(), Reload::Unchanged);
+        assert_eq!(svc.current().generation, generation + 1);
     }
 }
