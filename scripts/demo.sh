@@ -5,7 +5,7 @@
 # `gsectl health`. Everything is removed at the end.
 set -eu
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh build
 cargo build --workspace --bins --release -q
 
 work=$(mktemp -d /tmp/gse-demo.XXXXXX)

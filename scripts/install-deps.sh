@@ -1,12 +1,16 @@
 #!/bin/sh
-# The Debian packages that building GSE and running its tests need, in one place.
-#   scripts/install-deps.sh          installs the missing ones (safe to run again)
-#   scripts/install-deps.sh --list   prints the list (.ci/run installs it)
+# The Debian packages GSE needs, in one place, by purpose:
+#   build   building gsed and gsectl, and the demo (a private dbus-daemon)
+#   test    everything the test suite drives for real (adds nginx, dnsmasq,
+#           qemu, debootstrap, polkitd, prometheus, chromium, ...)
+#
+#   scripts/install-deps.sh [build|test]         installs the missing ones (default test)
+#   scripts/install-deps.sh [build|test] --list  prints the list (.ci/run installs it)
 set -eu
 
-packages="
-  build-essential pkg-config libudev-dev
-  dbus dbus-daemon libglib2.0-bin systemd util-linux mount
+build="build-essential pkg-config libudev-dev dbus-daemon"
+test="$build
+  dbus libglib2.0-bin systemd util-linux mount
   e2fsprogs btrfs-progs fdisk attr busybox-static
   nginx minisign zstd cpio tar
   iproute2 dnsmasq
@@ -14,6 +18,15 @@ packages="
   prometheus prometheus-node-exporter chromium curl polkitd
   debootstrap debian-archive-keyring qemu-system-x86 kmod
 "
+
+set_name="test"
+case "${1:-}" in
+build | test)
+	set_name=$1
+	shift
+	;;
+esac
+if [ "$set_name" = build ]; then packages=$build; else packages=$test; fi
 
 if [ "${1:-}" = "--list" ]; then
 	# shellcheck disable=SC2086  # one word a package

@@ -7,7 +7,7 @@
 # downloads a Debian root and kernel into target/vm-cache (about a minute).
 set -eu
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo build --workspace --bins

@@ -1,5 +1,7 @@
 //! gsectl: the administrator's and the init system's way to talk to gsed.
 //!
+//! Called as `gsed` (a link, in the initramfs), it is gsed.
+//!
 //! Exit codes follow DESIGN §9: for `health`, 0 green, 1 red, 2 starting or
 //! unknown; for every command, 3 when gsed cannot be reached and 1 on other errors.
 
@@ -157,6 +159,11 @@ pub async fn connect(bus: &BusAddress) -> Result<zbus::Connection, Failure> {
 }
 
 fn main() -> ExitCode {
+    // One binary is both commands in the initramfs: there, gsed is a link to gsectl.
+    let called = std::env::args_os().next().map(PathBuf::from);
+    if called.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "gsed") {
+        return gsed::cli::main();
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1,9 +1,9 @@
 //! gsed, the GSE daemon, as a library: the plain services that do the work, and the
-//! thin D-Bus layer over them. The binary (`bin/gsed/`) parses arguments and runs the daemon's life
-//! (`daemon.rs`) or early boot's (`early.rs`) over them.
+//! thin D-Bus layer over them. [`cli`] is the `gsed` command over them (start, serve, shut down).
 
 pub mod boot;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod health;

@@ -118,6 +118,59 @@ impl Paths {
     pub fn syslog_socket(&self) -> PathBuf {
         self.resolve("/dev/log")
     }
+
+    /// The persistent area: user data, kept across reboots and images.
+    pub fn user_data(&self) -> PathBuf {
+        self.resolve("/user-data")
+    }
+
+    /// GSE's part of the persistent area (state, logs, config.d, overlays).
+    pub fn persistent(&self) -> PathBuf {
+        self.resolve("/user-data/persistent")
+    }
+
+    /// Per-directory persistent copies (`mounts.conf` `local`).
+    pub fn persistent_local(&self) -> PathBuf {
+        self.persistent().join("local")
+    }
+
+    /// Upper layers of persistent overlays (`mounts.conf` `overlay`, upper = persistent).
+    pub fn persistent_overlays(&self) -> PathBuf {
+        self.persistent().join("overlays")
+    }
+
+    /// Where early boot mounts slots it reads or repairs (not the booted one).
+    pub fn slot_mounts(&self) -> PathBuf {
+        self.resolve("/run/gse/mnt")
+    }
+
+    /// Early boot's staging area for the layout's tmpfs mounts.
+    pub fn layout_stage(&self) -> PathBuf {
+        self.resolve("/run/gse/stage")
+    }
+
+    /// The resolver configuration gsed writes from DHCP or static DNS.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.resolve("/etc/resolv.conf")
+    }
+
+    /// The running image's release file (`VERSION=`).
+    pub fn release_file(&self) -> PathBuf {
+        self.resolve("/etc/gse-release")
+    }
+
+    /// OpenRC's default runlevel and its run-time state, and systemd's marker.
+    pub fn openrc_default_runlevel(&self) -> PathBuf {
+        self.resolve("/etc/runlevels/default")
+    }
+
+    pub fn openrc_run(&self) -> PathBuf {
+        self.resolve("/run/openrc")
+    }
+
+    pub fn systemd_run(&self) -> PathBuf {
+        self.resolve("/run/systemd/system")
+    }
 }
 
 /// The kernel's id of this boot (never under `--root`: it is the kernel's).

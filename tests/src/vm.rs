@@ -324,7 +324,7 @@ impl Kit {
         sh(
             "building the plain initramfs",
             &format!(
-                "cd {t}; zcat {i} | cpio -id --quiet; printf '#!/bin/sh\\nmount -o ro \"$(findfs LABEL=gse-a)\" \"$1\"\\n' >usr/lib/gse/gse-hook.sh; find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 >{o}",
+                "cd {t}; zstd -dcq {i} | cpio -id --quiet; printf '#!/bin/sh\\nmount -o ro \"$(findfs LABEL=gse-a)\" \"$1\"\\n' >usr/lib/gse/gse-hook.sh; find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -3 >{o}",
                 t = tree.display(),
                 i = self.initrd.display(),
                 o = out.display()

@@ -261,7 +261,7 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
 
     require_tool("cpio", "cpio");
     let list =
-        Command::new("sh").arg("-c").arg("gzip -dc \"$1\" | cpio -t --quiet").arg("sh").arg(&out).output().unwrap();
+        Command::new("sh").arg("-c").arg("zstd -dcq \"$1\" | cpio -t --quiet").arg("sh").arg(&out).output().unwrap();
     assert!(list.status.success(), "{}", text(&list.stderr));
     let entries: Vec<String> = text(&list.stdout).lines().map(String::from).collect();
     let has = |p: &str| entries.iter().any(|e| e == p);
@@ -299,7 +299,7 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
     // /init is a sound shell script.
     let init = Command::new("sh")
         .arg("-c")
-        .arg("gzip -dc \"$1\" | cpio -i --to-stdout --quiet init")
+        .arg("zstd -dcq \"$1\" | cpio -i --to-stdout --quiet init")
         .arg("sh")
         .arg(&out)
         .output()
@@ -312,7 +312,7 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
     // The module load order puts dependencies first.
     let order = Command::new("sh")
         .arg("-c")
-        .arg("gzip -dc \"$1\" | cpio -i --to-stdout --quiet etc/gse/modules")
+        .arg("zstd -dcq \"$1\" | cpio -i --to-stdout --quiet etc/gse/modules")
         .arg("sh")
         .arg(&out)
         .output()

@@ -39,7 +39,7 @@ pub fn mount_layout(
     sysroot: &Path,
 ) -> Result<Vec<String>, BootError> {
     let at = |p: &str| sysroot.join(p.trim_start_matches('/'));
-    let stage = paths.resolve("/run/gse/stage");
+    let stage = paths.layout_stage();
     let mut warnings = Vec::new();
     // The mount point inside the new root (its links followed inside it), made
     // where that is writable (below a tmpfs of the layout); None with a warning
@@ -82,10 +82,10 @@ pub fn mount_layout(
 
     apply_etc(settings, &at("/etc"))?;
 
-    mounts.bind("user data", &paths.resolve("/user-data"), &at("/user-data"), false)?;
+    mounts.bind("user data", &paths.user_data(), &at("/user-data"), false)?;
     for dir in &settings.fstab.persistent {
         let Some(target) = point(&format!("persistent {dir}"), dir) else { continue };
-        let src = paths.resolve("/user-data/persistent/local").join(escape(dir));
+        let src = paths.persistent_local().join(escape(dir));
         fs::create_dir_all(&src)
             .map_err(|e| BootError::Io(format!("persistent {dir}: creating {}", src.display()), e))?;
         mounts.bind(&format!("persistent {dir}"), &src, &target, false)?;
@@ -101,7 +101,7 @@ pub fn mount_layout(
                 mounts.mount(&step, "tmpfs", &base, "tmpfs", MsFlags::empty(), &size)?;
                 base
             }
-            Upper::Persistent => paths.resolve("/user-data/persistent/overlays").join(escape(dir)),
+            Upper::Persistent => paths.persistent_overlays().join(escape(dir)),
         };
         let (upper, work) = (base.join("upper"), base.join("work"));
         for d in [&upper, &work] {

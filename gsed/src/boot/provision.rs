@@ -57,7 +57,7 @@ pub fn provision(
         }
     }
 
-    let persistent = paths.resolve("/user-data/persistent");
+    let persistent = paths.persistent();
     let mut dirs: Vec<PathBuf> =
         ["gse", "config.d", "logs", "overlays", "local"].iter().map(|d| persistent.join(d)).collect();
     dirs.extend(

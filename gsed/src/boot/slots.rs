@@ -39,7 +39,7 @@ impl Slots<'_> {
 
     /// A private place to mount things during early boot.
     pub fn work_dir(&self, name: &str) -> PathBuf {
-        self.paths.resolve("/run/gse/mnt").join(name)
+        self.paths.slot_mounts().join(name)
     }
 
     /// Mounts slot `slot` at `target` (read-only unless `rw`) on `mounts`.

@@ -19,16 +19,16 @@ impl InitCheck {
     /// Chooses the check from config, detecting the init system under the root for `auto`.
     pub fn detect(init: InitSystem, paths: &Paths) -> InitCheck {
         let openrc = || InitCheck::OpenRc {
-            runlevel: paths.resolve("/etc/runlevels/default"),
-            started: paths.resolve("/run/openrc/started"),
-            failed: paths.resolve("/run/openrc/failed"),
+            runlevel: paths.openrc_default_runlevel(),
+            started: paths.openrc_run().join("started"),
+            failed: paths.openrc_run().join("failed"),
         };
         match init {
             InitSystem::None => InitCheck::None,
             InitSystem::Openrc => openrc(),
             InitSystem::Systemd => InitCheck::Systemd,
-            InitSystem::Auto if paths.resolve("/run/systemd/system").is_dir() => InitCheck::Systemd,
-            InitSystem::Auto if paths.resolve("/run/openrc").is_dir() => openrc(),
+            InitSystem::Auto if paths.systemd_run().is_dir() => InitCheck::Systemd,
+            InitSystem::Auto if paths.openrc_run().is_dir() => openrc(),
             InitSystem::Auto => InitCheck::None,
         }
     }

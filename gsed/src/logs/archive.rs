@@ -42,8 +42,8 @@ pub struct BootMeta {
     /// Early boot's one-sentence reason.
     #[serde(default)]
     pub reason: String,
-    /// How the boot ended; none while it runs.
-    #[serde(default)]
+    /// How the boot ended; none (written `running`) while it runs.
+    #[serde(default, with = "running")]
     pub verdict: Option<Verdict>,
     /// Archived by a later boot, because this one never shut down cleanly.
     #[serde(default)]
@@ -51,6 +51,24 @@ pub struct BootMeta {
     /// The spool reached `max_boot_size` and stopped copying.
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// A verdict, or `running` for a boot that has none yet.
+mod running {
+    use gse_dbus::boot::Verdict;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Verdict>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.map_or("running", Verdict::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Verdict>, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "running" | "" => Ok(None),
+            other => other.parse().map(Some).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl BootMeta {

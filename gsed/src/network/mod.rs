@@ -285,7 +285,7 @@ impl NetworkService {
         }
         let dns: Vec<Ipv4Addr> = ic.dns.iter().filter_map(|d| d.parse().ok()).collect();
         if !dns.is_empty() {
-            link::write_resolv_conf(&self.paths.resolve("/etc/resolv.conf"), &dns, &format!("static, {name}"))
+            link::write_resolv_conf(&self.paths.resolv_conf(), &dns, &format!("static, {name}"))
                 .map_err(|e| format!("resolv.conf: {e}"))?;
         }
         info!(interface = name, %addr, prefix, "static address applied");
@@ -312,7 +312,7 @@ impl NetworkService {
             link::set_default_route(h, index, r).await.map_err(|e| format!("cannot route through {r}: {e}"))?;
         }
         if !lease.dns.is_empty() {
-            link::write_resolv_conf(&self.paths.resolve("/etc/resolv.conf"), &lease.dns, &format!("DHCP on {name}"))
+            link::write_resolv_conf(&self.paths.resolv_conf(), &lease.dns, &format!("DHCP on {name}"))
                 .map_err(|e| format!("resolv.conf: {e}"))?;
         }
         self.update(name, |s| {

@@ -168,7 +168,7 @@ fn accept_channel(paths: &Paths, channel: &str, ch: &Channel) -> Result<(), Stri
 
 /// The version of the running image: `/etc/gse-release`, else early boot's record.
 pub fn local_version(paths: &Paths) -> String {
-    let from_release = std::fs::read_to_string(paths.resolve("/etc/gse-release"))
+    let from_release = std::fs::read_to_string(paths.release_file())
         .ok()
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VERSION=").map(|v| v.trim_matches('"').to_owned())));
     from_release

@@ -6,12 +6,12 @@
 
 use std::{future::Future, sync::Arc};
 
-use anyhow::{Context, Result, bail};
-use gse_dbus::{BUS_NAME, BusAddress};
-use gsed::{
+use crate::{
     bus, config::live::ConfigService, health::HealthService, logs::LogService, metrics, network::NetworkService,
     paths::Paths, sd_notify, servers::ServersService,
 };
+use anyhow::{Context, Result, bail};
+use gse_dbus::{BUS_NAME, BusAddress};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use zbus::{
@@ -19,7 +19,7 @@ use zbus::{
     fdo::{RequestNameFlags, RequestNameReply},
 };
 
-pub struct Daemon {
+pub(super) struct Daemon {
     bus: BusAddress,
     paths: Paths,
     conn: Connection,
@@ -28,11 +28,11 @@ pub struct Daemon {
     servers: Arc<ServersService>,
     network: Arc<NetworkService>,
     logs: Arc<LogService>,
-    watch: Option<gsed::config::live::ConfigWatch>,
+    watch: Option<crate::config::live::ConfigWatch>,
 }
 
 /// Why [`Daemon::serve`] returned.
-pub enum Ended {
+pub(super) enum Ended {
     Signal,
     /// The bus connection ended: exit non-zero so the service manager restarts gsed.
     BusLost,

@@ -6,9 +6,9 @@ use std::{
     sync::Arc,
 };
 
+use crate::{boot::BootService, bus::BootObject, config, config::live::ConfigService, paths::Paths};
 use anyhow::{Context, Result};
 use gse_dbus::OBJECT_PATH;
-use gsed::{boot::BootService, bus::BootObject, config, config::live::ConfigService, paths::Paths};
 use tokio::{net::UnixListener, sync::Notify};
 use tracing::{info, warn};
 use zbus::{Guid, connection};
@@ -16,7 +16,11 @@ use zbus::{Guid, connection};
 /// How long a client of the early socket may take for the D-Bus handshake.
 const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub async fn run(paths: &Paths, boot_id: &str, signal: impl std::future::Future<Output = &'static str>) -> Result<()> {
+pub(super) async fn run(
+    paths: &Paths,
+    boot_id: &str,
+    signal: impl std::future::Future<Output = &'static str>,
+) -> Result<()> {
     let config = ConfigService::with_trees(config::early_layers(paths));
     let boot = BootService::new(paths, config, boot_id);
     let finished = Arc::new(Notify::new());

@@ -1,16 +1,18 @@
-//! gsed: the GSE daemon on every lab client. This file parses the arguments and
-//! dispatches: the daemon's life is in `daemon.rs`, early boot's in `early.rs`.
+//! The `gsed` command: parses the arguments and dispatches to the daemon's life
+//! (`daemon.rs`) or early boot's (`early.rs`). It lives in the library so that
+//! one binary can be both commands in the initramfs (`gsectl` runs this when it
+//! is called as `gsed`).
 
 use std::{path::PathBuf, process::ExitCode};
 
 mod daemon;
 mod early;
 
+use crate::paths::{self, Paths};
 use anyhow::{Context, Result};
 use clap::Parser;
 use daemon::Daemon;
 use gse_dbus::BusAddress;
-use gsed::paths::{self, Paths};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::error;
 
@@ -33,11 +35,12 @@ struct Args {
     early: bool,
 }
 
-fn main() -> ExitCode {
+/// `gsed`'s `main`.
+pub fn main() -> ExitCode {
     let args = Args::parse();
     let paths = Paths::new(&args.root);
     // Early boot has no syslog and no spool yet: its console is kept by /init.
-    gsed::logging::init((!args.early).then(|| paths.syslog_socket()).as_deref(), !args.early);
+    crate::logging::init((!args.early).then(|| paths.syslog_socket()).as_deref(), !args.early);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
