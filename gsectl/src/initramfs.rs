@@ -1,8 +1,8 @@
 //! `gsectl initramfs build`: a self-contained initramfs (cpio newc, zstd) that
 //! loads the kernel modules GSE needs, runs the early-boot hook and switches root.
-//! It carries gsed, gsectl and every shared library `ldd` names for them, a
-//! busybox for the shell and tools, the modules with their dependencies from
-//! `modules.dep`, and a copy of config.d. Entries are sorted with fixed times and
+//! It carries gsectl (which is gsed too, under that name) and every shared
+//! library `ldd` names for it, a busybox for the shell and tools, the modules
+//! with their dependencies from `modules.dep`, and a copy of config.d. Entries are sorted with fixed times and
 //! owners, so the same inputs give the same bytes.
 
 use std::{
@@ -222,11 +222,9 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
             .ok_or_else(|| Failure::Error("no busybox on PATH (apt-get install busybox-static)".into()))?,
     };
     // gsectl is gsed too when called so: one copy of the code, not two.
-    let mut binaries = vec![(me.clone(), "usr/bin/gsectl"), (busybox.clone(), "bin/busybox")];
+    // (btrfs subvolumes are snapshotted through ioctls: no btrfs-progs here.)
+    let binaries = [(me.clone(), "usr/bin/gsectl"), (busybox.clone(), "bin/busybox")];
     tree.link("usr/sbin/gsed", "../bin/gsectl");
-    if let Some(btrfs) = which("btrfs") {
-        binaries.push((btrfs, "sbin/btrfs"));
-    }
     let mut libs = BTreeSet::new();
     for (host, inside) in &binaries {
         let data = fs::read(host).map_err(|e| Failure::Error(format!("reading {}: {e}", host.display())))?;
@@ -236,11 +234,7 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     for lib in &libs {
         tree.host_file(lib)?;
     }
-    say(format!(
-        "gsectl (also gsed), busybox{} and {} shared libraries",
-        if binaries.len() > 2 { ", btrfs" } else { "" },
-        libs.len()
-    ));
+    say(format!("gsectl (also gsed), busybox and {} shared libraries", libs.len()));
     let applets =
         Command::new(&busybox).arg("--list").output().map_err(|e| Failure::Error(format!("running busybox: {e}")))?;
     for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
@@ -287,8 +281,8 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// How hard to compress: the kernel unpacks zstd several times faster than gzip,
-/// and at this level the archive is a third smaller than gzip's default.
-const ZSTD_LEVEL: i32 = 15;
+/// and at this level the archive is half the size of gzip's default.
+const ZSTD_LEVEL: i32 = 19;
 
 /// cpio "newc" with fixed times and owners, zstd-compressed.
 fn write_cpio_zst(tree: &Tree, out: &Path) -> Result<(), Failure> {

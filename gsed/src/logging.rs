@@ -1,22 +1,20 @@
 //! Logging through tracing: to journald when its socket exists, else to syslog when
 //! a syslog daemon listens, else to stderr — and always into the running boot's
 //! log spool, so gsed's own lines reach the archive (DESIGN §13).
-//! `RUST_LOG` (or `GSE_LOG`) sets the filter; the default is `info`.
+//! `GSE_LOG` (or `RUST_LOG`) sets the filter as `LEVEL` or `target=LEVEL,…`;
+//! the default is `info`. (Plain directives, no regular expressions: the regex
+//! engine cost the daemon and the initramfs a megabyte.)
 
 use std::{io::IsTerminal, path::Path};
 
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::logs::sink::{SpoolWriter, Syslog, SyslogWriter, use_syslog};
 
 /// `syslog`: the socket to try (None in early boot, where none runs); `spool`:
 /// whether lines are kept for the boot's log spool.
 pub fn init(syslog: Option<&Path>, spool: bool) {
-    let filter = || {
-        EnvFilter::try_from_env("GSE_LOG")
-            .or_else(|_| EnvFilter::try_from_default_env())
-            .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"))
-    };
+    let filter = || filter(std::env::var("GSE_LOG").or_else(|_| std::env::var("RUST_LOG")).ok().as_deref());
     let journald = Path::new("/run/systemd/journal/socket").exists().then(tracing_journald::layer).and_then(Result::ok);
     let syslog = if journald.is_none() { syslog.and_then(Syslog::connect) } else { None };
     let main = match (journald, syslog) {
@@ -53,6 +51,20 @@ pub fn brief<T: std::fmt::Display>(items: &[T]) -> String {
     }
 }
 
+/// The filter from `GSE_LOG`/`RUST_LOG`; one that does not parse is reported
+/// and the default used.
+fn filter(directives: Option<&str>) -> Targets {
+    const DEFAULT: &str = "info,netlink_packet_route=error";
+    match directives.map(str::parse::<Targets>) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!("gsed: GSE_LOG/RUST_LOG: {e}; using {DEFAULT}");
+            DEFAULT.parse().unwrap_or_default()
+        }
+        None => DEFAULT.parse().unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -64,5 +76,18 @@ mod tests {
             line.starts_with("2000: system/file0.conf,") && line.ends_with("(+1992 more)") && line.len() < 300,
             "{line}"
         );
+    }
+
+    #[test]
+    fn filters_parse_levels_and_targets() {
+        use tracing::Level;
+        let f = super::filter(Some("warn,gsed::network=debug"));
+        assert!(f.would_enable("gsed::network::dhcp", &Level::DEBUG));
+        assert!(!f.would_enable("gsed::health", &Level::INFO));
+        let d = super::filter(None);
+        assert!(d.would_enable("gsed", &Level::INFO) && !d.would_enable("gsed", &Level::DEBUG));
+        assert!(!d.would_enable("netlink_packet_route::link", &Level::WARN));
+        // A bad value falls back to the default rather than silencing gsed.
+        assert!(super::filter(Some("gsed=loud")).would_enable("gsed", &Level::INFO));
     }
 }

@@ -151,8 +151,10 @@ impl Default for MountNs {
 }
 
 /// Shell that lists the tree under the current directory with the metadata a
-/// repair must keep (GSE's own `.gse/` and `lost+found` left out).
-pub const LISTING: &str = "find . -xdev \\( -path ./lost+found -o -path ./.gse \\) -prune -o -print0 | sort -z | xargs -0 stat -c '%n|%f|%u|%g|%s|%Y|%t:%T|%h|%N'; getfattr -R -d -m - --absolute-names . 2>/dev/null | grep -v '^# file: ./.gse' || true";
+/// repair must keep, xattrs included (GSE's own `.gse/` and `lost+found` left
+/// out). A missing or failing getfattr fails the listing rather than silently
+/// leaving the xattrs uncompared.
+pub const LISTING: &str = "find . -xdev \\( -path ./lost+found -o -path ./.gse \\) -prune -o -print0 | sort -z | xargs -0 stat -c '%n|%f|%u|%g|%s|%Y|%t:%T|%h|%N'; x=$(getfattr -R -P -h -d -m - --absolute-names .) || { echo 'getfattr failed: the xattrs were not compared' >&2; exit 1; }; printf '%s\\n' \"$x\" | sed '/^# file: .\\/.gse/d'";
 
 /// A directory's size is how the filesystem laid it out, not content, so it is left out.
 pub fn normalize_listing(raw: &str) -> String {

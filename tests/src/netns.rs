@@ -109,13 +109,20 @@ impl NetLab {
         ip(&["-n", &self.server_ns, "link", "set", &self.server_if, if up { "up" } else { "down" }]);
     }
 
+    /// Moves the server's end to another address (192.0.2.1 stops answering).
+    pub fn move_server(&self, to: &str) {
+        ip(&["-n", &self.server_ns, "addr", "flush", "dev", &self.server_if]);
+        ip(&["-n", &self.server_ns, "addr", "add", to, "dev", &self.server_if]);
+    }
+
     pub fn dhcp_log_count(&self, what: &str) -> usize {
         fs::read_to_string(self.dnsmasq_log()).unwrap_or_default().matches(what).count()
     }
 }
 
 /// dnsmasq as the DHCP server (DNS off) on `iface` inside `netns`, handing out
-/// 192.0.2.50-99 with 192.0.2.1 as the router; its log and leases live in `dir`.
+/// 192.0.2.50-99 (unless `extra` brings its own `--dhcp-range`) with 192.0.2.1
+/// as the router; its log and leases live in `dir`.
 pub fn dnsmasq(netns: &str, iface: &str, dir: &std::path::Path, extra: &[&str]) -> ProcessGuard {
     let dnsmasq = require_tool("dnsmasq", "dnsmasq");
     let log_path = dir.join("dnsmasq.log");
@@ -125,7 +132,10 @@ pub fn dnsmasq(netns: &str, iface: &str, dir: &std::path::Path, extra: &[&str]) 
         .arg(dnsmasq)
         .args(["--no-daemon", "--port=0", "--bind-interfaces", "--log-dhcp", "--conf-file=/dev/null"])
         .arg(format!("--interface={iface}"))
-        .arg("--dhcp-range=192.0.2.50,192.0.2.99,255.255.255.0,2m")
+        .args(
+            (!extra.iter().any(|a| a.starts_with("--dhcp-range=")))
+                .then_some("--dhcp-range=192.0.2.50,192.0.2.99,255.255.255.0,2m"),
+        )
         .arg("--dhcp-option=option:router,192.0.2.1")
         .arg("--dhcp-option=option:dns-server,192.0.2.53")
         .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))

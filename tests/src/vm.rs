@@ -235,7 +235,7 @@ impl Kit {
         fs::write(
             conf.join("controller/server/server.info.conf"),
             format!(
-                "public_key = \"{public}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"700ms\"\nfail_after = 2\nswitch_margin = 0.3\njitter = \"2s\"\nsync_interval = \"10m\"\n{servers}"
+                "public_key = \"{public}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"2s\"\nfail_after = 2\nswitch_margin = 0.3\njitter = \"2s\"\nsync_interval = \"10m\"\n{servers}"
             ),
         )
         .unwrap();
@@ -590,6 +590,7 @@ impl Running<'_> {
 
     /// Waits until `marker` has appeared `n` times; returns the rest of the n-th line.
     pub fn wait_nth(&mut self, marker: &str, n: usize, timeout: Duration) -> String {
+        let since = Instant::now();
         let find = |log: &str| log.match_indices(marker).nth(n - 1).and_then(|(i, _)| after(&log[i..], marker));
         loop {
             if let Some(line) = find(&self.log()) {
@@ -605,11 +606,12 @@ impl Running<'_> {
                     return line;
                 }
             }
-            if !running || self.started.elapsed() > timeout {
+            if !running || since.elapsed() > timeout {
                 panic!(
-                    "vm {}: no `{marker}` (#{n}) on the console after {:.0} s ({}); the console log follows",
+                    "vm {}: no `{marker}` (#{n}) on the console {:.0} s after power-on, {:.0} s of waiting ({}); the console log follows",
                     self.vm.scenario,
                     self.started.elapsed().as_secs_f64(),
+                    since.elapsed().as_secs_f64(),
                     if running { "still running" } else { "qemu exited" }
                 );
             }

@@ -151,18 +151,27 @@ async fn live_edits_apply_and_bad_ones_keep_the_last_good_config() {
     assert!(next_changed(&mut changed, Duration::from_millis(500)).await.is_none(), "one reload only");
     assert_eq!(config.generation().await.unwrap(), g1 + 1);
 
-    // A burst of edits to several files: one reload naming them all.
+    // A burst of 20 writes to two files is coalesced: a reload or two (a loaded
+    // machine may pause the writer past the quiet window), never one per write,
+    // and together they name both files and end on the last values.
     fs::create_dir_all(live.synced("controller")).unwrap();
     for i in 0..10 {
         fs::write(&boot, format!("[health]\ninit = \"none\"\nmax_attempts = {}\n", 10 + i)).unwrap();
         fs::write(live.synced("controller/update.chk.conf"), format!("channel = \"c{i}\"\n")).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
     }
-    let files = next_changed(&mut changed, Duration::from_secs(3)).await.expect("Changed after the burst");
-    assert_eq!(files.len(), 2, "{files:?}");
-    assert!(next_changed(&mut changed, Duration::from_millis(500)).await.is_none(), "one reload only");
-    assert_eq!(config.generation().await.unwrap(), g1 + 2);
+    let mut named = std::collections::BTreeSet::new();
+    let mut reloads = 0;
+    let mut within = Duration::from_secs(3);
+    while let Some(files) = next_changed(&mut changed, within).await {
+        named.extend(files);
+        reloads += 1;
+        within = Duration::from_millis(500);
+    }
+    assert!((1..=2).contains(&reloads), "20 writes gave {reloads} reloads");
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert_eq!(config.generation().await.unwrap(), g1 + 1 + reloads);
     assert_eq!(config.get("update.channel").await.unwrap(), "\"c9\"");
+    assert_eq!(config.get("boot.health.max_attempts").await.unwrap(), "19");
 
     // Removing the synced file falls back to the image's layer.
     fs::remove_file(&boot).unwrap();

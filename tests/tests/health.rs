@@ -205,7 +205,12 @@ fn journal_survives_kill9_and_torn_or_garbage_records() {
             let _ = gsectl(&addr, args);
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed while the writer is still going: once a few of its records are in.
+    let journal = root.journal();
+    wait_for(Duration::from_secs(20), "records from the writer", || {
+        let n = gsed::journal::Journal::open(&journal).ok()?.0.records().len();
+        (n >= 6).then_some(())
+    });
     gsed.stop_with(Signal::SIGKILL, Duration::from_secs(3));
     writer.join().unwrap();
 
@@ -302,8 +307,11 @@ fn openrc_default_runlevel_gates_green() {
     root.write("run/openrc/started/dbus", "");
     fs::create_dir_all(root.path().join("run/openrc/failed")).unwrap();
     let _gsed = start_gsed(&bus, &root, "boot-rc");
-    std::thread::sleep(Duration::from_millis(600));
-    let r = report(&bus);
+    // Wait for the init check's first verdict rather than for time.
+    let r = wait_for(Duration::from_secs(10), "the init check", || {
+        let r = report(&bus);
+        r["checks"].as_array().is_some_and(|c| !c.is_empty()).then_some(r)
+    });
     assert_eq!(r["status"], "starting", "{r:#}");
     assert_eq!(gsectl(&bus.address, &["health"]).status.code(), Some(2));
     assert!(r["checks"][0]["detail"].as_str().unwrap().contains("not started: sshd"), "{r:#}");

@@ -147,6 +147,151 @@ async fn an_expired_lease_removes_the_address_and_a_new_server_gives_a_new_one()
     assert_eq!(lab.client_addresses().len(), 1, "a new lease");
 }
 
+/// At T2 a client whose server went away rebinds by broadcast with whichever
+/// server answers, and keeps its address (no DISCOVER, no gap).
+#[tokio::test]
+async fn a_lease_is_rebound_at_t2_through_another_server() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&["--dhcp-option=58,3", "--dhcp-option=59,5"]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-rebind", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let first = lab.client_addresses();
+    // The first server is gone (unicast renewals to 192.0.2.1 go nowhere); a
+    // second one, with the same lease database, answers broadcasts only.
+    lab.stop_dnsmasq();
+    fs::write(lab.dnsmasq_log(), "").unwrap();
+    lab.move_server("192.0.2.2/24");
+    lab.start_dnsmasq(&["--dhcp-option=58,3", "--dhcp-option=59,5"]);
+    wait_for(Duration::from_secs(20), "a rebinding ACK from the second server", || {
+        (lab.dhcp_log_count("DHCPACK") >= 1).then_some(())
+    });
+    let log = fs::read_to_string(lab.dnsmasq_log()).unwrap();
+    assert!(!log.contains("DHCPDISCOVER"), "rebinding does not start over:\n{log}");
+    assert_eq!(lab.client_addresses(), first, "the address stays");
+    let r = row(&net.interfaces().await.unwrap(), &lab.client_if).clone();
+    assert_eq!(r.1, "bound");
+    assert!(r.8.contains("lease from 192.0.2.2"), "the lease is now the second server's: {}", r.8);
+}
+
+/// A NAK (the network was renumbered: the new server knows none of the old
+/// leases) takes the address away at once and a new lease is asked for; the
+/// client does not sit on a refused address until the lease expires.
+#[tokio::test]
+async fn a_nak_drops_the_address_and_a_new_lease_is_taken() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&["--dhcp-option=58,2", "--dhcp-option=59,4"]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-nak", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let first = lab.client_addresses();
+    lab.stop_dnsmasq();
+    let _ = fs::remove_file(lab.dir.path().join("leases"));
+    lab.start_dnsmasq(&[
+        "--dhcp-authoritative",
+        "--dhcp-range=192.0.2.100,192.0.2.149,255.255.255.0,2m",
+        "--dhcp-option=58,2",
+        "--dhcp-option=59,4",
+    ]);
+    net.renew().await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let a = lab.client_addresses();
+        if a.len() == 1 && a[0].starts_with("192.0.2.1") && a[0].len() == "192.0.2.100/24".len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no address from the new range: {a:?}, {:?}\n{}\n{}",
+            row(&net.interfaces().await.unwrap(), &lab.client_if),
+            fs::read_to_string(root.path().join("gsed-boot-nak.log")).unwrap_or_default(),
+            fs::read_to_string(lab.dnsmasq_log()).unwrap().lines().rev().take(25).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lab.dhcp_log_count("DHCPNAK") >= 1, "{}", fs::read_to_string(lab.dnsmasq_log()).unwrap());
+    assert!(!lab.client_addresses().contains(&first[0]), "the refused address is gone");
+    wait_state(&net, &lab.client_if, "bound", 10).await;
+}
+
+/// A system going down (RecordShutdown, then SIGTERM) gives its lease back; a
+/// plain restart of the service keeps it and records no clean shutdown.
+#[tokio::test]
+async fn the_lease_is_released_on_shutdown_but_not_on_a_restart() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&[]);
+    let root = client(&dhcp_conf(&lab));
+    let bus = TestBus::start();
+    let journal = root.journal();
+    let clean = |boot: &str| {
+        let (j, _) = gsed::journal::Journal::open(&journal).unwrap();
+        j.records().iter().any(|r| r.boot_id == boot && r.event == gsed::journal::Event::CleanShutdown)
+    };
+
+    let mut gsed = start_gsed_in(&bus, &root, "boot-rel", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    // A restart: SIGTERM alone.
+    let status = gsed.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(lab.dhcp_log_count("DHCPRELEASE"), 0, "a restart keeps the lease");
+    assert!(!clean("boot-rel"), "a restart is not a clean shutdown");
+
+    let mut gsed = start_gsed_in(&bus, &root, "boot-rel", Some(&lab.client_ns));
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let out = gsectl(&bus.address, &["health", "record-shutdown"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = gsed.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(clean("boot-rel"));
+    wait_for(Duration::from_secs(5), "DHCPRELEASE in dnsmasq's log", || {
+        (lab.dhcp_log_count("DHCPRELEASE") == 1).then_some(())
+    });
+    let leases = fs::read_to_string(lab.dir.path().join("leases")).unwrap_or_default();
+    assert!(leases.trim().is_empty(), "the server forgot the lease: {leases}");
+}
+
+/// Under --root, interfaces network.conf does not name are never touched: not
+/// brought up, given no address, and no DHCP traffic leaves them.
+#[tokio::test]
+async fn with_root_unnamed_interfaces_are_left_alone() {
+    let mut lab = NetLab::new();
+    lab.start_dnsmasq(&[]);
+    lab.client_ip(&["link", "add", "gse-x0", "type", "veth", "peer", "name", "gse-x1"]);
+    let root = client("");
+    let bus = TestBus::start();
+    let _gsed = start_gsed_in(&bus, &root, "boot-alone", Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    let health = gse_dbus::health::HealthProxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    // gsed is up and has done its first network pass (its checks ran too).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while health.status().await.ok().as_deref() != Some("green") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("gsed's first verdict");
+    assert!(net.interfaces().await.unwrap().is_empty(), "nothing is managed or reported");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for link in [lab.client_if.as_str(), "gse-x0", "gse-x1"] {
+        assert!(lab.client_ip(&["link", "show", link]).contains("state DOWN"), "{link} was brought up");
+    }
+    assert!(lab.client_addresses().is_empty());
+    assert_eq!(lab.dhcp_log_count("DHCPDISCOVER"), 0, "no DHCP from the client namespace");
+}
+
 #[tokio::test]
 async fn static_configuration_is_exact_and_idempotent() {
     let lab = NetLab::new();

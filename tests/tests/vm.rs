@@ -51,6 +51,12 @@ fn vm_first_boot_syncs_renews_and_follows_the_published_config() {
     let rc = |who: &str| policy.split(' ').find_map(|kv| kv.strip_prefix(&format!("{who}="))).unwrap_or("?").to_owned();
     assert_eq!(rc("student-read"), "0", "{policy}");
     assert_ne!(rc("student-unpin"), "0", "a student may not change state: {policy}");
+    let denied = b1.log.lines().find_map(|l| l.split("GSE-POLICY-DENIED: ").nth(1)).unwrap_or("").trim().to_owned();
+    assert!(
+        denied.starts_with("gsectl: cannot unpin: only root, members of group 'gse'")
+            && denied.contains("org.gentoo.gse1.servers"),
+        "a student is refused by gsed's authorization, not by some other failure: {denied}"
+    );
     assert_eq!(rc("labadmin-unpin"), "0", "group gse may: {policy}");
     let boot_id = b1.health["boot_id"].as_str().unwrap().to_owned();
     let journal = vm.on_disk(4, "cat persistent/gse/health.journal");

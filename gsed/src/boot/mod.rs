@@ -11,6 +11,7 @@ pub mod mount;
 pub mod provision;
 pub mod slots;
 pub mod state;
+pub mod subvol;
 
 use std::{path::Path, sync::Arc, time::Duration};
 

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -15,6 +14,7 @@ use super::{
     copy::{clear_dir, copy_tree},
     flag::{self, BootFlag, FlagKey, FlagState},
     mount::{Mounts, resolve_device, split_options},
+    subvol,
 };
 use crate::{
     config::{Settings, SlotConf},
@@ -158,10 +158,12 @@ impl Slots<'_> {
                     .map_err(|e| BootError::Io(format!("keeping the broken slot {target}"), e))?;
                 prune_snapshots(&dir, target, keep)?;
             } else {
-                btrfs(&["subvolume", "delete", &tpath.to_string_lossy()])?;
+                subvol::delete(&tpath)
+                    .map_err(|e| BootError::Io(format!("deleting the broken subvolume {}", tpath.display()), e))?;
             }
         }
-        btrfs(&["subvolume", "snapshot", &spath.to_string_lossy(), &tpath.to_string_lossy()])?;
+        subvol::snapshot(&spath, &tpath)
+            .map_err(|e| BootError::Io(format!("snapshotting {} to {}", spath.display(), tpath.display()), e))?;
         fresh.write(&tpath, key).map_err(|e| BootError::Io(format!("writing the fresh flag of slot {target}"), e))?;
         nix::unistd::sync();
         Ok(())
@@ -175,22 +177,7 @@ fn prune_snapshots(dir: &Path, slot: &str, keep: u32) -> Result<(), BootError> {
     old.sort();
     while old.len() > keep as usize {
         let p = old.remove(0);
-        btrfs(&["subvolume", "delete", &p.to_string_lossy()])?;
-    }
-    Ok(())
-}
-
-fn btrfs(args: &[&str]) -> Result<(), BootError> {
-    let out = Command::new("btrfs")
-        .args(args)
-        .output()
-        .map_err(|e| BootError::Io("running btrfs (btrfs-progs)".into(), e))?;
-    if !out.status.success() {
-        return Err(BootError::Tool(format!(
-            "btrfs {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        subvol::delete(&p).map_err(|e| BootError::Io(format!("deleting the old snapshot {}", p.display()), e))?;
     }
     Ok(())
 }

@@ -33,7 +33,15 @@ use crate::{
     config::{InterfaceConf, Method, NetworkConf, parse_cidr},
     paths::Paths,
 };
-use dhcp::{Client, Lease};
+use dhcp::{Client, DhcpError, Lease};
+
+/// How holding a lease ended.
+enum Kept {
+    Extended(Lease),
+    CarrierLost,
+    /// Expired, or refused (NAK): the state to show and why.
+    Lost(LinkState, String),
+}
 
 /// One interface's state, as the bus and `gsectl network` show it.
 pub type IfaceState = Interface;
@@ -370,51 +378,70 @@ impl NetworkService {
         loop {
             self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), lease.clone());
             self.apply_lease(h, name, index, &lease).await?;
-            // Renew at T1 (unicast), rebind from T2 (broadcast), give up at expiry.
-            let extended = loop {
-                let now = Instant::now();
-                if now >= lease.expires_at() {
-                    break None;
-                }
-                let (at, broadcast) = if now < lease.renew_at() {
-                    (lease.renew_at(), false)
-                } else {
-                    (now + (lease.expires_at() - now).min(Duration::from_secs(2)) / 2, now >= lease.rebind_at())
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                    _ = self.renew.notified() => {}
-                    _ = carrier.changed() => {
-                        if !self.carrier_of(name) {
-                            self.update(name, |s| { s.state = LinkState::NoCarrier; s.carrier = false; });
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                }
-                let wait = (lease.expires_at().saturating_duration_since(Instant::now())).min(Duration::from_secs(2));
-                if let Ok(l) = client.extend(&lease, broadcast, wait.max(Duration::from_millis(200))).await {
-                    break Some(l);
-                }
-            };
-            match extended {
-                Some(l) => {
+            match self.keep_lease(name, &client, &lease, carrier).await {
+                Kept::Extended(l) => {
                     info!(interface = name, address = %l.address, "DHCP lease renewed");
                     lease = l;
                 }
-                None => {
-                    warn!(interface = name, address = %lease.address, "DHCP lease expired; address removed");
+                Kept::CarrierLost => return Ok(()),
+                Kept::Lost(state, why) => {
+                    warn!(interface = name, address = %lease.address, why, "DHCP lease lost; address removed");
                     let _ = link::flush_addresses(h, index).await;
                     self.leases.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
                     self.update(name, |s| {
-                        s.state = LinkState::Expired;
+                        s.state = state;
                         s.addresses.clear();
                         s.gateway.clear();
                         s.lease_expiry = 0;
-                        s.detail = "the lease ran out and no DHCP server answered".into();
+                        s.detail = why;
                     });
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Holds `lease` until it is extended: renew at T1 (unicast to its server),
+    /// rebind from T2 (broadcast, any server), give up at expiry; a NAK ends it
+    /// at once (the network moved on: the address must go).
+    async fn keep_lease(
+        &self,
+        name: &str,
+        client: &Client,
+        lease: &Lease,
+        carrier: &mut watch::Receiver<Carriers>,
+    ) -> Kept {
+        loop {
+            let now = Instant::now();
+            if now >= lease.expires_at() {
+                return Kept::Lost(LinkState::Expired, "the lease ran out and no DHCP server answered".into());
+            }
+            let (at, broadcast) = if now < lease.renew_at() {
+                (lease.renew_at(), false)
+            } else {
+                (now + (lease.expires_at() - now).min(Duration::from_secs(2)) / 2, now >= lease.rebind_at())
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = self.renew.notified() => {}
+                _ = carrier.changed() => {
+                    if !self.carrier_of(name) {
+                        self.update(name, |s| { s.state = LinkState::NoCarrier; s.carrier = false; });
+                        return Kept::CarrierLost;
+                    }
+                    continue;
+                }
+            }
+            let wait = (lease.expires_at().saturating_duration_since(Instant::now())).min(Duration::from_secs(2));
+            let extended = client.extend(lease, broadcast, wait.max(Duration::from_millis(200))).await;
+            debug!(interface = name, broadcast, result = ?extended.as_ref().map(|l| l.address), "DHCP renewal");
+            match extended {
+                Ok(l) => return Kept::Extended(l),
+                Err(DhcpError::Nak(why)) => {
+                    let why = format!("the DHCP server refused the lease ({why}); asking for a new one");
+                    return Kept::Lost(LinkState::NoLease, why);
+                }
+                Err(_) => {}
             }
         }
     }

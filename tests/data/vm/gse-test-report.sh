@@ -23,6 +23,7 @@ say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
 say "GSE-MOTD: $(head -n 1 /etc/motd)"
 as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
 say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
+say "GSE-POLICY-DENIED: $(setpriv --reuid=student --regid=student --init-groups gsectl servers unpin 2>&1 >/dev/null | head -n 1)"
 case "$mode" in
 logs)
 	gsectl logs list | while IFS= read -r l; do say "GSE-LOGS: $l"; done
