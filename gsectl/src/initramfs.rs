@@ -184,79 +184,20 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     if args.out.exists() && !args.force {
         return Err(Failure::Error(format!("{} exists; pass --force to replace it", args.out.display())));
     }
-    let moddir = args.modules_root.join("lib/modules").join(&args.kver);
-    let dep = fs::read_to_string(moddir.join("modules.dep"))
-        .map_err(|e| Failure::Error(format!("cannot read {}: {e}", moddir.join("modules.dep").display())))?;
     let mut tree = Tree::default();
     for d in ["proc", "sys", "dev", "run", "sysroot", "tmp", "user-data", "boot", "etc/gse"] {
         tree.dir(d);
     }
-
-    let (order, builtin) = resolve_modules(&dep, MODULES);
-    say(format!(
-        "{} modules for kernel {} ({} built in or absent: {})",
-        order.len(),
-        args.kver,
-        builtin.len(),
-        builtin.join(", ")
-    ));
-    let mut dep_lines = String::new();
-    let included: BTreeSet<&String> = order.iter().collect();
-    for line in dep.lines() {
-        if line.split_once(':').is_some_and(|(m, _)| included.contains(&m.trim().to_owned())) {
-            dep_lines.push_str(line);
-            dep_lines.push('\n');
-        }
-    }
-    for m in &order {
-        let data = fs::read(moddir.join(m)).map_err(|e| Failure::Error(format!("reading module {m}: {e}")))?;
-        tree.file(&format!("lib/modules/{}/{m}", args.kver), data, 0o644);
-    }
-    tree.file(&format!("lib/modules/{}/modules.dep", args.kver), dep_lines.into_bytes(), 0o644);
-    tree.file("etc/gse/modules", format!("{}\n", order.join("\n")).into_bytes(), 0o644);
-
-    let me = std::env::current_exe().map_err(|e| Failure::Error(format!("finding gsectl: {e}")))?;
+    add_modules(&mut tree, &args.modules_root, &args.kver)?;
     let busybox = match args.busybox {
         Some(b) => b,
         None => which("busybox")
             .ok_or_else(|| Failure::Error("no busybox on PATH (apt-get install busybox-static)".into()))?,
     };
-    // gsectl is gsed too when called so: one copy of the code, not two.
-    // (btrfs subvolumes are snapshotted through ioctls: no btrfs-progs here.)
-    let binaries = [(me.clone(), "usr/bin/gsectl"), (busybox.clone(), "bin/busybox")];
-    tree.link("usr/sbin/gsed", "../bin/gsectl");
-    let mut libs = BTreeSet::new();
-    for (host, inside) in &binaries {
-        let data = fs::read(host).map_err(|e| Failure::Error(format!("reading {}: {e}", host.display())))?;
-        tree.file(inside, data, 0o755);
-        libs.extend(libraries(host)?);
-    }
-    for lib in &libs {
-        tree.host_file(lib)?;
-    }
-    say(format!("gsectl (also gsed), busybox and {} shared libraries", libs.len()));
-    let applets =
-        Command::new(&busybox).arg("--list").output().map_err(|e| Failure::Error(format!("running busybox: {e}")))?;
-    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        tree.link(&format!("bin/{applet}"), "busybox");
-    }
-    tree.link("sbin", "bin");
-
+    add_programs(&mut tree, &busybox)?;
     tree.file("init", INIT.to_vec(), 0o755);
     tree.file("usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh").to_vec(), 0o755);
-    let config = args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d"));
-    gsed::config::check_tree(&config).map_err(|errors| {
-        Failure::Error(format!(
-            "{} is not a valid config.d:\n{}",
-            config.display(),
-            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
-        ))
-    })?;
-    for f in gsed::config::walk(&config) {
-        let rel = f.strip_prefix(&config).expect("under config").to_string_lossy().into_owned();
-        let data = fs::read(&f).map_err(|e| Failure::Error(format!("reading {}: {e}", f.display())))?;
-        tree.file(&format!("usr/share/gse/config.d/{rel}"), data, 0o644);
-    }
+    add_config(&mut tree, &args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d")))?;
 
     let tmp = args.out.with_file_name(format!(
         ".{}.tmp-{}",
@@ -274,6 +215,77 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     say(format!("wrote {} ({} entries, {size} bytes)", args.out.display(), tree.entries.len()));
     println!("{}  {size} bytes", args.out.display());
     Ok(0)
+}
+
+/// The modules GSE needs with their dependencies, a `modules.dep` of just
+/// those, and the load order for /init.
+fn add_modules(tree: &mut Tree, modules_root: &Path, kver: &str) -> Result<(), Failure> {
+    let moddir = modules_root.join("lib/modules").join(kver);
+    let dep = fs::read_to_string(moddir.join("modules.dep"))
+        .map_err(|e| Failure::Error(format!("cannot read {}: {e}", moddir.join("modules.dep").display())))?;
+    let (order, builtin) = resolve_modules(&dep, MODULES);
+    say(format!(
+        "{} modules for kernel {kver} ({} built in or absent: {})",
+        order.len(),
+        builtin.len(),
+        builtin.join(", ")
+    ));
+    let included: BTreeSet<&str> = order.iter().map(String::as_str).collect();
+    let dep_lines: String = dep
+        .lines()
+        .filter(|line| line.split_once(':').is_some_and(|(m, _)| included.contains(m.trim())))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    for m in &order {
+        let data = fs::read(moddir.join(m)).map_err(|e| Failure::Error(format!("reading module {m}: {e}")))?;
+        tree.file(&format!("lib/modules/{kver}/{m}"), data, 0o644);
+    }
+    tree.file(&format!("lib/modules/{kver}/modules.dep"), dep_lines.into_bytes(), 0o644);
+    tree.file("etc/gse/modules", format!("{}\n", order.join("\n")).into_bytes(), 0o644);
+    Ok(())
+}
+
+/// gsectl (which is gsed too when called so: one copy of the code, not two),
+/// busybox with a link per applet, and every shared library they need. btrfs
+/// subvolumes are snapshotted through ioctls: no btrfs-progs here.
+fn add_programs(tree: &mut Tree, busybox: &Path) -> Result<(), Failure> {
+    let me = std::env::current_exe().map_err(|e| Failure::Error(format!("finding gsectl: {e}")))?;
+    let binaries = [(me.as_path(), "usr/bin/gsectl"), (busybox, "bin/busybox")];
+    tree.link("usr/sbin/gsed", "../bin/gsectl");
+    let mut libs = BTreeSet::new();
+    for (host, inside) in binaries {
+        let data = fs::read(host).map_err(|e| Failure::Error(format!("reading {}: {e}", host.display())))?;
+        tree.file(inside, data, 0o755);
+        libs.extend(libraries(host)?);
+    }
+    for lib in &libs {
+        tree.host_file(lib)?;
+    }
+    say(format!("gsectl (also gsed), busybox and {} shared libraries", libs.len()));
+    let applets =
+        Command::new(busybox).arg("--list").output().map_err(|e| Failure::Error(format!("running busybox: {e}")))?;
+    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        tree.link(&format!("bin/{applet}"), "busybox");
+    }
+    tree.link("sbin", "bin");
+    Ok(())
+}
+
+/// A copy of `config` (checked first) as early boot's image defaults.
+fn add_config(tree: &mut Tree, config: &Path) -> Result<(), Failure> {
+    gsed::config::check_tree(config).map_err(|errors| {
+        Failure::Error(format!(
+            "{} is not a valid config.d:\n{}",
+            config.display(),
+            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+        ))
+    })?;
+    for f in gsed::config::walk(config) {
+        let rel = f.strip_prefix(config).expect("under config").to_string_lossy().into_owned();
+        let data = fs::read(&f).map_err(|e| Failure::Error(format!("reading {}: {e}", f.display())))?;
+        tree.file(&format!("usr/share/gse/config.d/{rel}"), data, 0o644);
+    }
+    Ok(())
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

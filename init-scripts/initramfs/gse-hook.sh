@@ -19,6 +19,8 @@
 #                      (default LABEL=gse-a; gse.fallback=)
 #   GSE_FALLBACK_FSTYPE, GSE_FALLBACK_OPTS  its filesystem type and options
 #   GSED, GSECTL       the binaries (default /usr/sbin/gsed, /usr/bin/gsectl)
+#   GSE_CONSOLE        where the rescue shell talks (default /dev/console; -: this
+#                      script's own standard input and output)
 
 SYSROOT=${1:-${GSE_SYSROOT:-/sysroot}}
 
@@ -43,6 +45,7 @@ cmdline_arg() {
 : "${GSE_FALLBACK_FSTYPE:=auto}"
 : "${GSE_FALLBACK_OPTS:=ro}"
 : "${GSE_RESCUE:=$(cmdline_arg gse.rescue)}"
+: "${GSE_CONSOLE:=/dev/console}"
 root=${GSE_ROOT%/}
 
 # In an initramfs, stderr is the console.
@@ -80,7 +83,12 @@ fail() {
 	[ -n "${gsed_pid:-}" ] && kill "$gsed_pid" 2>/dev/null
 	if [ "$GSE_RESCUE" = 1 ]; then
 		say "gse.rescue is set: starting a rescue shell; exit it to go on booting"
-		sh -i </dev/console >/dev/console 2>&1 || sh -i
+		if [ "$GSE_CONSOLE" = - ]; then
+			sh -i
+		else
+			# shellcheck disable=SC2094  # a terminal: read and written at once
+			sh -i <"$GSE_CONSOLE" >"$GSE_CONSOLE" 2>&1 || sh -i
+		fi
 	fi
 	if ! is_mounted "$SYSROOT"; then
 		say "booting the primary slot as it is: $GSE_FALLBACK_DEV, read-only"

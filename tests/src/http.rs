@@ -114,6 +114,11 @@ impl Nginx {
         }
     }
 
+    /// nginx's access log so far (a request is logged once it completes).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
     /// Sets the load it advertises in `gse1/status.json`.
     pub fn set_load(&self, load: f64) {
         let p = self.docroot.join("gse1/status.json");

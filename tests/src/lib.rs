@@ -6,6 +6,7 @@ pub mod client;
 pub mod disk;
 pub mod http;
 pub mod netns;
+pub mod sim;
 pub mod vm;
 
 use std::{

@@ -131,6 +131,26 @@ fn flag_corruption(btrfs: bool) {
     c.power_off();
 }
 
+/// Both slots untrustworthy: no repair from a bad source and no bailout to a
+/// bad backup; the primary boots as it is, loudly, and nothing is overwritten.
+#[test]
+fn with_both_slots_bad_the_primary_boots_as_it_is() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\non_failure = \"repair\"\n");
+    c.provision();
+    c.on_slot("b", "rm .gse/bootflag");
+    c.on_slot("a", "echo only-on-a > marker");
+    let b = corrupt_and_boot(&c, "flipped");
+    assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"), "{b:#}");
+    assert_eq!((s(&b["flags"]["a"]), s(&b["flags"]["b"])), ("forged: its MAC does not verify", "missing"));
+    assert_eq!(
+        s(&b["reason"]),
+        "the flag of slot a is forged: its MAC does not verify, and the backup's flag is missing; booting slot a as it is"
+    );
+    c.power_off();
+    assert_eq!(c.on_slot("a", "cat marker").trim(), "only-on-a", "slot a was not repaired from a bad backup");
+    assert!(c.on_slot("b", "ls .gse").trim().is_empty(), "slot b got no flag");
+}
+
 #[test]
 fn ext4_flag_corruption_bailout_and_repair() {
     flag_corruption(false);
@@ -226,8 +246,12 @@ fn a_repair_killed_halfway_is_finished_next_boot() {
 }
 
 fn hook(c: &Client, gsed: &std::path::Path) -> std::process::Output {
-    c.ns.command("sh")
-        .arg(repo().join("init-scripts/initramfs/gse-hook.sh"))
+    hook_cmd(c, gsed).output().unwrap()
+}
+
+fn hook_cmd(c: &Client, gsed: &std::path::Path) -> std::process::Command {
+    let mut cmd = c.ns.command("sh");
+    cmd.arg(repo().join("init-scripts/initramfs/gse-hook.sh"))
         .arg(&c.sysroot)
         .env("GSE_ROOT", c.root.path())
         .env("GSED", gsed)
@@ -235,9 +259,8 @@ fn hook(c: &Client, gsed: &std::path::Path) -> std::process::Output {
         .env("GSE_BOOT_DEV", "")
         .env("GSE_DATA_DEV", "")
         .env("GSE_FALLBACK_DEV", &c.slot_dev[0])
-        .env("GSE_RESCUE", "0")
-        .output()
-        .unwrap()
+        .env("GSE_RESCUE", "0");
+    cmd
 }
 
 #[test]
@@ -261,6 +284,28 @@ fn the_generic_hook_boots_through_gse_and_falls_back_loudly() {
     assert_eq!(c.ns.ok(&format!("cat {sys}/etc/gse-release")).lines().nth(1), Some("VERSION=test-1"));
     assert!(!c.in_ns(&format!("touch {sys}/x")).status.success(), "read-only");
     assert!(!c.root.path().join("run/gse/boot.json").exists());
+    c.power_off();
+
+    // With gse.rescue, a shell comes first; leaving it goes on to the fallback.
+    let mut child = hook_cmd(&c, std::path::Path::new("/bin/false"))
+        .env("GSE_RESCUE", "1")
+        .env("GSE_CONSOLE", "-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echo rescue-$((6 * 7)) in $(pwd)\nexit\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(err.contains("gse.rescue is set: starting a rescue shell"), "{err}");
+    assert!(stdout.contains("rescue-42 in /"), "the shell ran what was typed: {stdout}\n{err}");
+    assert!(err.contains("booting the primary slot as it is"), "then the boot goes on: {err}");
+    assert_eq!(c.ns.ok(&format!("cat {sys}/etc/gse-release")).lines().nth(1), Some("VERSION=test-1"));
     c.power_off();
 }
 

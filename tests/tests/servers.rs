@@ -156,8 +156,14 @@ async fn syncs_from_the_best_fails_over_and_moves_back_only_with_hysteresis() {
     assert_eq!((old.as_str(), new.as_str()), ("s1", "s2"));
     assert_eq!(reason, "s1 failed 2 probes in a row");
     assert!(t0.elapsed() < Duration::from_secs(5), "failover took {:?}", t0.elapsed());
-    let r: serde_json::Value = serde_json::from_str(&servers.sync().await.unwrap()).unwrap();
-    assert_eq!(r["server"], "s2");
+    // A switch syncs by itself from the new server, unasked.
+    let switched_at = gsed::journal::now();
+    eventually("a sync from s2 after the failover", 10, async || {
+        let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.ok()?).ok()?;
+        (l["server"] == "s2" && l["time"].as_u64()? >= switched_at.saturating_sub(1) && l["result"] == "unchanged")
+            .then_some(())
+    })
+    .await;
 
     // s1 returns about as loaded as s2: within the margin, nobody moves.
     room.servers[1].restart();
@@ -171,6 +177,145 @@ async fn syncs_from_the_best_fails_over_and_moves_back_only_with_hysteresis() {
     let (old, new, reason) = next_switch(&mut switched, 10).await.expect("a move back");
     assert_eq!((old.as_str(), new.as_str()), ("s2", "s1"));
     assert!(reason.starts_with("rebalancing: s1 scores"), "{reason}");
+}
+
+/// Sets `sync_interval` in the room's published server.info.conf and in the
+/// client's image defaults, and publishes it everywhere.
+fn sync_every(room: &Room, interval: &str) {
+    let file = room.source.join("controller/server/server.info.conf");
+    let text = fs::read_to_string(&file)
+        .unwrap()
+        .replace("sync_interval = \"1m\"", &format!("sync_interval = \"{interval}\""));
+    fs::write(&file, &text).unwrap();
+    room.client.write("usr/share/gse/config.d/controller/server/server.info.conf", &text);
+    for i in 0..room.servers.len() {
+        room.publish(i, &room.source, "k");
+    }
+}
+
+/// Every sync_interval the client syncs by itself: a change published on the
+/// server arrives without anyone asking.
+#[tokio::test]
+async fn a_new_publish_arrives_by_the_periodic_sync() {
+    let room = tokio::task::spawn_blocking(|| {
+        let room = Room::new(&[0.1]);
+        sync_every(&room, "10s");
+        room
+    })
+    .await
+    .unwrap();
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-periodic");
+    eventually("the first sync", 10, async || (snapshot(&room.synced()) == snapshot(&room.source)).then_some(())).await;
+    fs::write(room.source.join("controller/update.chk.conf"), "channel = \"beta\"\n").unwrap();
+    room.publish(0, &room.source, "k");
+    eventually("the new publish, by the periodic sync", 25, async || {
+        (snapshot(&room.synced()) == snapshot(&room.source)).then_some(())
+    })
+    .await;
+}
+
+/// A tree signed by the right key that does not validate on this client (say,
+/// published by a newer gsectl) is refused: the synced tree and the config in
+/// force stay as they were, and the error names the file.
+#[tokio::test]
+async fn a_signed_tree_that_does_not_validate_here_is_refused() {
+    let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
+    let conn = room.bus.connect().await;
+    let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-invalid");
+    eventually("the first sync", 10, async || (snapshot(&room.synced()) == snapshot(&room.source)).then_some(())).await;
+    let before = snapshot(&room.synced());
+
+    // Sign, by hand, a copy of the published tree with a boot.conf this gsed rejects.
+    let gse1 = room.servers[0].docroot.join("gse1");
+    let bad = gse1.join("config.d.bad");
+    cp(&gse1.join("config.d/"), &bad);
+    for f in ["MANIFEST", "MANIFEST.minisig"] {
+        fs::remove_file(bad.join(f)).unwrap();
+    }
+    fs::write(bad.join("system/boot.conf"), "[health]\nmax_attempts = \"many\"\n").unwrap();
+    let old =
+        gsed::servers::manifest::Manifest::parse(&fs::read_to_string(gse1.join("config.d/MANIFEST")).unwrap()).unwrap();
+    let mut m = gsed::servers::manifest::Manifest::from_dir(&bad).unwrap();
+    m.serial = old.serial + 1;
+    fs::write(bad.join("MANIFEST"), m.encode()).unwrap();
+    let sign = Command::new(require_tool("minisign", "minisign"))
+        .arg("-S")
+        .arg("-s")
+        .arg(room.secret("k"))
+        .arg("-m")
+        .arg(bad.join("MANIFEST"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(sign.status.success(), "minisign -S: {}", text(&sign.stderr));
+    fs::remove_file(gse1.join("config.d")).unwrap();
+    std::os::unix::fs::symlink("config.d.bad", gse1.join("config.d")).unwrap();
+
+    let err = servers.sync().await.expect_err("an invalid tree is refused").to_string();
+    assert!(err.contains("does not validate here") && err.contains("boot.conf"), "{err}");
+    assert!(snapshot(&room.synced()) == before, "the synced tree is untouched");
+    let config = gse_dbus::config::ConfigProxy::new(&conn).await.unwrap();
+    assert!(config.errors().await.unwrap().is_empty(), "the configuration in force is untouched");
+    assert_eq!(config.get("boot.health.max_attempts").await.unwrap(), "3");
+}
+
+/// A server that dies in the middle of a sync leaves the synced tree exactly as
+/// it was (nothing half-written), and the next server brings the new tree.
+#[tokio::test]
+async fn a_server_dying_mid_transfer_changes_nothing_and_the_next_one_syncs() {
+    let mut room = tokio::task::spawn_blocking(|| Room::new(&[0.1, 0.5])).await.unwrap();
+    let conn = room.bus.connect().await;
+    let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-midway");
+    eventually("the first sync from s0", 10, async || {
+        let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.ok()?).ok()?;
+        (l["server"] == "s0" && l["result"] == "ok").then_some(())
+    })
+    .await;
+    let before = snapshot(&room.synced());
+
+    // A bigger tree, published on both; s0 now sends it slowly.
+    let mut rng = 0x2545f4914f6cdd1du64;
+    for i in 0..3 {
+        let data: Vec<u8> = (0..900_000)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                b'a' + (rng % 26) as u8
+            })
+            .collect();
+        fs::create_dir_all(room.source.join("etc/lab")).unwrap();
+        fs::write(room.source.join(format!("etc/lab/blob{i}")), data).unwrap();
+    }
+    room.publish(0, &room.source, "k");
+    room.publish(1, &room.source, "k");
+    room.servers[0].limit_rate = Some(200_000);
+    room.servers[0].restart();
+    let sync = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+            servers.sync().await
+        }
+    });
+    // Once the signed manifest is fetched, the files are under way (the first
+    // takes 4.5 s at this rate): then s0 goes away.
+    let logged = room.servers[0].access_log().matches("MANIFEST").count();
+    eventually("the manifest fetched from s0", 10, async || {
+        (room.servers[0].access_log().matches("MANIFEST").count() > logged).then_some(())
+    })
+    .await;
+    room.servers[0].stop();
+    let r = sync.await.unwrap();
+    assert!(r.is_err(), "the sync cannot have finished: {r:?}");
+    assert!(snapshot(&room.synced()) == before, "a transfer cut off midway changes nothing");
+    // gsed leaves s0 and syncs the new tree from s1.
+    eventually("the new tree from s1", 20, async || (snapshot(&room.synced()) == snapshot(&room.source)).then_some(()))
+        .await;
+    let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.unwrap()).unwrap();
+    assert_eq!(l["server"], "s1");
 }
 
 #[tokio::test]

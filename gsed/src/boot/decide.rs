@@ -40,6 +40,41 @@ pub struct Decision {
     pub state: BootState,
 }
 
+/// Judges the boot that started last, unless an earlier early boot already did:
+/// a healthy cycle resets its slot's attempts and renews its flag; a dirty boot
+/// resets them only when dirty boots are not failures.
+fn take_last_boot(
+    conf: &BootConf,
+    records: &[Record],
+    state: &mut BootState,
+    flags: &BTreeMap<String, FlagState>,
+    write_flags: &mut BTreeMap<String, BootFlag>,
+    now: u64,
+) -> Option<LastBoot> {
+    let last = records.iter().rev().find(|r| r.event == Event::BootStarted)?;
+    if state.judged.as_deref() == Some(last.boot_id.as_str()) {
+        return None;
+    }
+    let lb =
+        LastBoot { boot_id: last.boot_id.clone(), slot: last.slot.clone(), verdict: judge(records, &last.boot_id) };
+    state.judged = Some(lb.boot_id.clone());
+    match lb.verdict {
+        Verdict::HealthyCycle => {
+            state.attempts.insert(lb.slot.clone(), 0);
+            if let Some(f) = flags.get(&lb.slot).and_then(FlagState::flag) {
+                let renewed = BootFlag { healthy_cycles: f.healthy_cycles + 1, last_good: now, ..f.clone() };
+                write_flags.insert(lb.slot.clone(), renewed);
+            }
+        }
+        Verdict::Dirty if !conf.health.dirty_is_failure => {
+            state.attempts.insert(lb.slot.clone(), 0);
+        }
+        // Already counted when that boot started.
+        Verdict::Dirty | Verdict::Red | Verdict::Incomplete => {}
+    }
+    Some(lb)
+}
+
 /// The slot that is not `primary` (boot.conf validation guarantees one).
 pub fn backup_of(conf: &BootConf) -> &str {
     conf.slots.keys().find(|s| **s != conf.primary).map(String::as_str).unwrap_or(&conf.primary)
@@ -59,29 +94,7 @@ pub fn decide(
     let flag_of = |s: &str| flags.get(s).cloned().unwrap_or(FlagState::Missing);
 
     // 1. Take the previous boot into account, once.
-    let last = records.iter().rev().find(|r| r.event == Event::BootStarted);
-    let last_boot = last.filter(|r| old.judged.as_deref() != Some(r.boot_id.as_str())).map(|r| LastBoot {
-        boot_id: r.boot_id.clone(),
-        slot: r.slot.clone(),
-        verdict: judge(records, &r.boot_id),
-    });
-    if let Some(lb) = &last_boot {
-        state.judged = Some(lb.boot_id.clone());
-        match lb.verdict {
-            Verdict::HealthyCycle => {
-                state.attempts.insert(lb.slot.clone(), 0);
-                if let Some(f) = flag_of(&lb.slot).flag() {
-                    let renewed = BootFlag { healthy_cycles: f.healthy_cycles + 1, last_good: now, ..f.clone() };
-                    write_flags.insert(lb.slot.clone(), renewed);
-                }
-            }
-            Verdict::Dirty if !conf.health.dirty_is_failure => {
-                state.attempts.insert(lb.slot.clone(), 0);
-            }
-            // Already counted when that boot started.
-            Verdict::Dirty | Verdict::Red | Verdict::Incomplete => {}
-        }
-    }
+    let last_boot = take_last_boot(conf, records, &mut state, flags, &mut write_flags, now);
 
     let mut decision = |slot: &str, action, reason: String, state: BootState, repair| Decision {
         slot: slot.to_owned(),

@@ -123,6 +123,32 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, BootError> {
 /// Partitions and formats the disk; returns the partition devices in order.
 pub fn format_disk(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)) -> Result<Vec<PathBuf>, BootError> {
     let dev = &drives.device;
+    refuse_or_wipe(drives, force, say)?;
+    say(format!("partitioning {dev} ({}, {} partitions)", drives.table, drives.partition.len()));
+    partition(drives)?;
+    let parts: Vec<PathBuf> = (1..=drives.partition.len()).map(|n| partition_node(dev, n)).collect::<Result<_, _>>()?;
+    for (p, node) in drives.partition.iter().zip(&parts) {
+        say(format!("formatting {} as {} ({}, label {})", node.display(), p.fstype, p.name, p.label));
+        mkfs(p, node)?;
+        if !p.subvolumes.is_empty() {
+            let top = std::env::temp_dir().join(format!("gse-provision-{}", std::process::id()));
+            let mut m = Mounts::new();
+            m.mount("btrfs subvolumes", &node.to_string_lossy(), &top, "btrfs", MsFlags::empty(), "")?;
+            for sv in &p.subvolumes {
+                say(format!("creating btrfs subvolume {sv}"));
+                run(Command::new("btrfs").args(["subvolume", "create"]).arg(top.join(sv)), "btrfs subvolume create")?;
+            }
+            m.unwind();
+            let _ = fs::remove_dir(&top);
+        }
+    }
+    Ok(parts)
+}
+
+/// Never formats a mounted disk; a disk that holds data is wiped only when
+/// drives.conf says `wipe = true` or the administrator passed `--force`.
+fn refuse_or_wipe(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)) -> Result<(), BootError> {
+    let dev = &drives.device;
     let mounted = fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounted.lines().any(|l| l.split_whitespace().next().is_some_and(|d| d.starts_with(dev.as_str()))) {
         return Err(BootError::Tool(format!("refusing to format {dev}: it or one of its partitions is mounted")));
@@ -142,7 +168,12 @@ pub fn format_disk(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)
         say(format!("wiping {dev} ({})", found.join(", ")));
         run(Command::new("wipefs").args(["--all", "--quiet", dev]), &format!("wiping {dev}"))?;
     }
+    Ok(())
+}
 
+/// Writes the partition table drives.conf describes, through sfdisk.
+fn partition(drives: &DrivesConf) -> Result<(), BootError> {
+    let dev = &drives.device;
     let mut script = format!("label: {}\n", drives.table);
     for p in &drives.partition {
         let size = match p.size {
@@ -153,7 +184,6 @@ pub fn format_disk(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)
         let ty = if p.fstype == "swap" { "S" } else { "L" };
         script.push_str(&format!("{size}type={ty}{name}\n"));
     }
-    say(format!("partitioning {dev} ({}, {} partitions)", drives.table, drives.partition.len()));
     let mut child = Command::new("sfdisk")
         .args(["--quiet", "--wipe", "always", dev])
         .stdin(std::process::Stdio::piped())
@@ -173,24 +203,7 @@ pub fn format_disk(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)
         return Err(BootError::Tool(format!("sfdisk {dev}: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     let _ = Command::new("partx").args(["--update", dev]).output();
-
-    let parts: Vec<PathBuf> = (1..=drives.partition.len()).map(|n| partition_node(dev, n)).collect::<Result<_, _>>()?;
-    for (p, node) in drives.partition.iter().zip(&parts) {
-        say(format!("formatting {} as {} ({}, label {})", node.display(), p.fstype, p.name, p.label));
-        mkfs(p, node)?;
-        if !p.subvolumes.is_empty() {
-            let top = std::env::temp_dir().join(format!("gse-provision-{}", std::process::id()));
-            let mut m = Mounts::new();
-            m.mount("btrfs subvolumes", &node.to_string_lossy(), &top, "btrfs", MsFlags::empty(), "")?;
-            for sv in &p.subvolumes {
-                say(format!("creating btrfs subvolume {sv}"));
-                run(Command::new("btrfs").args(["subvolume", "create"]).arg(top.join(sv)), "btrfs subvolume create")?;
-            }
-            m.unwind();
-            let _ = fs::remove_dir(&top);
-        }
-    }
-    Ok(parts)
+    Ok(())
 }
 
 fn mkfs(p: &Partition, node: &Path) -> Result<(), BootError> {

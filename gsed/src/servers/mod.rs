@@ -4,7 +4,6 @@ pub mod manifest;
 pub mod publish;
 pub mod select;
 pub mod service;
-pub mod sim;
 pub mod sync;
 pub mod update;
 

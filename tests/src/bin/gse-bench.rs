@@ -251,7 +251,7 @@ fn boot_bench() {
 }
 
 fn sim_bench() {
-    use gsed::servers::sim::{Scenario, run, table};
+    use gse_tests::sim::{Scenario, run, table};
     let sc = Scenario::default();
     println!(
         "{} clients, {} servers (capacity {} clients at load 1.0), probe every {} s, fail_after {}, margin {}, jitter {} s",

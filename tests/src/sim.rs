@@ -1,9 +1,10 @@
 //! A deterministic room-scale simulation of server selection: many clients
 //! running the real [`Selector`] against simulated servers, on a simulated clock.
 //! One server dies and later returns; another becomes overloaded. Used by a test
-//! (the properties) and by `gse-bench sim` (the table).
+//! (the properties) and by `gse-bench sim` (the table). Test and bench code: it
+//! lives here, not in the daemon.
 
-use super::select::{Policy, Selector, View};
+use gsed::servers::select::{Policy, Selector, View};
 
 pub struct Scenario {
     pub clients: usize,
