@@ -314,24 +314,6 @@ impl Kit {
         run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&to));
         to
     }
-
-    /// The GSE initramfs with the early boot left out: the same kernel modules and
-    /// busybox, and a hook that mounts slot a read-only and hands over at once.
-    pub fn plain_initrd(&self, into: &Path) -> PathBuf {
-        let out = into.join("plain-initrd.img");
-        let tree = into.join("plain-tree");
-        fs::create_dir_all(&tree).unwrap();
-        sh(
-            "building the plain initramfs",
-            &format!(
-                "cd {t}; zstd -dcq {i} | cpio -id --quiet; printf '#!/bin/sh\\nmount -o ro \"$(findfs LABEL=gse-a)\" \"$1\"\\n' >usr/lib/gse/gse-hook.sh; find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -q -3 >{o}",
-                t = tree.display(),
-                i = self.initrd.display(),
-                o = out.display()
-            ),
-        );
-        out
-    }
 }
 
 /// The network a scenario's guest is cabled to: a namespace with the tap device,
@@ -387,6 +369,13 @@ pub struct Vm {
     logs: Mutex<Vec<String>>,
 }
 
+/// How the guest sees its disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    Virtio,
+    Nvme,
+}
+
 /// What one finished boot showed.
 pub struct Boot {
     pub n: usize,
@@ -395,6 +384,8 @@ pub struct Boot {
     pub to_report: Duration,
     /// qemu start to OpenRC taking over (the end of the initramfs).
     pub to_init: Option<Duration>,
+    /// qemu start to OpenRC starting the default runlevel's services (the reporter).
+    pub to_runlevel: Option<Duration>,
     /// qemu start to its exit (power off, or the power pulled).
     pub total: Duration,
     pub health: Value,
@@ -422,13 +413,13 @@ impl Boot {
 }
 
 /// Console markers whose first arrival is timed.
-pub const TIMED: [&str; 2] = ["OpenRC init version", "GSE-HEALTH-JSON:"];
+pub const TIMED: [&str; 3] = ["OpenRC init version", "GSE-HEALTH-JSON:", "GSE-RUNLEVEL:"];
 
 /// What the guest printed so far, and when each of [`TIMED`] first arrived.
 #[derive(Default)]
 struct Console {
     text: String,
-    seen: [Option<Duration>; 2],
+    seen: [Option<Duration>; 3],
 }
 
 /// A guest that is running.
@@ -456,19 +447,51 @@ impl Vm {
     }
 
     pub fn start_with<'a>(&'a self, lab: &Lab, mode: &str, initrd: &Path) -> Running<'a> {
+        let cmdline = format!("console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test={mode}");
+        self.power_on(lab, Some(initrd), &cmdline, Disk::Virtio)
+    }
+
+    /// The same kernel and root with no initramfs at all: slot a mounted by the
+    /// kernel itself, read-write, from an NVMe disk (built into the kernel,
+    /// where virtio is a module). The baseline of the boot bench.
+    pub fn start_plain<'a>(&'a self, lab: &Lab, disk: Disk) -> Running<'a> {
+        let root = match disk {
+            Disk::Nvme => "/dev/nvme0n1p2",
+            Disk::Virtio => panic!("virtio_blk is a module: a boot without an initramfs needs an NVMe disk"),
+        };
+        let cmdline =
+            format!("console=ttyS0 root={root} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold");
+        self.power_on(lab, None, &cmdline, disk)
+    }
+
+    /// One reporting boot through `initrd` from a disk of the given kind.
+    pub fn boot_on(&self, lab: &Lab, disk: Disk, initrd: &Path) -> Boot {
+        let cmdline = "console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test=report";
+        let mut r = self.power_on(lab, Some(initrd), cmdline, disk);
+        r.wait_line("GSE-HEALTH-JSON:", BOOT_TIMEOUT);
+        r.wait_off(Duration::from_secs(120))
+    }
+
+    fn power_on<'a>(&'a self, lab: &Lab, initrd: Option<&Path>, cmdline: &str, disk: Disk) -> Running<'a> {
         let k = kit();
         // A machine keeps its MAC across boots (each lab is a network of its own).
         let mac = "52:54:00:47:53:01";
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
+        let mut qemu = Command::new("ip");
+        qemu.args(["netns", "exec", &lab.ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
             .args(["-nographic", "-no-reboot", "-kernel"])
-            .arg(&k.kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test={mode}"))
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
+            .arg(&k.kernel);
+        if let Some(initrd) = initrd {
+            qemu.arg("-initrd").arg(initrd);
+        }
+        qemu.arg("-append").arg(cmdline);
+        match disk {
+            Disk::Virtio => qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio", self.disk.display())),
+            Disk::Nvme => qemu
+                .arg("-drive")
+                .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
+                .args(["-device", "nvme,drive=d0,serial=gse"]),
+        };
+        let mut child = qemu
             .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"])
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
             .stdin(Stdio::null())
@@ -663,6 +686,7 @@ impl Running<'_> {
             n,
             to_report: self.seen(1).unwrap_or(total),
             to_init: self.seen(0),
+            to_runlevel: self.seen(2),
             total,
             health: json("GSE-HEALTH-JSON:"),
             boot: json("GSE-BOOT-JSON:"),
