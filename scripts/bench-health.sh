@@ -45,9 +45,12 @@ awk -v g="$g" -v b="$b" 'BEGIN {printf "ratio gsectl/busctl: %.2f\n", g/b}'
 
 sleep 1
 rss=$(awk '/VmRSS/ {print $2, $3}' "/proc/$gsed_pid/status")
+anon=$(awk '/RssAnon/ {print $2, $3}' "/proc/$gsed_pid/status")
+# What the resident memory is: gsed's own code pages, libc's, the heap.
+own=$(awk -v exe="$(readlink "/proc/$gsed_pid/exe")" '/^[0-9a-f]+-/ {name=$6} /^Rss:/ && name==exe {s+=$2} END {print s " kB"}' "/proc/$gsed_pid/smaps")
 ctx() { awk '/voluntary_ctxt_switches/ {s+=$2} END {print s}' /proc/"$gsed_pid"/task/*/status; }
 c0=$(ctx)
 sleep 5
 c1=$(ctx)
-echo "gsed idle VmRSS: $rss"
+echo "gsed idle VmRSS: $rss (private anonymous: $anon; gsed's own code and data pages: $own)"
 echo "gsed context switches during 5 s idle: $((c1 - c0))"

@@ -108,6 +108,10 @@ impl Failure {
         if e.is_unreachable() {
             return Failure::Unreachable(unreachable_message(bus));
         }
+        // gsed's own refusal names the polkit action; the bus policy's does not.
+        if let DBusError::AccessDenied(m) = &e {
+            return Failure::Error(format!("permission denied: cannot {what}: {m}"));
+        }
         if e.is_access_denied() {
             return Failure::Error(format!(
                 "permission denied: only root, members of group 'gse' and users polkit allows (org.gentoo.gse1.*) may {what}"

@@ -87,6 +87,8 @@ pub struct Kit {
     template: PathBuf,
     /// `target/vm-cache/run-PID`: this process's image, initramfs and disks.
     pub dir: PathBuf,
+    kroot: PathBuf,
+    kver: String,
 }
 
 static KIT: OnceLock<Kit> = OnceLock::new();
@@ -235,7 +237,7 @@ impl Kit {
         fs::write(
             conf.join("controller/server/server.info.conf"),
             format!(
-                "public_key = \"{public}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"2s\"\nfail_after = 2\nswitch_margin = 0.3\njitter = \"2s\"\nsync_interval = \"10m\"\n{servers}"
+                "public_key = \"{public}\"\nprobe_interval = \"2s\"\nprobe_timeout = \"1500ms\"\nfail_after = 2\nswitch_margin = 0.3\njitter = \"2s\"\nsync_interval = \"10m\"\n{servers}"
             ),
         )
         .unwrap();
@@ -269,16 +271,7 @@ impl Kit {
         );
         fs::remove_dir_all(&rootfs).expect("rm rootfs");
         let initrd = dir.join("initrd.img");
-        run(
-            "gsectl initramfs build",
-            Command::new(&gsectl)
-                .args(["initramfs", "build", "--kver", &kver, "--modules-root"])
-                .arg(&kroot)
-                .arg("--out")
-                .arg(&initrd)
-                .arg("--config")
-                .arg(&conf),
-        );
+        initramfs(&gsectl, &kroot, &kver, &conf, &initrd);
 
         // The template disk, laid out and installed the way an administrator does it.
         let template = dir.join("template.img");
@@ -305,7 +298,13 @@ impl Kit {
             "vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        Kit { kernel, initrd, conf, secret, template, dir }
+        Kit { kernel, initrd, conf, secret, template, dir, kroot, kver }
+    }
+
+    /// The kit's initramfs as another `gsectl` builds it (an older release, for
+    /// before/after figures); written to `out`.
+    pub fn initramfs_by(&self, gsectl: &Path, out: &Path) {
+        initramfs(gsectl, &self.kroot, &self.kver, &self.conf, out);
     }
 
     /// A copy of the image's config.d to change and publish.
@@ -314,6 +313,19 @@ impl Kit {
         run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&to));
         to
     }
+}
+
+fn initramfs(gsectl: &Path, kroot: &Path, kver: &str, conf: &Path, out: &Path) {
+    run(
+        "gsectl initramfs build",
+        Command::new(gsectl)
+            .args(["initramfs", "build", "--force", "--kver", kver, "--modules-root"])
+            .arg(kroot)
+            .arg("--out")
+            .arg(out)
+            .arg("--config")
+            .arg(conf),
+    );
 }
 
 /// The network a scenario's guest is cabled to: a namespace with the tap device,
@@ -384,7 +396,7 @@ pub struct Boot {
     pub to_report: Duration,
     /// qemu start to OpenRC taking over (the end of the initramfs).
     pub to_init: Option<Duration>,
-    /// qemu start to OpenRC starting the default runlevel's services (the reporter).
+    /// qemu start to OpenRC starting its default runlevel.
     pub to_runlevel: Option<Duration>,
     /// qemu start to its exit (power off, or the power pulled).
     pub total: Duration,
@@ -413,7 +425,7 @@ impl Boot {
 }
 
 /// Console markers whose first arrival is timed.
-pub const TIMED: [&str; 3] = ["OpenRC init version", "GSE-HEALTH-JSON:", "GSE-RUNLEVEL:"];
+pub const TIMED: [&str; 3] = ["OpenRC init version", "GSE-HEALTH-JSON:", "Starting default runlevel"];
 
 /// What the guest printed so far, and when each of [`TIMED`] first arrived.
 #[derive(Default)]

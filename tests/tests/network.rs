@@ -43,29 +43,44 @@ async fn wait_state(net: &NetworkProxy<'_>, name: &str, state: &str, secs: u64) 
     .unwrap_or_else(|_| panic!("{name} did not reach {state} within {secs} s"))
 }
 
+/// gsed with DHCP on the lab's client interface, on a bus of its own, once
+/// the interface is bound.
+struct Bound {
+    net: NetworkProxy<'static>,
+    root: TestRoot,
+    bus: TestBus,
+    _gsed: ProcessGuard,
+}
+
+async fn bound(lab: &NetLab, boot: &str) -> Bound {
+    let root = client(&dhcp_conf(lab));
+    let bus = TestBus::start();
+    let gsed = start_gsed_in(&bus, &root, boot, Some(&lab.client_ns));
+    let conn = bus.connect().await;
+    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    wait_state(&net, &lab.client_if, "bound", 15).await;
+    Bound { net, root, bus, _gsed: gsed }
+}
+
 #[tokio::test]
 async fn dhcp_lease_sets_address_route_and_dns() {
     let mut lab = NetLab::new();
     lab.start_dnsmasq(&[]);
-    let root = client(&dhcp_conf(&lab));
-    let bus = TestBus::start();
-    let _gsed = start_gsed_in(&bus, &root, "boot-net", Some(&lab.client_ns));
-    let conn = bus.connect().await;
-    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
-    let r = wait_state(&net, &lab.client_if, "bound", 15).await;
+    let c = bound(&lab, "boot-net").await;
+    let r = row(&c.net.interfaces().await.unwrap(), &lab.client_if).clone();
 
     let addrs = lab.client_addresses();
     assert_eq!(addrs.len(), 1, "{addrs:?}");
     assert!(addrs[0].starts_with("192.0.2.") && addrs[0].ends_with("/24"), "{addrs:?}");
     let routes = lab.client_ip(&["-4", "route"]);
     assert!(routes.contains(&format!("default via 192.0.2.1 dev {}", lab.client_if)), "{routes}");
-    let resolv = fs::read_to_string(root.path().join("etc/resolv.conf")).unwrap();
+    let resolv = fs::read_to_string(c.root.path().join("etc/resolv.conf")).unwrap();
     assert!(resolv.contains("nameserver 192.0.2.53"), "{resolv}");
     assert_eq!(r.4, addrs);
     assert_eq!((r.3.as_str(), r.5.as_str()), ("dhcp", "192.0.2.1"));
     assert!(r.7 > 0, "lease expiry is reported");
 
-    let out = gsectl(&bus.address, &["network"]);
+    let out = gsectl(&c.bus.address, &["network"]);
     let table = text(&out.stdout);
     assert!(
         table.contains(&lab.client_if)
@@ -80,12 +95,7 @@ async fn dhcp_lease_sets_address_route_and_dns() {
 async fn leases_are_renewed_at_t1() {
     let mut lab = NetLab::new();
     lab.start_dnsmasq(&["--dhcp-option=58,2", "--dhcp-option=59,4"]);
-    let root = client(&dhcp_conf(&lab));
-    let bus = TestBus::start();
-    let _gsed = start_gsed_in(&bus, &root, "boot-renew", Some(&lab.client_ns));
-    let conn = bus.connect().await;
-    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
-    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let _client = bound(&lab, "boot-renew").await;
     let first = lab.client_addresses();
     let acks = lab.dhcp_log_count("DHCPACK");
     wait_for(Duration::from_secs(10), "two renewals in dnsmasq's log", || {
@@ -102,17 +112,12 @@ async fn leases_are_renewed_at_t1() {
 async fn carrier_loss_is_reported_and_the_lease_renewed_when_it_returns() {
     let mut lab = NetLab::new();
     lab.start_dnsmasq(&[]);
-    let root = client(&dhcp_conf(&lab));
-    let bus = TestBus::start();
-    let _gsed = start_gsed_in(&bus, &root, "boot-carrier", Some(&lab.client_ns));
-    let conn = bus.connect().await;
-    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
-    wait_state(&net, &lab.client_if, "bound", 15).await;
-    let mut changes = net.receive_interfaces_changed().await;
+    let c = bound(&lab, "boot-carrier").await;
+    let mut changes = c.net.receive_interfaces_changed().await;
     let requests = lab.dhcp_log_count("DHCPREQUEST");
 
     lab.set_peer(false);
-    let r = wait_state(&net, &lab.client_if, "no-carrier", 10).await;
+    let r = wait_state(&c.net, &lab.client_if, "no-carrier", 10).await;
     assert!(!r.2, "carrier is false");
     assert!(
         tokio::time::timeout(Duration::from_secs(5), changes.next()).await.is_ok(),
@@ -120,7 +125,7 @@ async fn carrier_loss_is_reported_and_the_lease_renewed_when_it_returns() {
     );
 
     lab.set_peer(true);
-    wait_state(&net, &lab.client_if, "bound", 15).await;
+    wait_state(&c.net, &lab.client_if, "bound", 15).await;
     assert!(lab.dhcp_log_count("DHCPREQUEST") > requests, "the lease was renewed after the cable came back");
     assert_eq!(lab.client_addresses().len(), 1);
 }
@@ -131,19 +136,14 @@ async fn an_expired_lease_removes_the_address_and_a_new_server_gives_a_new_one()
     // dnsmasq's shortest lease is two minutes; T1 and T2 are made short so the
     // client spends them trying to renew and rebind.
     lab.start_dnsmasq(&["--dhcp-option=58,2", "--dhcp-option=59,4"]);
-    let root = client(&dhcp_conf(&lab));
-    let bus = TestBus::start();
-    let _gsed = start_gsed_in(&bus, &root, "boot-expiry", Some(&lab.client_ns));
-    let conn = bus.connect().await;
-    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
-    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let c = bound(&lab, "boot-expiry").await;
     lab.stop_dnsmasq();
     let _ = fs::remove_file(lab.dir.path().join("leases"));
-    let r = wait_state(&net, &lab.client_if, "expired", 150).await;
+    let r = wait_state(&c.net, &lab.client_if, "expired", 150).await;
     assert!(r.4.is_empty() && lab.client_addresses().is_empty(), "the address is removed");
     assert!(r.8.contains("lease ran out"), "{}", r.8);
     lab.start_dnsmasq(&[]);
-    wait_state(&net, &lab.client_if, "bound", 30).await;
+    wait_state(&c.net, &lab.client_if, "bound", 30).await;
     assert_eq!(lab.client_addresses().len(), 1, "a new lease");
 }
 
@@ -153,12 +153,7 @@ async fn an_expired_lease_removes_the_address_and_a_new_server_gives_a_new_one()
 async fn a_lease_is_rebound_at_t2_through_another_server() {
     let mut lab = NetLab::new();
     lab.start_dnsmasq(&["--dhcp-option=58,3", "--dhcp-option=59,5"]);
-    let root = client(&dhcp_conf(&lab));
-    let bus = TestBus::start();
-    let _gsed = start_gsed_in(&bus, &root, "boot-rebind", Some(&lab.client_ns));
-    let conn = bus.connect().await;
-    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
-    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let c = bound(&lab, "boot-rebind").await;
     let first = lab.client_addresses();
     // The first server is gone (unicast renewals to 192.0.2.1 go nowhere); a
     // second one, with the same lease database, answers broadcasts only.
@@ -172,7 +167,7 @@ async fn a_lease_is_rebound_at_t2_through_another_server() {
     let log = fs::read_to_string(lab.dnsmasq_log()).unwrap();
     assert!(!log.contains("DHCPDISCOVER"), "rebinding does not start over:\n{log}");
     assert_eq!(lab.client_addresses(), first, "the address stays");
-    let r = row(&net.interfaces().await.unwrap(), &lab.client_if).clone();
+    let r = row(&c.net.interfaces().await.unwrap(), &lab.client_if).clone();
     assert_eq!(r.1, "bound");
     assert!(r.8.contains("lease from 192.0.2.2"), "the lease is now the second server's: {}", r.8);
 }
@@ -184,12 +179,7 @@ async fn a_lease_is_rebound_at_t2_through_another_server() {
 async fn a_nak_drops_the_address_and_a_new_lease_is_taken() {
     let mut lab = NetLab::new();
     lab.start_dnsmasq(&["--dhcp-option=58,2", "--dhcp-option=59,4"]);
-    let root = client(&dhcp_conf(&lab));
-    let bus = TestBus::start();
-    let _gsed = start_gsed_in(&bus, &root, "boot-nak", Some(&lab.client_ns));
-    let conn = bus.connect().await;
-    let net = NetworkProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
-    wait_state(&net, &lab.client_if, "bound", 15).await;
+    let c = bound(&lab, "boot-nak").await;
     let first = lab.client_addresses();
     lab.stop_dnsmasq();
     let _ = fs::remove_file(lab.dir.path().join("leases"));
@@ -199,7 +189,7 @@ async fn a_nak_drops_the_address_and_a_new_lease_is_taken() {
         "--dhcp-option=58,2",
         "--dhcp-option=59,4",
     ]);
-    net.renew().await.unwrap();
+    c.net.renew().await.unwrap();
     let started = std::time::Instant::now();
     loop {
         let a = lab.client_addresses();
@@ -209,15 +199,15 @@ async fn a_nak_drops_the_address_and_a_new_lease_is_taken() {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "no address from the new range: {a:?}, {:?}\n{}\n{}",
-            row(&net.interfaces().await.unwrap(), &lab.client_if),
-            fs::read_to_string(root.path().join("gsed-boot-nak.log")).unwrap_or_default(),
+            row(&c.net.interfaces().await.unwrap(), &lab.client_if),
+            fs::read_to_string(c.root.path().join("gsed-boot-nak.log")).unwrap_or_default(),
             fs::read_to_string(lab.dnsmasq_log()).unwrap().lines().rev().take(25).collect::<Vec<_>>().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(lab.dhcp_log_count("DHCPNAK") >= 1, "{}", fs::read_to_string(lab.dnsmasq_log()).unwrap());
     assert!(!lab.client_addresses().contains(&first[0]), "the refused address is gone");
-    wait_state(&net, &lab.client_if, "bound", 10).await;
+    wait_state(&c.net, &lab.client_if, "bound", 10).await;
 }
 
 /// A system going down (RecordShutdown, then SIGTERM) gives its lease back; a

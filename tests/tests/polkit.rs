@@ -74,7 +74,7 @@ fn gsed_asks_polkit_for_callers_who_are_neither_root_nor_in_group_gse() {
     let bad = gsectl_as_nobody(&bus.address, &["health", "mark-bad", "nobody was here"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = text(&bad.stderr);
-    assert!(err.contains("permission denied") && err.contains("polkit"), "{err}");
+    assert!(err.contains("permission denied") && err.contains("polkit allows for org.gentoo.gse1.health"), "{err}");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&gsectl(&bus.address, &["health", "--json"]).stdout).unwrap()["status"],
         "green",

@@ -139,13 +139,15 @@ impl Client {
     /// address for a few seconds before offering it) still counts.
     pub async fn acquire(&self, previous: Option<Ipv4Addr>) -> Result<Lease, DhcpError> {
         let xid = fastrand::u32(..);
-        for wait in [1u64, 2, 4] {
+        // A first DISCOVER sent as the link comes up is often lost: ask again
+        // soon (one LAN, one server a hop away), then back off.
+        for wait in [250u64, 500, 1000, 2000, 4000].map(Duration::from_millis) {
             let mut d = self.message(xid, MessageType::Discover, Ipv4Addr::UNSPECIFIED, true);
             if let Some(ip) = previous {
                 d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
             }
             self.send(&d, Ipv4Addr::BROADCAST).await?;
-            let Some(offer) = self.receive(xid, &[MessageType::Offer], Duration::from_secs(wait)).await? else {
+            let Some(offer) = self.receive(xid, &[MessageType::Offer], wait).await? else {
                 continue;
             };
             let server = match offer.opts().get(OptionCode::ServerIdentifier) {
@@ -156,7 +158,7 @@ impl Client {
             r.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
             r.opts_mut().insert(DhcpOption::ServerIdentifier(server));
             self.send(&r, Ipv4Addr::BROADCAST).await?;
-            if let Some(ack) = self.receive(xid, &[MessageType::Ack], Duration::from_secs(wait)).await? {
+            if let Some(ack) = self.receive(xid, &[MessageType::Ack], wait.max(Duration::from_secs(1))).await? {
                 return Ok(lease_of(&ack, server));
             }
         }

@@ -11,8 +11,6 @@ for w in $cmdline; do
 	case "$w" in gse.test=*) mode="${w#gse.test=}" ;; esac
 done
 say() { echo "$*" >/dev/console; }
-# When the default runlevel's services start (the boot bench times this line).
-say "GSE-RUNLEVEL: default"
 i=0
 while [ $i -lt 240 ]; do
 	h=$(gsectl health --json 2>/dev/null)

@@ -452,9 +452,10 @@ fn network_bench() {
 /// Whole boots under qemu (TCG), side by side in one run: the same kernel and
 /// root with no initramfs at all (the kernel mounts slot a itself, from NVMe),
 /// against GSE's early boot (DHCP, config.d sync, the slot decision, the
-/// stateless layout), both timed to the default runlevel's first service; and
-/// GSE's boot to a green verdict. With `GSE_BENCH_OLD_INITRD=FILE`, the same
-/// boots through an older initramfs too (before/after figures).
+/// stateless layout), both timed to OpenRC's "Starting default runlevel"; and
+/// GSE's boot to a green verdict. With `GSE_BENCH_OLD_GSECTL=FILE` (an older
+/// release's gsectl, its gsed beside it), the same boots through the initramfs
+/// that one builds too (before/after figures).
 fn vm_bench() {
     use gse_tests::vm::{Disk, Lab, Vm, kit};
     let k = kit();
@@ -463,14 +464,18 @@ fn vm_bench() {
     let old_vm = Vm::new("bench-old");
     let conf = k.conf_copy(gse_vm.dir.path());
     lab.publish(&conf);
-    let old = std::env::var_os("GSE_BENCH_OLD_INITRD").map(std::path::PathBuf::from);
+    let old = std::env::var_os("GSE_BENCH_OLD_GSECTL").map(|gsectl| {
+        let out = old_vm.dir.path().join("old-initrd.img");
+        k.initramfs_by(std::path::Path::new(&gsectl), &out);
+        out
+    });
     let ms = |d: Option<Duration>| d.expect("the marker was seen").as_secs_f64();
     let (mut plain, mut gse, mut green, mut old_rl, mut old_green) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..3 {
         // A fresh disk each time: the plain boot writes to its root.
         let plain_vm = Vm::new("bench-plain");
         let mut r = plain_vm.start_plain(&lab, Disk::Nvme);
-        r.wait_line("GSE-RUNLEVEL:", gse_tests::vm::BOOT_TIMEOUT);
+        r.wait_line("Starting default runlevel", gse_tests::vm::BOOT_TIMEOUT);
         plain.push(ms(r.seen(2)));
         r.pull_power();
         let b = gse_vm.boot_on(&lab, Disk::Nvme, &k.initrd);
