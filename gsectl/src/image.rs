@@ -102,6 +102,9 @@ pub fn build(args: ImageBuildArgs) -> Result<u8, Failure> {
         return Err(Failure::Error(format!("'{}' is not a valid version (letters, digits, . _ -)", args.version)));
     }
     let config = args.config.clone().unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d"));
+    // Everything the build writes gets this time, so two builds of the same
+    // tree give the same bytes whenever they run.
+    let epoch = build_epoch(root)?;
 
     if let Ok(make_conf) = fs::read(config.join("sources/make.conf")) {
         say("copying sources/make.conf to /etc/portage/make.conf");
@@ -119,12 +122,66 @@ pub fn build(args: ImageBuildArgs) -> Result<u8, Failure> {
     }
     say("applying the stateless layout");
     stateless(root, &args.version)?;
+    clamp_times(root, epoch)?;
 
     say(format!("writing {}", args.out.display()));
     let (sha, size, entries) = write_stage4(root, &args.out)?;
     say(format!("{entries} entries"));
     println!("{sha}  {}  {size} bytes", args.out.display());
     Ok(0)
+}
+
+/// `SOURCE_DATE_EPOCH` when set (the reproducible-builds convention), else the
+/// newest time in the tree as it was given: the same for every copy of it.
+fn build_epoch(root: &Path) -> Result<(i64, i64), Failure> {
+    if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        let secs = v.to_string_lossy().trim().parse::<i64>().map_err(|_| {
+            Failure::Error(format!("SOURCE_DATE_EPOCH='{}' is not a number of seconds", v.to_string_lossy()))
+        })?;
+        return Ok((secs, 0));
+    }
+    let mut newest = (0, 0);
+    walk_same_fs(root, &mut |_, m| newest = newest.max((m.mtime(), m.mtime_nsec())))?;
+    Ok(newest)
+}
+
+/// Sets every time newer than `epoch` (what the build wrote) to `epoch`.
+fn clamp_times(root: &Path, epoch: (i64, i64)) -> Result<(), Failure> {
+    use nix::sys::{
+        stat::{UtimensatFlags, utimensat},
+        time::TimeSpec,
+    };
+    let mut newer = Vec::new();
+    walk_same_fs(root, &mut |p, m| {
+        if (m.mtime(), m.mtime_nsec()) > epoch {
+            newer.push(p.to_owned());
+        }
+    })?;
+    let at = TimeSpec::new(epoch.0, epoch.1);
+    for p in newer {
+        utimensat(None, &p, &at, &at, UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| Failure::Error(format!("setting the time of {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// Calls `f` on `root` and everything below it on the same filesystem.
+fn walk_same_fs(root: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) -> Result<(), Failure> {
+    let meta = fs::symlink_metadata(root).map_err(fail(root.display()))?;
+    let dev = meta.dev();
+    f(root, &meta);
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for e in fs::read_dir(&dir).map_err(fail(dir.display()))?.flatten() {
+            let path = e.path();
+            let m = fs::symlink_metadata(&path).map_err(fail(path.display()))?;
+            f(&path, &m);
+            if m.is_dir() && m.dev() == dev {
+                dirs.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_hook(root: &Path, hook: &Path, i: usize) -> Result<(), Failure> {
