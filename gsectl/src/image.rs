@@ -229,6 +229,28 @@ fn run_hook(root: &Path, hook: &Path, i: usize) -> Result<(), Failure> {
     result
 }
 
+/// GSE's systemd units (installed in every image; enabled where systemd runs).
+const UNITS: [(&str, &[u8]); 3] = [
+    ("gsed.service", include_bytes!("../../init-scripts/systemd/gsed.service")),
+    ("gse-boot-complete.service", include_bytes!("../../init-scripts/systemd/gse-boot-complete.service")),
+    ("gse-record-shutdown.service", include_bytes!("../../init-scripts/systemd/gse-record-shutdown.service")),
+];
+
+/// The init system an image boots.
+#[derive(Debug, PartialEq, Eq)]
+enum Init {
+    OpenRc,
+    Systemd,
+}
+
+/// Where the image's `/sbin/init` leads: to systemd, or (anything else, as on
+/// every OpenRC lab machine) OpenRC.
+fn init_system(root: &Path) -> Result<Init, Failure> {
+    let init = at(root, "sbin/init", true)?;
+    let systemd = init.file_name().is_some_and(|n| n == "systemd") && init.exists();
+    Ok(if systemd { Init::Systemd } else { Init::OpenRc })
+}
+
 fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
     let me = std::env::current_exe().map_err(fail("finding gsectl"))?;
     let gsed = me.with_file_name("gsed");
@@ -248,22 +270,31 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
         include_bytes!("../../dbus/org.gentoo.Gse1.service"),
         0o644,
     )?;
-    put(root, "etc/init.d/gsed", include_bytes!("../../init-scripts/openrc/gsed"), 0o755)?;
-    put(root, "etc/conf.d/gsed", include_bytes!("../../init-scripts/openrc/gsed.confd"), 0o644)?;
-    link(root, "etc/runlevels/default/gsed", "/etc/init.d/gsed")?;
-    put(root, "usr/lib/systemd/system/gsed.service", include_bytes!("../../init-scripts/systemd/gsed.service"), 0o644)?;
-    put(
-        root,
-        "usr/lib/systemd/system/gse-boot-complete.service",
-        include_bytes!("../../init-scripts/systemd/gse-boot-complete.service"),
-        0o644,
-    )?;
-    put(
-        root,
-        "usr/lib/systemd/system/gse-record-shutdown.service",
-        include_bytes!("../../init-scripts/systemd/gse-record-shutdown.service"),
-        0o644,
-    )?;
+    for (unit, data) in UNITS {
+        put(root, &format!("usr/lib/systemd/system/{unit}"), data, 0o644)?;
+    }
+    match init_system(root)? {
+        // What `systemctl enable` does, from each unit's [Install]: the image
+        // boots with GSE's units on, and no SysV-looking script stands in the
+        // way of an administrator's own `systemctl enable`.
+        Init::Systemd => {
+            say(
+                "the image runs systemd: enabling gsed.service, gse-boot-complete.service, gse-record-shutdown.service",
+            );
+            for (unit, _) in UNITS {
+                link(
+                    root,
+                    &format!("etc/systemd/system/multi-user.target.wants/{unit}"),
+                    &format!("/usr/lib/systemd/system/{unit}"),
+                )?;
+            }
+        }
+        Init::OpenRc => {
+            put(root, "etc/init.d/gsed", include_bytes!("../../init-scripts/openrc/gsed"), 0o755)?;
+            put(root, "etc/conf.d/gsed", include_bytes!("../../init-scripts/openrc/gsed.confd"), 0o644)?;
+            link(root, "etc/runlevels/default/gsed", "/etc/init.d/gsed")?;
+        }
+    }
     put(root, "usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh"), 0o755)?;
     for f in ["module-setup.sh", "parse-gse.sh", "mount-gse.sh"] {
         let data: &[u8] = match f {

@@ -156,6 +156,41 @@ fn image_build_keeps_metadata_removes_per_machine_files_and_is_reproducible() {
     );
 }
 
+/// A systemd image gets GSE's units enabled (as `systemctl enable` would) and
+/// no OpenRC script that would trip `systemctl enable` through
+/// systemd-sysv-install.
+#[test]
+fn install_gse_enables_the_units_on_a_systemd_image() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("rootfs");
+    for dir in ["bin", "sbin", "etc", "lib/systemd"] {
+        fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    fs::write(tree.join("etc/group"), "root:x:0:\n").unwrap();
+    fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    fs::write(tree.join("lib/systemd/systemd"), "systemd").unwrap();
+    std::os::unix::fs::symlink("/lib/systemd/systemd", tree.join("sbin/init")).unwrap();
+    let conf = repo().join("config.d");
+    let out = image_build(
+        &tree,
+        "2026.11.2",
+        &d.path().join("image.tar.zst"),
+        &["--install-gse", "--config", conf.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the image runs systemd"), "{}", text(&out.stderr));
+    assert!(!tree.join("etc/init.d/gsed").exists() && !tree.join("etc/runlevels/default/gsed").exists());
+    let systemctl = require_tool("systemctl", "systemd");
+    for unit in ["gsed.service", "gse-boot-complete.service", "gse-record-shutdown.service"] {
+        let state = Command::new(&systemctl)
+            .arg(format!("--root={}", tree.display()))
+            .args(["is-enabled", unit])
+            .output()
+            .unwrap();
+        assert_eq!(text(&state.stdout).trim(), "enabled", "{unit}: {}", text(&state.stderr));
+    }
+}
+
 trait FifoLike {
     fn is_fifo_like(&self) -> bool;
 }
