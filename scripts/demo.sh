@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh build
-cargo build --workspace --bins --release -q
+cargo build --release -q -p gsed -p gsectl
 
 work=$(mktemp -d /tmp/gse-demo.XXXXXX)
 chmod 755 "$work"
