@@ -75,6 +75,15 @@ is_mounted() {
 	grep -q " ${1%/} " /proc/self/mounts 2>/dev/null
 }
 
+# Early boot is done with the boot partition (flags, key, its copy of
+# config.d) once the slot is mounted: release it, so the running system mounts
+# it as its fstab says and a clean shutdown leaves it clean.
+release_boot() {
+	if [ -n "$GSE_BOOT_DEV" ] && is_mounted "$root/boot"; then
+		umount "$root/boot" || say "could not release the boot partition; it stays mounted from early boot"
+	fi
+}
+
 fail() {
 	say "=================================================================="
 	say "EARLY BOOT FAILED: $*"
@@ -96,6 +105,7 @@ fail() {
 		mount -t "$GSE_FALLBACK_FSTYPE" -o "$GSE_FALLBACK_OPTS" "$(device "$GSE_FALLBACK_DEV")" "$SYSROOT" ||
 			say "cannot mount $GSE_FALLBACK_DEV either; the boot cannot go on"
 	fi
+	release_boot
 	exit 0
 }
 
@@ -115,4 +125,5 @@ done
 
 "$GSECTL" --root "$GSE_ROOT" boot prepare --sysroot "$SYSROOT" >/dev/null || fail "gsectl boot prepare failed (see above)"
 wait "$gsed_pid" 2>/dev/null
+release_boot
 exit 0

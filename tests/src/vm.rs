@@ -567,6 +567,19 @@ impl Vm {
         ))
     }
 
+    /// `dumpe2fs -h` of partition `part`, read without mounting it (a mount
+    /// would replay the journal and hide an unclean shutdown).
+    pub fn superblock(&self, part: u32) -> String {
+        let lo = Loop::attach(&self.disk);
+        run(
+            "dumpe2fs -h",
+            Command::new("sh").arg("-c").arg(format!(
+                "for i in $(seq 100); do [ -b {dev}p{part} ] && break; sleep 0.05; done; dumpe2fs -h {dev}p{part} 2>/dev/null",
+                dev = lo.dev
+            )),
+        )
+    }
+
     /// Slot `slot`'s files with their metadata (see `disk::LISTING`).
     pub fn listing(&self, slot: &str) -> String {
         disk::normalize_listing(&self.on_disk(if slot == "a" { 2 } else { 3 }, disk::LISTING))

@@ -38,6 +38,10 @@ fn vm_first_boot_syncs_renews_and_follows_the_published_config() {
 
     let b1 = vm.boot(&lab);
     vm.report(&b1, "first boot");
+    // Early boot releases the boot partition: a clean poweroff leaves it clean.
+    let sb = vm.superblock(1);
+    let features = sb.lines().find(|l| l.starts_with("Filesystem features:")).unwrap_or("");
+    assert!(!features.contains("needs_recovery"), "the boot partition was left unclean: {features}");
     assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
     assert!(b1.field("network").starts_with("up: "), "{}", b1.boot);
     assert!(b1.field("sync").starts_with("synced config.d from s"), "{}", b1.boot);
