@@ -60,9 +60,6 @@ pub struct Server {
     pub latency_ms: f64,
     pub load: f64,
     pub failures: u32,
-    /// Why the last probe failed (not on the bus).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
 }
 
 impl From<Server> for ServerRow {
@@ -74,7 +71,7 @@ impl From<Server> for ServerRow {
 impl TryFrom<ServerRow> for Server {
     type Error = String;
     fn try_from((name, url, state, latency_ms, load, failures): ServerRow) -> Result<Self, String> {
-        Ok(Server { name, url, state: state.parse()?, latency_ms, load, failures, error: String::new() })
+        Ok(Server { name, url, state: state.parse()?, latency_ms, load, failures })
     }
 }
 

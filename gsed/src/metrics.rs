@@ -46,14 +46,13 @@ pub fn render(i: &Inputs) -> String {
             out.push_str(&format!("{name}{labels} {value}\n"));
         }
     };
-    let one_of = |label: &str, all: &[&str], current: &str| -> Vec<(String, String)> {
+    fn one_of<T: Copy + PartialEq + std::fmt::Display>(label: &str, all: &[T], current: T) -> Vec<(String, String)> {
         all.iter().map(|n| (format!("{{{label}=\"{n}\"}}"), u8::from(*n == current).to_string())).collect()
-    };
-    let names = |all: &[Status]| all.iter().map(|s| s.as_str()).collect::<Vec<_>>();
+    }
     family(
         "gse_health_status",
         "Health of this boot: 1 for the current status (unknown, starting, green, red).",
-        one_of("status", &names(Status::ALL), i.status.as_str()),
+        one_of("status", Status::ALL, i.status),
     );
     family(
         "gse_healthy_cycles",
@@ -76,7 +75,7 @@ pub fn render(i: &Inputs) -> String {
     family(
         "gse_update_state",
         "State of the image update: 1 for the current one.",
-        one_of("state", &UpdateState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(), i.update_state.as_str()),
+        one_of("state", UpdateState::ALL, i.update_state),
     );
     let server = if i.server.is_empty() {
         Vec::new()

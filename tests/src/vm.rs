@@ -394,8 +394,6 @@ pub struct Boot {
     pub log: String,
     /// qemu start to the health report on the console.
     pub to_report: Duration,
-    /// qemu start to OpenRC taking over (the end of the initramfs).
-    pub to_init: Option<Duration>,
     /// qemu start to OpenRC starting its default runlevel.
     pub to_runlevel: Option<Duration>,
     /// qemu start to its exit (power off, or the power pulled).
@@ -425,13 +423,13 @@ impl Boot {
 }
 
 /// Console markers whose first arrival is timed.
-pub const TIMED: [&str; 3] = ["OpenRC init version", "GSE-HEALTH-JSON:", "Starting default runlevel"];
+pub const TIMED: [&str; 2] = ["GSE-HEALTH-JSON:", "Starting default runlevel"];
 
 /// What the guest printed so far, and when each of [`TIMED`] first arrived.
 #[derive(Default)]
 struct Console {
     text: String,
-    seen: [Option<Duration>; 3],
+    seen: [Option<Duration>; 2],
 }
 
 /// A guest that is running.
@@ -455,25 +453,17 @@ impl Vm {
 
     /// Powers the machine on with `gse.test=MODE` on the kernel command line.
     pub fn start<'a>(&'a self, lab: &Lab, mode: &str) -> Running<'a> {
-        self.start_with(lab, mode, &kit().initrd)
-    }
-
-    pub fn start_with<'a>(&'a self, lab: &Lab, mode: &str, initrd: &Path) -> Running<'a> {
         let cmdline = format!("console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test={mode}");
-        self.power_on(lab, Some(initrd), &cmdline, Disk::Virtio)
+        self.power_on(lab, Some(&kit().initrd), &cmdline, Disk::Virtio)
     }
 
     /// The same kernel and root with no initramfs at all: slot a mounted by the
     /// kernel itself, read-write, from an NVMe disk (built into the kernel,
     /// where virtio is a module). The baseline of the boot bench.
-    pub fn start_plain<'a>(&'a self, lab: &Lab, disk: Disk) -> Running<'a> {
-        let root = match disk {
-            Disk::Nvme => "/dev/nvme0n1p2",
-            Disk::Virtio => panic!("virtio_blk is a module: a boot without an initramfs needs an NVMe disk"),
-        };
+    pub fn start_plain<'a>(&'a self, lab: &Lab) -> Running<'a> {
         let cmdline =
-            format!("console=ttyS0 root={root} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold");
-        self.power_on(lab, None, &cmdline, disk)
+            "console=ttyS0 root=/dev/nvme0n1p2 rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold";
+        self.power_on(lab, None, cmdline, Disk::Nvme)
     }
 
     /// One reporting boot through `initrd` from a disk of the given kind.
@@ -709,9 +699,8 @@ impl Running<'_> {
         };
         Boot {
             n,
-            to_report: self.seen(1).unwrap_or(total),
-            to_init: self.seen(0),
-            to_runlevel: self.seen(2),
+            to_report: self.seen(0).unwrap_or(total),
+            to_runlevel: self.seen(1),
             total,
             health: json("GSE-HEALTH-JSON:"),
             boot: json("GSE-BOOT-JSON:"),

@@ -67,10 +67,7 @@ pub fn healthy_cycles(records: &[Record], slot: &str) -> u64 {
 /// early-boot record, the journal's own count.
 pub fn cycles(base: Option<u64>, records: &[Record], slot: &str, boot_id: &str) -> u64 {
     match base {
-        Some(base) => {
-            let this: Vec<Record> = records.iter().filter(|r| r.boot_id == boot_id).cloned().collect();
-            base + healthy_cycles(&this, slot)
-        }
+        Some(base) => base + u64::from(judge(records, boot_id) == Verdict::HealthyCycle),
         None => healthy_cycles(records, slot),
     }
 }

@@ -199,7 +199,7 @@ pub fn read_meta(path: &Path) -> Result<BootMeta, LogsError> {
 }
 
 /// Every archived boot in `dir`, oldest first, and the spools of boots not yet
-/// archived (`live`). Damaged archives are reported in the second list.
+/// archived (`live`). Damaged archives and spools are reported in the second list.
 pub fn list(dir: &Path, spool: &Path) -> (Vec<Entry>, Vec<LogsError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
@@ -223,7 +223,14 @@ pub fn list(dir: &Path, spool: &Path) -> (Vec<Entry>, Vec<LogsError>) {
         for e in rd.flatten() {
             let path = e.path();
             let Ok(text) = fs::read(path.join(META)) else { continue };
-            let Ok(meta) = serde_json::from_slice::<BootMeta>(&text) else { continue };
+            // Named rather than skipped: the spool of a running boot is not hidden.
+            let meta = match serde_json::from_slice::<BootMeta>(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(LogsError::Format(format!("{}: {e}", path.join(META).display())));
+                    continue;
+                }
+            };
             let size = spool_files(&path).iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.len()).sum();
             out.push(Entry { meta, size, path, live: true });
         }
@@ -293,6 +300,25 @@ pub fn prune_plan(entries: &[Entry], max_size: u64, max_boots: usize, keep: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_whose_meta_does_not_read_is_named_not_hidden() {
+        let d = tempfile::tempdir().unwrap();
+        let (dir, spool) = (d.path().join("logs"), d.path().join("logs/spool"));
+        for (boot, meta) in [
+            ("b1", r#"{"boot_id":"b1","started":1,"slot":"a","image_version":""}"#),
+            ("b2", r#"{"boot_id":"b2","verdict":"exploded"}"#),
+        ] {
+            fs::create_dir_all(spool.join(boot)).unwrap();
+            fs::write(spool.join(boot).join(META), meta).unwrap();
+        }
+        let (entries, errors) = list(&dir, &spool);
+        assert_eq!(entries.iter().map(|e| e.meta.boot_id.as_str()).collect::<Vec<_>>(), ["b1"]);
+        assert!(entries[0].meta.verdict.is_none(), "a running boot has no verdict");
+        assert_eq!(errors.len(), 1);
+        let e = errors[0].to_string();
+        assert!(e.contains("spool/b2/meta.json") && e.contains("exploded"), "{e}");
+    }
 
     fn entry(name: &str, size: u64, verdict: &str, action: &str) -> Entry {
         let meta = BootMeta {

@@ -214,12 +214,11 @@ impl ServersService {
                     st.load = p.load;
                     st.failures = 0;
                     st.state = ServerState::Up;
-                    st.error.clear();
                 }
                 Err(e) => {
                     st.failures += 1;
-                    st.error = e.why;
-                    if st.failures >= conf.fail_after {
+                    if st.failures >= conf.fail_after && st.state != ServerState::Down {
+                        warn!(server = %s.name, why = %e.why, "server down");
                         st.state = ServerState::Down;
                     }
                 }

@@ -474,9 +474,9 @@ fn vm_bench() {
     for _ in 0..3 {
         // A fresh disk each time: the plain boot writes to its root.
         let plain_vm = Vm::new("bench-plain");
-        let mut r = plain_vm.start_plain(&lab, Disk::Nvme);
+        let mut r = plain_vm.start_plain(&lab);
         r.wait_line("Starting default runlevel", gse_tests::vm::BOOT_TIMEOUT);
-        plain.push(ms(r.seen(2)));
+        plain.push(ms(r.seen(1)));
         r.pull_power();
         let b = gse_vm.boot_on(&lab, Disk::Nvme, &k.initrd);
         assert_eq!(b.status(), "green", "{}", b.log);
