@@ -237,6 +237,14 @@ const UNITS: [(&str, &[u8]); 3] = [
 ];
 
 /// The init system an image boots.
+/// The dracut module (`dracut --add gse`).
+const DRACUT_MODULE: [(&str, &[u8]); 4] = [
+    ("module-setup.sh", include_bytes!("../../init-scripts/initramfs/dracut/90gse/module-setup.sh")),
+    ("parse-gse.sh", include_bytes!("../../init-scripts/initramfs/dracut/90gse/parse-gse.sh")),
+    ("mount-gse.sh", include_bytes!("../../init-scripts/initramfs/dracut/90gse/mount-gse.sh")),
+    ("gse-root.service", include_bytes!("../../init-scripts/initramfs/dracut/90gse/gse-root.service")),
+];
+
 #[derive(Debug, PartialEq, Eq)]
 enum Init {
     OpenRc,
@@ -293,16 +301,18 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
             put(root, "etc/init.d/gsed", include_bytes!("../../init-scripts/openrc/gsed"), 0o755)?;
             put(root, "etc/conf.d/gsed", include_bytes!("../../init-scripts/openrc/gsed.confd"), 0o644)?;
             link(root, "etc/runlevels/default/gsed", "/etc/init.d/gsed")?;
+            put(root, "etc/init.d/gse-unmount", include_bytes!("../../init-scripts/openrc/gse-unmount"), 0o755)?;
+            link(root, "etc/runlevels/shutdown/gse-unmount", "/etc/init.d/gse-unmount")?;
         }
     }
     put(root, "usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh"), 0o755)?;
-    for f in ["module-setup.sh", "parse-gse.sh", "mount-gse.sh"] {
-        let data: &[u8] = match f {
-            "module-setup.sh" => include_bytes!("../../init-scripts/initramfs/dracut/90gse/module-setup.sh"),
-            "parse-gse.sh" => include_bytes!("../../init-scripts/initramfs/dracut/90gse/parse-gse.sh"),
-            _ => include_bytes!("../../init-scripts/initramfs/dracut/90gse/mount-gse.sh"),
-        };
-        put(root, &format!("usr/lib/dracut/modules.d/90gse/{f}"), data, 0o755)?;
+    for (f, data) in DRACUT_MODULE {
+        put(
+            root,
+            &format!("usr/lib/dracut/modules.d/90gse/{f}"),
+            data,
+            if f.ends_with(".sh") { 0o755 } else { 0o644 },
+        )?;
     }
     add_group(root, "gse")?;
     let checked = gsed::config::check_tree(config).map_err(|errors| {

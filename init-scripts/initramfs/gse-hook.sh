@@ -19,6 +19,7 @@
 #                      (default LABEL=gse-a; gse.fallback=)
 #   GSE_FALLBACK_FSTYPE, GSE_FALLBACK_OPTS  its filesystem type and options
 #   GSED, GSECTL       the binaries (default /usr/sbin/gsed, /usr/bin/gsectl)
+#   GSE_DEVICE_WAIT    seconds to wait for a device to appear (default 10)
 #   GSE_CONSOLE        where the rescue shell talks (default /dev/console; -: this
 #                      script's own standard input and output)
 
@@ -46,6 +47,7 @@ cmdline_arg() {
 : "${GSE_FALLBACK_OPTS:=ro}"
 : "${GSE_RESCUE:=$(cmdline_arg gse.rescue)}"
 : "${GSE_CONSOLE:=/dev/console}"
+: "${GSE_DEVICE_WAIT:=10}"
 root=${GSE_ROOT%/}
 
 # In an initramfs, stderr is the console.
@@ -63,11 +65,19 @@ device() {
 	esac
 }
 
+# Block devices appear a moment after their drivers load (udev, or /init's
+# insmod): a device named by LABEL= is waited for, at most GSE_DEVICE_WAIT
+# seconds.
 mount_area() { # DEVICE TARGET
 	[ -n "$1" ] || return 0
 	mkdir -p "$2"
-	dev=$(device "$1")
-	[ -n "$dev" ] && mount "$dev" "$2"
+	tries=0
+	until dev=$(device "$1") && [ -n "$dev" ] && [ -b "$dev" ]; do
+		tries=$((tries + 1))
+		[ "$tries" -gt $((GSE_DEVICE_WAIT * 10)) ] && say "no device $1 after ${GSE_DEVICE_WAIT} s" && return 1
+		sleep 0.1
+	done
+	mount "$dev" "$2"
 }
 
 # busybox builds do not all have mountpoint(1).
@@ -82,6 +92,20 @@ release_boot() {
 	if [ -n "$GSE_BOOT_DEV" ] && is_mounted "$root/boot"; then
 		umount "$root/boot" || say "could not release the boot partition; it stays mounted from early boot"
 	fi
+}
+
+# The slot's layout holds the user-data area through its own binds
+# (/user-data, /home, ...): detach early boot's mount of it, so that the running
+# system's mounts are the only ones and its shutdown leaves the area clean (a
+# mount left in the initramfs would stay behind switch_root until power-off).
+# When nothing in the new root holds it, it is unmounted.
+release_data() {
+	[ -n "$GSE_DATA_DEV" ] && is_mounted "$root/user-data" || return 0
+	if is_mounted "$SYSROOT/user-data"; then
+		umount -l "$root/user-data"
+	else
+		umount "$root/user-data"
+	fi || say "could not release the user-data area; it stays mounted from early boot"
 }
 
 fail() {
@@ -106,6 +130,7 @@ fail() {
 			say "cannot mount $GSE_FALLBACK_DEV either; the boot cannot go on"
 	fi
 	release_boot
+	release_data
 	exit 0
 }
 
@@ -126,4 +151,5 @@ done
 "$GSECTL" --root "$GSE_ROOT" boot prepare --sysroot "$SYSROOT" >/dev/null || fail "gsectl boot prepare failed (see above)"
 wait "$gsed_pid" 2>/dev/null
 release_boot
+release_data
 exit 0

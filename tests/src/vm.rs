@@ -1,16 +1,20 @@
-//! Whole boots of a real OpenRC client under qemu (TCG), for the VM suite and the
-//! boot benchmark.
+//! Whole boots of a real OpenRC or systemd client under qemu (TCG), for the VM
+//! suite and the boot benchmark.
 //!
-//! The [`Kit`] is built once per process: a Debian root from `debootstrap` and
+//! A [`Kit`] is built once per process and init system ([`kit`] for OpenRC, every
+//! lab machine's, and [`systemd_kit`]): a Debian root from `debootstrap` and
 //! Debian's cloud kernel (both cached under `target/vm-cache/`, keyed by their
 //! recipe), made into a GSE image by `gsectl image build --install-gse`, the GSE
 //! initramfs, and a template disk laid out by `gsectl provision --format` with the
-//! image in both slots (`gsectl install`). Each scenario boots its own copy of that
+//! image in both slots (`gsectl install`). The systemd kit also carries the
+//! initrds Debian's dracut builds in that root with `dracut --add gse` (its
+//! default systemd initrd, and the shell initrd of `--omit systemd`). Each
+//! scenario boots its own copy of that
 //! disk ([`Vm`]) with its NIC on a tap device inside its own network namespace
 //! ([`Lab`]: dnsmasq and two nginx on TEST-NET addresses).
 //!
 //! The image carries a test service, `gse-test-report` (`tests/data/vm/`),
-//! started by OpenRC after gsed: it waits for the verdict and prints on the
+//! started by the init system after gsed: it waits for the verdict and prints on the
 //! console `gsectl health --json`, `/run/gse/boot.json`, the first line of
 //! /etc/motd and what the bus policy let a student and a member of group `gse`
 //! do, then powers off (`gse.test=hold` on the kernel command line keeps it
@@ -39,8 +43,6 @@ use crate::{
 
 /// The client root: what `debootstrap` is asked for. A change rebuilds the cache.
 const SUITE: &str = "bookworm";
-const INCLUDE: &str = "openrc,dbus,busybox,iproute2";
-const EXCLUDE: &str = "systemd-sysv";
 const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Disk layout of the lab machine in the VM (MiB): boot, a, b, the rest user-data.
 const DISK_MIB: u64 = 1500;
@@ -76,8 +78,49 @@ fn sh(what: &str, script: &str) -> String {
     run(what, Command::new("sh").args(["-ec", script]))
 }
 
+/// The init system of a client root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    OpenRc,
+    Systemd,
+}
+
+impl Init {
+    /// Packages of its root (`debootstrap --include`), and those kept out.
+    fn packages(self) -> (&'static str, &'static str) {
+        match self {
+            Init::OpenRc => ("openrc,dbus,busybox,iproute2", "systemd-sysv"),
+            Init::Systemd => ("systemd-sysv,dbus,udev,iproute2,busybox,dracut", ""),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Init::OpenRc => "openrc",
+            Init::Systemd => "systemd",
+        }
+    }
+
+    /// What the kernel command line needs to start it (systemd is /sbin/init).
+    fn cmdline(self) -> &'static str {
+        match self {
+            Init::OpenRc => " init=/sbin/openrc-init",
+            Init::Systemd => "",
+        }
+    }
+}
+
+/// Debian's dracut with GSE's module, run inside the systemd client root.
+pub struct Dracut {
+    /// `dracut --add gse`: dracut's default on a systemd root, a systemd initrd.
+    pub systemd: PathBuf,
+    /// `dracut --add gse --omit systemd`: the shell initrd.
+    pub shell: PathBuf,
+}
+
 /// Everything the scenarios share, built once per process.
 pub struct Kit {
+    pub init: Init,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// The image's config.d: what scenarios start from when they publish.
@@ -89,13 +132,20 @@ pub struct Kit {
     pub dir: PathBuf,
     kroot: PathBuf,
     kver: String,
+    /// The systemd kit's dracut initrds.
+    pub dracut: Option<Dracut>,
 }
 
-static KIT: OnceLock<Kit> = OnceLock::new();
+static KITS: [OnceLock<Kit>; 2] = [OnceLock::new(), OnceLock::new()];
 
-/// The kit of this process (built on first use).
+/// The OpenRC kit of this process (built on first use).
 pub fn kit() -> &'static Kit {
-    KIT.get_or_init(Kit::build)
+    KITS[0].get_or_init(|| Kit::build(Init::OpenRc))
+}
+
+/// The systemd kit of this process (built on first use).
+pub fn systemd_kit() -> &'static Kit {
+    KITS[1].get_or_init(|| Kit::build(Init::Systemd))
 }
 
 /// `target/vm-cache`, shared by every run on this machine.
@@ -146,8 +196,9 @@ fn mirror() -> String {
 
 /// The debootstrapped root for the recipe, built into a temporary directory and
 /// renamed into place, so an interrupted build is never taken for a cache.
-fn client_root(cache: &Path) -> PathBuf {
-    let dir = cache.join(format!("root-{SUITE}-minbase-{}-no-{}", INCLUDE.replace(',', "+"), EXCLUDE));
+fn client_root(cache: &Path, init: Init) -> PathBuf {
+    let (include, exclude) = init.packages();
+    let dir = cache.join(format!("root-{SUITE}-minbase-{}-no-{exclude}", include.replace(',', "+")));
     if dir.is_dir() {
         return dir;
     }
@@ -157,7 +208,9 @@ fn client_root(cache: &Path) -> PathBuf {
     run(
         "debootstrap",
         Command::new("debootstrap")
-            .args(["--variant=minbase", &format!("--include={INCLUDE}"), &format!("--exclude={EXCLUDE}"), SUITE])
+            .args(["--variant=minbase", &format!("--include={include}")])
+            .args((!exclude.is_empty()).then(|| format!("--exclude={exclude}")))
+            .arg(SUITE)
             .arg(&tmp)
             .arg(mirror()),
     );
@@ -188,7 +241,7 @@ fn kernel_root(cache: &Path) -> PathBuf {
 }
 
 impl Kit {
-    fn build() -> Kit {
+    fn build(init: Init) -> Kit {
         for (tool, package) in [
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("debootstrap", "debootstrap"),
@@ -204,7 +257,7 @@ impl Kit {
         let (root, kroot) = {
             let _lock = CacheLock::take(&cache);
             remove_dead_runs(&cache);
-            (client_root(&cache), kernel_root(&cache))
+            (client_root(&cache, init), kernel_root(&cache))
         };
         let kver = fs::read_dir(kroot.join("lib/modules"))
             .expect("lib/modules")
@@ -214,11 +267,12 @@ impl Kit {
             .expect("a kernel version");
         let kernel = kroot.join(format!("boot/vmlinuz-{kver}"));
 
-        let dir = cache.join(format!("run-{}", std::process::id()));
+        let run_dir = cache.join(format!("run-{}", std::process::id()));
+        let dir = run_dir.join(init.name());
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("mkdir run dir");
         // The kit lives in a static, which is never dropped: its files go at exit.
-        if RUN_DIR.set(dir.clone()).is_ok() {
+        if RUN_DIR.set(run_dir).is_ok() {
             // SAFETY: registers a plain `extern "C" fn` that captures nothing.
             unsafe { nix::libc::atexit(remove_run_dir) };
         }
@@ -253,8 +307,24 @@ impl Kit {
         run("copying the client root", Command::new("cp").arg("-a").arg(&root).arg(&rootfs));
         // The reporter goes into the tree; the hook (inside the chroot) installs it.
         let data = repo().join("tests/data/vm");
-        for f in ["gse-test-report.initd", "gse-test-report.sh"] {
+        for f in ["gse-test-report.initd", "gse-test-report.service", "gse-test-report.sh"] {
             fs::copy(data.join(f), rootfs.join("tmp").join(f)).expect("copy the reporter into the root");
+        }
+        if init == Init::Systemd {
+            // systemd loads autofs4 itself (the binfmt_misc automount) from the
+            // root, as a root with its kernel installed has it. The image
+            // carries only that module: the kernel stays outside (issue 12).
+            let mods = rootfs.join("lib/modules").join(&kver);
+            fs::create_dir_all(mods.join("kernel/fs")).expect("mkdir lib/modules");
+            let from = kroot.join("lib/modules").join(&kver);
+            run(
+                "copying autofs4 into the root",
+                Command::new("cp").arg("-a").arg(from.join("kernel/fs/autofs")).arg(mods.join("kernel/fs")),
+            );
+            for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+                fs::copy(from.join(f), mods.join(f)).expect("copy modules.*");
+            }
+            run("depmod", Command::new("depmod").arg("-b").arg(&rootfs).arg(&kver));
         }
         let image = dir.join("image.tar.zst");
         run(
@@ -269,6 +339,7 @@ impl Kit {
                 .arg("--hook")
                 .arg(data.join("hook.sh")),
         );
+        let dracut = (init == Init::Systemd).then(|| dracut_initrds(&rootfs, &kroot, &kver, &dir));
         fs::remove_dir_all(&rootfs).expect("rm rootfs");
         let initrd = dir.join("initrd.img");
         initramfs(&gsectl, &kroot, &kver, &conf, &initrd);
@@ -295,10 +366,12 @@ impl Kit {
             ));
         }
         println!(
-            "vm kit: client root, kernel {kver}, image, initramfs and template disk in {:.1} s",
+            "vm kit ({}): client root, kernel {kver}, image, initramfs{} and template disk in {:.1} s",
+            init.name(),
+            if dracut.is_some() { ", dracut's initrds" } else { "" },
             started.elapsed().as_secs_f64()
         );
-        Kit { kernel, initrd, conf, secret, template, dir, kroot, kver }
+        Kit { init, kernel, initrd, conf, secret, template, dir, kroot, kver, dracut }
     }
 
     /// The kit's initramfs as another `gsectl` builds it (an older release, for
@@ -313,6 +386,29 @@ impl Kit {
         run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&to));
         to
     }
+}
+
+/// Builds both dracut initrds inside the image's tree `rootfs` (GSE installed
+/// there by `--install-gse`, module included), as an administrator would on
+/// the machine: with the kernel's modules in place, `dracut --add gse`.
+fn dracut_initrds(rootfs: &Path, kroot: &Path, kver: &str, dir: &Path) -> Dracut {
+    fs::create_dir_all(rootfs.join("lib/modules")).expect("mkdir lib/modules");
+    run(
+        "copying the kernel's modules into the root",
+        Command::new("cp").arg("-a").arg(kroot.join("lib/modules").join(kver)).arg(rootfs.join("lib/modules")),
+    );
+    let ns = MountNs::new();
+    ns.ok(&format!(
+        "set -e; mount -t proc proc {r}/proc; \
+         chroot {r} dracut --quiet --force --kver {kver} --add gse /tmp/initrd-systemd.img & a=$!; \
+         chroot {r} dracut --quiet --force --kver {kver} --add gse --omit systemd /tmp/initrd-shell.img & b=$!; \
+         wait $a; wait $b; umount {r}/proc",
+        r = rootfs.display()
+    ));
+    let out = Dracut { systemd: dir.join("initrd-dracut-systemd.img"), shell: dir.join("initrd-dracut-shell.img") };
+    fs::rename(rootfs.join("tmp/initrd-systemd.img"), &out.systemd).expect("place the systemd initrd");
+    fs::rename(rootfs.join("tmp/initrd-shell.img"), &out.shell).expect("place the shell initrd");
+    out
 }
 
 fn initramfs(gsectl: &Path, kroot: &Path, kver: &str, conf: &Path, out: &Path) {
@@ -331,6 +427,8 @@ fn initramfs(gsectl: &Path, kroot: &Path, kver: &str, conf: &Path, out: &Path) {
 /// The network a scenario's guest is cabled to: a namespace with the tap device,
 /// dnsmasq for DHCP and the two GSE servers as nginx, all on TEST-NET addresses.
 pub struct Lab {
+    /// Whose signing key the lab's servers publish with.
+    kit: &'static Kit,
     pub nginx: Vec<Nginx>,
     _dnsmasq: ProcessGuard,
     pub ns: String,
@@ -341,7 +439,13 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The lab of OpenRC machines.
     pub fn new(name: &str) -> Lab {
+        Lab::of(kit(), name)
+    }
+
+    /// A lab whose servers publish for machines of `k`'s kind.
+    pub fn of(k: &'static Kit, name: &str) -> Lab {
         let ns = format!("gse-vm-{name}-{:x}", std::process::id() & 0xffff);
         let netns = Netns::add(&ns);
         let dir = tempfile::Builder::new().prefix("gse-vmlab-").tempdir().expect("tempdir");
@@ -360,13 +464,13 @@ impl Lab {
             nginx.push(Nginx::start_in(&ns, &format!("{addr}:80"), &root));
             www.push(root);
         }
-        Lab { nginx, _dnsmasq: dhcp, ns, www, _dir: dir, _netns: netns }
+        Lab { kit: k, nginx, _dnsmasq: dhcp, ns, www, _dir: dir, _netns: netns }
     }
 
     /// Publishes `tree` on every server, signed with the lab key.
     pub fn publish(&self, tree: &Path) {
         for www in &self.www {
-            let out = publish_config(tree, www, &kit().secret);
+            let out = publish_config(tree, www, &self.kit.secret);
             assert!(out.status.success(), "gsectl publish config: {}", text(&out.stderr));
         }
     }
@@ -375,6 +479,7 @@ impl Lab {
 /// One lab machine: its own copy of the template disk, booted as often as the
 /// scenario needs. The console logs of its boots are printed if the test fails.
 pub struct Vm {
+    pub kit: &'static Kit,
     pub scenario: String,
     pub disk: PathBuf,
     pub dir: tempfile::TempDir,
@@ -443,18 +548,27 @@ pub struct Running<'a> {
 }
 
 impl Vm {
+    /// An OpenRC lab machine.
     pub fn new(scenario: &str) -> Vm {
-        let k = kit();
+        Vm::of(kit(), scenario)
+    }
+
+    /// A lab machine of `k`'s kind.
+    pub fn of(k: &'static Kit, scenario: &str) -> Vm {
         let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
         let disk = dir.path().join("disk.img");
         run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(&k.template).arg(&disk));
-        Vm { scenario: scenario.to_owned(), disk, dir, logs: Mutex::new(Vec::new()) }
+        Vm { kit: k, scenario: scenario.to_owned(), disk, dir, logs: Mutex::new(Vec::new()) }
+    }
+
+    /// The kernel command line of a GSE boot with `gse.test=MODE`.
+    fn cmdline(&self, mode: &str) -> String {
+        format!("console=ttyS0 root=gse{} panic=-1 quiet gse.test={mode}", self.kit.init.cmdline())
     }
 
     /// Powers the machine on with `gse.test=MODE` on the kernel command line.
     pub fn start<'a>(&'a self, lab: &Lab, mode: &str) -> Running<'a> {
-        let cmdline = format!("console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test={mode}");
-        self.power_on(lab, Some(&kit().initrd), &cmdline, Disk::Virtio)
+        self.power_on(lab, Some(&self.kit.initrd), &self.cmdline(mode), Disk::Virtio)
     }
 
     /// The same kernel and root with no initramfs at all: slot a mounted by the
@@ -468,14 +582,13 @@ impl Vm {
 
     /// One reporting boot through `initrd` from a disk of the given kind.
     pub fn boot_on(&self, lab: &Lab, disk: Disk, initrd: &Path) -> Boot {
-        let cmdline = "console=ttyS0 root=gse init=/sbin/openrc-init panic=-1 quiet gse.test=report";
-        let mut r = self.power_on(lab, Some(initrd), cmdline, disk);
+        let mut r = self.power_on(lab, Some(initrd), &self.cmdline("report"), disk);
         r.wait_line("GSE-HEALTH-JSON:", BOOT_TIMEOUT);
         r.wait_off(Duration::from_secs(120))
     }
 
     fn power_on<'a>(&'a self, lab: &Lab, initrd: Option<&Path>, cmdline: &str, disk: Disk) -> Running<'a> {
-        let k = kit();
+        let k = self.kit;
         // A machine keeps its MAC across boots (each lab is a network of its own).
         let mac = "52:54:00:47:53:01";
         let mut qemu = Command::new("ip");
@@ -540,9 +653,7 @@ impl Vm {
 
     /// Boots once in the default mode: the guest reports and powers itself off.
     pub fn boot(&self, lab: &Lab) -> Boot {
-        let mut r = self.start(lab, "report");
-        r.wait_line("GSE-HEALTH-JSON:", BOOT_TIMEOUT);
-        r.wait_off(Duration::from_secs(120))
+        self.boot_on(lab, Disk::Virtio, &self.kit.initrd)
     }
 
     /// Runs `script` on the powered-off disk with partition `part` (1 boot, 2 a,

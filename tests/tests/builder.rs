@@ -139,6 +139,12 @@ fn image_build_keeps_metadata_removes_per_machine_files_and_is_reproducible() {
         assert!(unpacked.join(installed).is_file(), "{installed} is installed");
     }
     assert_eq!(fs::read_link(unpacked.join("etc/runlevels/default/gsed")).unwrap(), Path::new("/etc/init.d/gsed"));
+    assert_eq!(
+        fs::read_link(unpacked.join("etc/runlevels/shutdown/gse-unmount")).unwrap(),
+        Path::new("/etc/init.d/gse-unmount"),
+        "OpenRC leaves user-data clean at power-off"
+    );
+    assert!(unpacked.join("usr/lib/dracut/modules.d/90gse/gse-root.service").is_file(), "dracut's systemd initrd");
     let groups = fs::read_to_string(unpacked.join("etc/group")).unwrap();
     assert_eq!(
         groups.lines().filter(|l| l.starts_with("gse:x:")).count(),
@@ -180,6 +186,7 @@ fn install_gse_enables_the_units_on_a_systemd_image() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("the image runs systemd"), "{}", text(&out.stderr));
     assert!(!tree.join("etc/init.d/gsed").exists() && !tree.join("etc/runlevels/default/gsed").exists());
+    assert!(!tree.join("etc/runlevels/shutdown/gse-unmount").exists(), "no OpenRC script in a systemd image");
     let systemctl = require_tool("systemctl", "systemd");
     for unit in ["gsed.service", "gse-boot-complete.service", "gse-record-shutdown.service"] {
         let state = Command::new(&systemctl)

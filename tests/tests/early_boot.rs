@@ -539,3 +539,19 @@ fn mount_points_the_image_lacks_are_skipped_with_a_warning() {
     let mounts = c.ns.ok(&format!("awk '$2 ~ \"^{sys}\" {{print $2, $3}}' /proc/self/mounts"));
     assert!(mounts.contains(&format!("{sys}/etc tmpfs")) && mounts.contains(&format!("{sys}/home ")), "{mounts}");
 }
+
+/// systemd's initrd makes every mount shared, and the kernel refuses to move a
+/// mount out of a shared parent: the layout still mounts there.
+#[test]
+fn early_boot_mounts_the_layout_where_every_mount_is_shared() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    c.provision();
+    c.ns.ok("mount --make-rshared /");
+    let b = c.early_boot();
+    assert_eq!((s(&b["slot"]), s(&b["action"]), s(&b["flag"])), ("a", "normal", "valid"), "{b:#}");
+    let sys = c.sysroot.display().to_string();
+    assert_eq!(c.ns.ok(&format!("cat {sys}/etc/image-only")), "from the image\n", "/etc is filled from the image");
+    let etc = c.ns.ok(&format!("awk '$2 == \"{sys}/etc\" {{print $3}}' /proc/self/mounts"));
+    assert_eq!(etc.trim(), "tmpfs", "/etc is in RAM");
+    c.power_off();
+}

@@ -8,7 +8,12 @@ use gse_tests::*;
 fn openrc_script_and_confd_pass_shellcheck() {
     let shellcheck = require_tool("shellcheck", "shellcheck");
     let dir = repo().join("init-scripts/openrc");
-    let out = Command::new(shellcheck).arg(dir.join("gsed")).arg(dir.join("gsed.confd")).output().unwrap();
+    let out = Command::new(shellcheck)
+        .arg(dir.join("gsed"))
+        .arg(dir.join("gsed.confd"))
+        .arg(dir.join("gse-unmount"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
     let script = fs::read_to_string(dir.join("gsed")).unwrap();
     assert!(script.starts_with("#!/sbin/openrc-run\n"));
@@ -16,16 +21,27 @@ fn openrc_script_and_confd_pass_shellcheck() {
     assert!(script.contains("yesno \"${RC_GOINGDOWN}\""), "the shutdown is recorded only when going down");
 }
 
+/// The shell scripts (files with a `#!` line) of the project's directory `dir`.
+fn scripts_in(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = fs::read_dir(repo().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && fs::read_to_string(p).is_ok_and(|t| t.starts_with("#!")))
+        .collect();
+    out.sort();
+    out
+}
+
 #[test]
 fn project_scripts_pass_shellcheck() {
     let shellcheck = require_tool("shellcheck", "shellcheck");
     let mut c = Command::new(shellcheck);
-    for dir in ["scripts", "tests/data/vm"] {
-        for e in fs::read_dir(repo().join(dir)).unwrap() {
-            c.arg(e.unwrap().path());
-        }
+    for dir in ["scripts", "tests/data/vm", "init-scripts/initramfs", "init-scripts/initramfs/dracut/90gse"] {
+        let found = scripts_in(dir);
+        assert!(!found.is_empty(), "no scripts in {dir}");
+        c.args(found);
     }
-    let out = c.arg(repo().join(".ci/run")).arg(repo().join("init-scripts/initramfs/gse-hook.sh")).output().unwrap();
+    let out = c.arg(repo().join(".ci/run")).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
 

@@ -1,12 +1,13 @@
 //! The whole-boot proof: a real Debian OpenRC client booted under qemu (TCG)
-//! through GSE's initramfs, again and again, through every health path. Each test
+//! through GSE's initramfs, again and again, through every health path; and a
+//! systemd client, through GSE's initramfs and through Debian's dracut. Each test
 //! is one scenario with its own disk and its own lab network (see `gse_tests::vm`);
 //! it asserts on what the guest reports on its console and on the disk afterwards,
 //! and prints one line per boot. A failing test prints the console of every boot.
 
 use std::{fs, path::Path, time::Duration};
 
-use gse_tests::vm::{Boot, Lab, SERVERS, Vm, kit};
+use gse_tests::vm::{Boot, Disk, Lab, SERVERS, Vm, kit, systemd_kit};
 
 /// Writes `text` to `rel` inside the config.d tree `conf`.
 fn put(conf: &Path, rel: &str, text: &str) {
@@ -21,6 +22,26 @@ fn motd(conf: &Path, line: &str) {
 
 fn cycles(b: &Boot) -> u64 {
     b.health["healthy_cycles"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// After a clean poweroff, the boot partition (1) and the user-data area (4)
+/// were unmounted cleanly: their ext4 journals need no replay.
+fn assert_clean_filesystems(vm: &Vm) {
+    for (part, what) in [(1, "the boot partition"), (4, "the user-data area")] {
+        let sb = vm.superblock(part);
+        let line = |key: &str| sb.lines().find(|l| l.starts_with(key)).unwrap_or("").to_owned();
+        let (features, state) = (line("Filesystem features:"), line("Filesystem state:"));
+        assert!(
+            !features.contains("needs_recovery") && state.ends_with(" clean"),
+            "vm {}: {what} was left unclean by a clean poweroff: {state}; {features}",
+            vm.scenario
+        );
+    }
+}
+
+/// The rest of the console line after `marker`.
+fn line_of(b: &Boot, marker: &str) -> String {
+    b.log.lines().find_map(|l| l.split(marker).nth(1)).unwrap_or("").trim().to_owned()
 }
 
 /// The boot flag of slot `slot` as it is on the disk.
@@ -38,10 +59,9 @@ fn vm_first_boot_syncs_renews_and_follows_the_published_config() {
 
     let b1 = vm.boot(&lab);
     vm.report(&b1, "first boot");
-    // Early boot releases the boot partition: a clean poweroff leaves it clean.
-    let sb = vm.superblock(1);
-    let features = sb.lines().find(|l| l.starts_with("Filesystem features:")).unwrap_or("");
-    assert!(!features.contains("needs_recovery"), "the boot partition was left unclean: {features}");
+    // Early boot lets go of what it mounted; OpenRC's shutdown runlevel
+    // (gse-unmount) unmounts the rest.
+    assert_clean_filesystems(&vm);
     assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
     assert!(b1.field("network").starts_with("up: "), "{}", b1.boot);
     assert!(b1.field("sync").starts_with("synced config.d from s"), "{}", b1.boot);
@@ -297,4 +317,70 @@ fn vm_server_dies_and_gsed_moves_to_the_other_without_a_restart() {
 
 fn vm_timeout() -> Duration {
     gse_tests::vm::BOOT_TIMEOUT
+}
+
+/// A systemd client as the README sets it up (`image build --install-gse`
+/// enables the units): green through GSE's initramfs, no failed unit, gsed a
+/// `Type=notify` service, the clean poweroff recorded, clean filesystems.
+#[test]
+fn vm_systemd_client_boots_green_and_shuts_down_clean() {
+    let k = systemd_kit();
+    let (vm, lab) = (Vm::of(k, "systemd"), Lab::of(k, "systemd"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = k.conf_copy(work.path());
+    motd(&conf, "systemd lab");
+    lab.publish(&conf);
+
+    let b1 = vm.boot(&lab);
+    vm.report(&b1, "systemd, GSE initramfs");
+    println!("vm systemd: boot 1: {}", line_of(&b1, "GSE-ANALYZE: "));
+    println!("vm systemd: boot 1: GSE's units: {}", line_of(&b1, "GSE-BLAME: "));
+    assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
+    assert_eq!(b1.motd, "systemd lab");
+    assert_eq!(
+        line_of(&b1, "GSE-SYSTEMD: "),
+        "state=running gsed=notify/active boot-complete=success/1/0 failed=none",
+        "systemd's own view of the boot"
+    );
+    assert_clean_filesystems(&vm);
+    let journal = vm.on_disk(4, "cat persistent/gse/health.journal");
+    let id = b1.health["boot_id"].as_str().unwrap_or("?");
+    assert!(
+        journal.lines().any(|l| l.contains("\"event\":\"clean-shutdown\"") && l.contains(id)),
+        "gse-record-shutdown recorded the poweroff:\n{journal}"
+    );
+
+    let b2 = vm.boot(&lab);
+    vm.report(&b2, "systemd, second boot");
+    assert_eq!((b2.slot(), b2.status(), b2.field("previous")), ("a", "green", "healthy-cycle".into()), "{}", b2.boot);
+    assert_eq!(cycles(&b2), 1, "{}", b2.health);
+    assert_clean_filesystems(&vm);
+}
+
+/// The same systemd root with Debian's dracut: `dracut --add gse` (its default
+/// systemd initrd) and `--omit systemd` (the shell initrd), `root=gse`.
+#[test]
+fn vm_dracut_initrds_boot_the_systemd_client_green() {
+    let k = systemd_kit();
+    let dracut = k.dracut.as_ref().expect("the systemd kit has dracut's initrds");
+    let (vm, lab) = (Vm::of(k, "dracut"), Lab::of(k, "dracut"));
+    let work = tempfile::tempdir().unwrap();
+    lab.publish(&k.conf_copy(work.path()));
+    for (n, (initrd, what)) in
+        [(&dracut.systemd, "dracut, systemd initrd"), (&dracut.shell, "dracut, shell initrd")].into_iter().enumerate()
+    {
+        let b = vm.boot_on(&lab, Disk::Virtio, initrd);
+        vm.report(&b, what);
+        println!("vm dracut: boot {}: {}", n + 1, line_of(&b, "GSE-ANALYZE: "));
+        assert_eq!((b.slot(), b.action(), b.status()), ("a", "normal", "green"), "{what}: {}", b.boot);
+        let sync = b.field("sync");
+        assert!(
+            sync.starts_with("synced config.d from s") || sync.starts_with("config.d is up to date with s"),
+            "{what}: gsed --early reached a server from dracut's initrd: {}",
+            b.boot
+        );
+        let sd = line_of(&b, "GSE-SYSTEMD: ");
+        assert!(sd.ends_with("failed=none") && sd.starts_with("state=running"), "{what}: {sd}");
+        assert_clean_filesystems(&vm);
+    }
 }

@@ -59,6 +59,12 @@ pub fn mount_layout(
     };
 
     // Shallow paths first, so /var is in place before /var/tmp.
+    // The staging area is a tmpfs of its own with private propagation: under
+    // systemd's initrd every mount is shared, and the kernel refuses to move a
+    // mount whose parent is shared (EINVAL).
+    mounts.mount("staging area", "tmpfs", &stage, "tmpfs", MsFlags::empty(), "mode=0700")?;
+    mounts.make_private("staging area", &stage)?;
+
     let mut tmpfs: Vec<(&String, &TmpfsEntry)> = settings.tmpfs.mount.iter().collect();
     tmpfs.sort_by_key(|(p, _)| p.matches('/').count());
     for (path, t) in tmpfs {
@@ -135,7 +141,8 @@ pub fn apply_etc(settings: &Settings, etc: &Path) -> Result<(), BootError> {
         write_etc(etc, p, file.content.as_bytes(), file.mode.0)?;
     }
     write_etc(etc, "/etc/fstab", fstab(settings).as_bytes(), 0o644)?;
-    if let Some(list) = &settings.default_runlevel {
+    // default-runlevel is OpenRC's; an image without /etc/runlevels (systemd) has none.
+    if let Some(list) = settings.default_runlevel.as_ref().filter(|_| etc.join("runlevels").is_dir()) {
         let applied = runlevel::apply(etc, list).map_err(io("/etc/runlevels/default"))?;
         if !applied.missing.is_empty() {
             tracing::warn!(missing = ?applied.missing, "default-runlevel names services the image does not have");

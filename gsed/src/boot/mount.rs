@@ -78,6 +78,19 @@ impl Mounts {
         Ok(())
     }
 
+    /// Gives the mount at `target` private propagation: nothing mounted below
+    /// it is shared with other mounts, so mounts below it can be moved.
+    pub fn make_private(&mut self, step: &str, target: &Path) -> Result<(), MountError> {
+        mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(|errno| {
+            MountError::Mount {
+                step: step.into(),
+                what: "private propagation".into(),
+                target: target.to_owned(),
+                errno,
+            }
+        })
+    }
+
     /// Moves the mount at `from` (made through this stack) to `to`.
     pub fn move_mount(&mut self, step: &str, from: &Path, to: &Path) -> Result<(), MountError> {
         mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|errno| MountError::Mount {

@@ -1,7 +1,8 @@
 #!/bin/sh
-# The VM suite's reporter (tests/src/vm.rs), started by OpenRC after gsed: waits
-# for the verdict and prints what the host asserts on to the console, then powers
-# off. gse.test=hold on the kernel command line keeps the machine running (the
+# The VM suite's reporter (tests/src/vm.rs), started by OpenRC or systemd after
+# gsed: waits for the verdict and prints what the host asserts on to the
+# console (under systemd also how the boot went: units, systemd-analyze), then
+# powers off. gse.test=hold on the kernel command line keeps the machine running (the
 # host pulls the power); gse.test=servers reports the current server every second
 # until it changes; gse.test=logs also reports the log archive and, from the
 # first red boot in it, gsed's and early boot's lines.
@@ -24,6 +25,16 @@ say "GSE-MOTD: $(head -n 1 /etc/motd)"
 as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
 say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
 say "GSE-POLICY-DENIED: $(setpriv --reuid=student --regid=student --init-groups gsectl servers unpin 2>&1 >/dev/null | head -n 1)"
+if [ -d /run/systemd/system ]; then
+	# The boot is finished once no job is left; then failed units are final.
+	# gse-boot-complete is a oneshot: it ran and passed if its main process
+	# exited (code 1, CLD_EXITED) with status 0.
+	state=$(timeout 120 systemctl is-system-running --wait)
+	failed=$(systemctl --failed --plain --no-legend | awk '{ print $1 }' | paste -sd, -)
+	say "GSE-SYSTEMD: state=$state gsed=$(systemctl show -P Type gsed)/$(systemctl is-active gsed) boot-complete=$(systemctl show -P Result gse-boot-complete)/$(systemctl show -P ExecMainCode gse-boot-complete)/$(systemctl show -P ExecMainStatus gse-boot-complete) failed=${failed:-none}"
+	say "GSE-ANALYZE: $(systemd-analyze | head -n 1)"
+	say "GSE-BLAME: $(systemd-analyze blame | grep -e gse -e gsed | tr -s ' ' | paste -sd, -)"
+fi
 case "$mode" in
 logs)
 	gsectl logs list | while IFS= read -r l; do say "GSE-LOGS: $l"; done
@@ -50,4 +61,8 @@ servers)
 	done
 	;;
 esac
-openrc-shutdown -p now
+if [ -d /run/systemd/system ]; then
+	systemctl --no-block poweroff
+else
+	openrc-shutdown -p now
+fi
