@@ -53,4 +53,5 @@ c0=$(ctx)
 sleep 5
 c1=$(ctx)
 echo "gsed idle VmRSS: $rss (private anonymous: $anon; gsed's own code and data pages: $own)"
+awk '/^[0-9a-f]+-/ {name=$6} /^Rss:/ {r[name]+=$2} END {for (n in r) if (r[n] > 100) printf "  %6d kB %s\n", r[n], n}' "/proc/$gsed_pid/smaps" | sort -rn
 echo "gsed context switches during 5 s idle: $((c1 - c0))"
