@@ -18,7 +18,7 @@ use clap::Args;
 
 use crate::Failure;
 
-/// Modules GSE needs in early boot (those built into the kernel are skipped).
+/// Modules /init loads on every boot (those built into the kernel are skipped).
 pub const MODULES: &[&str] = &[
     "virtio",
     "virtio_ring",
@@ -30,11 +30,14 @@ pub const MODULES: &[&str] = &[
     "e1000",
     "e1000e",
     "ext4",
-    "btrfs",
     "overlay",
     "loop",
-    "squashfs",
 ];
+
+/// Filesystems carried but loaded only when a mount asks for them (the
+/// kernel runs the initramfs's `/sbin/modprobe fs-NAME`): a machine whose
+/// slots are ext4 never pays for btrfs.
+pub const ON_DEMAND: &[&str] = &["btrfs", "squashfs"];
 
 #[derive(Args, Debug)]
 pub struct InitramfsBuildArgs {
@@ -179,6 +182,7 @@ pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> (Vec<String>, Vec<
 /// `/init`: loads the modules, waits for the boot partition, runs the hook and
 /// switches root (a shellchecked file beside the hook).
 const INIT: &[u8] = include_bytes!("../../init-scripts/initramfs/init");
+const MODPROBE: &[u8] = include_bytes!("../../init-scripts/initramfs/modprobe");
 
 pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     if args.out.exists() && !args.force {
@@ -196,6 +200,8 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     };
     add_programs(&mut tree, &busybox)?;
     tree.file("init", INIT.to_vec(), 0o755);
+    // In place of busybox's applet: see the script.
+    tree.file("bin/modprobe", MODPROBE.to_vec(), 0o755);
     tree.file("usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh").to_vec(), 0o755);
     add_config(&mut tree, &args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d")))?;
 
@@ -230,13 +236,22 @@ fn add_modules(tree: &mut Tree, modules_root: &Path, kver: &str) -> Result<(), F
         builtin.len(),
         builtin.join(", ")
     ));
-    let included: BTreeSet<&str> = order.iter().map(String::as_str).collect();
+    let mut included: BTreeSet<String> = order.iter().cloned().collect();
+    for fs_name in ON_DEMAND {
+        let (on_demand, _) = resolve_modules(&dep, &[fs_name]);
+        if on_demand.is_empty() {
+            continue; // built in, or not in this kernel
+        }
+        tree.file(&format!("etc/gse/modules.d/{fs_name}"), format!("{}\n", on_demand.join("\n")).into_bytes(), 0o644);
+        included.extend(on_demand);
+    }
+    let order_all: Vec<&String> = included.iter().collect();
     let dep_lines: String = dep
         .lines()
         .filter(|line| line.split_once(':').is_some_and(|(m, _)| included.contains(m.trim())))
         .map(|line| format!("{line}\n"))
         .collect();
-    for m in &order {
+    for m in order_all {
         let data = fs::read(moddir.join(m)).map_err(|e| Failure::Error(format!("reading module {m}: {e}")))?;
         tree.file(&format!("lib/modules/{kver}/{m}"), data, 0o644);
     }

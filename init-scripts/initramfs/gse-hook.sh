@@ -126,6 +126,9 @@ fail() {
 	if ! is_mounted "$SYSROOT"; then
 		say "booting the primary slot as it is: $GSE_FALLBACK_DEV, read-only"
 		mkdir -p "$SYSROOT"
+		# busybox's mount -t auto tries only the filesystems the kernel has
+		# loaded, and a GSE initramfs loads btrfs only on demand.
+		[ "$GSE_FALLBACK_FSTYPE" = auto ] && modprobe btrfs >/dev/null 2>&1
 		mount -t "$GSE_FALLBACK_FSTYPE" -o "$GSE_FALLBACK_OPTS" "$(device "$GSE_FALLBACK_DEV")" "$SYSROOT" ||
 			say "cannot mount $GSE_FALLBACK_DEV either; the boot cannot go on"
 	fi

@@ -134,6 +134,8 @@ pub struct Kit {
     kver: String,
     /// The systemd kit's dracut initrds.
     pub dracut: Option<Dracut>,
+    /// The template of a machine whose slots are btrfs subvolumes (made on first use).
+    btrfs: OnceLock<PathBuf>,
 }
 
 static KITS: [OnceLock<Kit>; 2] = [OnceLock::new(), OnceLock::new()];
@@ -346,32 +348,14 @@ impl Kit {
 
         // The template disk, laid out and installed the way an administrator does it.
         let template = dir.join("template.img");
-        fs::File::create(&template).and_then(|f| f.set_len(DISK_MIB << 20)).expect("template disk");
-        {
-            let lo = Loop::attach(&template);
-            let ns = MountNs::new();
-            let prov = dir.join("provision-conf");
-            run("cp conf", Command::new("cp").arg("-a").arg(&conf).arg(&prov));
-            let local = drives.replace("device = \"/dev/vda\"", &format!("device = \"{}\"", lo.dev));
-            fs::write(prov.join("controller/drives.conf"), local.replace("wipe = false", "wipe = true")).unwrap();
-            let r = dir.join("r");
-            let g = gsectl.display();
-            ns.ok(&format!(
-                "set -e; {g} --root {r} provision --format --config {prov}; mount {dev}p1 {r}/boot; mount {dev}p4 {r}/user-data; {g} --root {r} install --image {image} --config {conf} 2>&1; umount {r}/boot {r}/user-data",
-                r = r.display(),
-                prov = prov.display(),
-                dev = lo.dev,
-                image = image.display(),
-                conf = conf.display()
-            ));
-        }
+        lay_out(&dir, &conf, &image, &template);
         println!(
             "vm kit ({}): client root, kernel {kver}, image, initramfs{} and template disk in {:.1} s",
             init.name(),
             if dracut.is_some() { ", dracut's initrds" } else { "" },
             started.elapsed().as_secs_f64()
         );
-        Kit { init, kernel, initrd, conf, secret, template, dir, kroot, kver, dracut }
+        Kit { init, kernel, initrd, conf, secret, template, dir, kroot, kver, dracut, btrfs: OnceLock::new() }
     }
 
     /// The kit's initramfs as another `gsectl` builds it (an older release, for
@@ -380,12 +364,88 @@ impl Kit {
         initramfs(gsectl, &self.kroot, &self.kver, &self.conf, out);
     }
 
+    /// The template disk of a machine whose slots a and b are the subvolumes
+    /// @a and @b of one btrfs partition (see [`btrfs_conf`]).
+    fn btrfs_template(&self) -> &Path {
+        self.btrfs.get_or_init(|| {
+            let conf = self.dir.join("conf-btrfs");
+            run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&conf));
+            btrfs_conf(&conf);
+            let template = self.dir.join("template-btrfs.img");
+            lay_out(&self.dir, &conf, &self.dir.join("image.tar.zst"), &template);
+            template
+        })
+    }
+
     /// A copy of the image's config.d to change and publish.
     pub fn conf_copy(&self, into: &Path) -> PathBuf {
         let to = into.join("config.d");
         run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&to));
         to
     }
+}
+
+/// Partitions, formats and installs `image` on a new disk `template` the way an
+/// administrator does it: `gsectl provision --format`, then `gsectl install`,
+/// with the config.d `conf` (its drives.conf names /dev/vda: a loop device here).
+fn lay_out(dir: &Path, conf: &Path, image: &Path, template: &Path) {
+    let gsectl = release_bin("gsectl");
+    fs::File::create(template).and_then(|f| f.set_len(DISK_MIB << 20)).expect("template disk");
+    let lo = Loop::attach(template);
+    let ns = MountNs::new();
+    let prov = dir.join("provision-conf");
+    let _ = fs::remove_dir_all(&prov);
+    run("cp conf", Command::new("cp").arg("-a").arg(conf).arg(&prov));
+    let drives = fs::read_to_string(conf.join("controller/drives.conf")).expect("drives.conf");
+    let local = drives.replace("device = \"/dev/vda\"", &format!("device = \"{}\"", lo.dev));
+    fs::write(prov.join("controller/drives.conf"), local.replace("wipe = false", "wipe = true")).unwrap();
+    // Slots and user-data by this loop device's partitions, never by label:
+    // another kit may be laying out a disk with the same labels right now.
+    let dev = &lo.dev;
+    let slots = if drives.contains("\"btrfs\"") {
+        format!(
+            "[slots.a]\ndevice = \"{dev}p2\"\nfstype = \"btrfs\"\nsubvol = \"@a\"\n[slots.b]\ndevice = \"{dev}p2\"\nfstype = \"btrfs\"\nsubvol = \"@b\"\n"
+        )
+    } else {
+        format!(
+            "[slots.a]\ndevice = \"{dev}p2\"\nfstype = \"ext4\"\n[slots.b]\ndevice = \"{dev}p3\"\nfstype = \"ext4\"\n"
+        )
+    };
+    let cboot = prov.join("controller/cboot.conf");
+    let kept: String =
+        fs::read_to_string(&cboot).unwrap_or_default().split("[slots.").next().unwrap_or_default().to_owned();
+    fs::write(&cboot, format!("{kept}\n{slots}")).unwrap();
+    let data = drives.matches("[[partition]]").count();
+    let r = dir.join("r");
+    let g = gsectl.display();
+    ns.ok(&format!(
+        "set -e; {g} --root {r} provision --format --config {prov}; mount {dev}p1 {r}/boot; mount {dev}p{data} {r}/user-data; {g} --root {r} install --image {image} --config {prov} 2>&1; umount {r}/boot {r}/user-data",
+        r = r.display(),
+        prov = prov.display(),
+        image = image.display(),
+    ));
+}
+
+/// Makes the config.d `conf` describe a machine whose slots a and b are the
+/// subvolumes @a and @b of one btrfs partition: drives.conf lays it out,
+/// controller/cboot.conf points the slots at it.
+pub fn btrfs_conf(conf: &Path) {
+    fs::write(
+        conf.join("controller/drives.conf"),
+        "device = \"/dev/vda\"\ntable = \"gpt\"\nwipe = false\n\
+         [[partition]]\nname = \"boot\"\nsize = \"64M\"\nfstype = \"ext4\"\nlabel = \"gse-boot\"\n\
+         [[partition]]\nname = \"root\"\nsize = \"1100M\"\nfstype = \"btrfs\"\nlabel = \"gse-root\"\nsubvolumes = [\"@a\", \"@b\"]\n\
+         [[partition]]\nname = \"user-data\"\nsize = \"rest\"\nfstype = \"ext4\"\nlabel = \"gse-data\"\n",
+    )
+    .expect("write drives.conf");
+    let cboot = conf.join("controller/cboot.conf");
+    let mut text = fs::read_to_string(&cboot).unwrap_or_default();
+    text.push_str(
+        "\n[slots.a]\ndevice = \"LABEL=gse-root\"\nfstype = \"btrfs\"\nsubvol = \"@a\"\n\
+         [slots.b]\ndevice = \"LABEL=gse-root\"\nfstype = \"btrfs\"\nsubvol = \"@b\"\n",
+    );
+    fs::write(&cboot, text).expect("write cboot.conf");
+    run("gsectl config check", Command::new(release_bin("gsectl")).args(["config", "check"]).arg(conf));
 }
 
 /// Builds both dracut initrds inside the image's tree `rootfs` (GSE installed
@@ -481,6 +541,8 @@ impl Lab {
 pub struct Vm {
     pub kit: &'static Kit,
     pub scenario: String,
+    /// The user-data partition: 4 (boot, a, b, data), or 3 with btrfs slots.
+    pub data_part: u32,
     pub disk: PathBuf,
     pub dir: tempfile::TempDir,
     logs: Mutex<Vec<String>>,
@@ -553,17 +615,32 @@ impl Vm {
         Vm::of(kit(), scenario)
     }
 
+    /// An OpenRC lab machine whose slots are btrfs subvolumes (partition 2
+    /// holds @a and @b; see [`btrfs_conf`]).
+    pub fn btrfs(scenario: &str) -> Vm {
+        let mut vm = Vm::from_template(kit(), scenario, kit().btrfs_template());
+        vm.data_part = 3;
+        vm
+    }
+
     /// A lab machine of `k`'s kind.
     pub fn of(k: &'static Kit, scenario: &str) -> Vm {
+        Vm::from_template(k, scenario, &k.template)
+    }
+
+    fn from_template(k: &'static Kit, scenario: &str, template: &Path) -> Vm {
         let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
         let disk = dir.path().join("disk.img");
-        run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(&k.template).arg(&disk));
-        Vm { kit: k, scenario: scenario.to_owned(), disk, dir, logs: Mutex::new(Vec::new()) }
+        run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(template).arg(&disk));
+        Vm { kit: k, scenario: scenario.to_owned(), data_part: 4, disk, dir, logs: Mutex::new(Vec::new()) }
     }
 
     /// The kernel command line of a GSE boot with `gse.test=MODE`.
+    /// `GSE_VM_APPEND` adds kernel arguments (`loglevel=7` shows the kernel's
+    /// timestamped messages on the console, to see where a boot spends its time).
     fn cmdline(&self, mode: &str) -> String {
-        format!("console=ttyS0 root=gse{} panic=-1 quiet gse.test={mode}", self.kit.init.cmdline())
+        let extra = std::env::var("GSE_VM_APPEND").map(|a| format!(" {a}")).unwrap_or_default();
+        format!("console=ttyS0 root=gse{} panic=-1 quiet gse.test={mode}{extra}", self.kit.init.cmdline())
     }
 
     /// Powers the machine on with `gse.test=MODE` on the kernel command line.

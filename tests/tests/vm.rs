@@ -24,10 +24,10 @@ fn cycles(b: &Boot) -> u64 {
     b.health["healthy_cycles"].as_u64().unwrap_or(u64::MAX)
 }
 
-/// After a clean poweroff, the boot partition (1) and the user-data area (4)
-/// were unmounted cleanly: their ext4 journals need no replay.
+/// After a clean poweroff, the boot partition and the user-data area were
+/// unmounted cleanly: their ext4 journals need no replay.
 fn assert_clean_filesystems(vm: &Vm) {
-    for (part, what) in [(1, "the boot partition"), (4, "the user-data area")] {
+    for (part, what) in [(1, "the boot partition"), (vm.data_part, "the user-data area")] {
         let sb = vm.superblock(part);
         let line = |key: &str| sb.lines().find(|l| l.starts_with(key)).unwrap_or("").to_owned();
         let (features, state) = (line("Filesystem features:"), line("Filesystem state:"));
@@ -63,6 +63,11 @@ fn vm_first_boot_syncs_renews_and_follows_the_published_config() {
     // (gse-unmount) unmounts the rest.
     assert_clean_filesystems(&vm);
     assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
+    let filesystems = line_of(&b1, "GSE-FILESYSTEMS: ");
+    assert!(
+        filesystems.contains("ext4") && !filesystems.split(',').any(|f| f == "btrfs"),
+        "an ext4 machine never loads btrfs (the initramfs loads it on demand): {filesystems}"
+    );
     assert!(b1.field("network").starts_with("up: "), "{}", b1.boot);
     assert!(b1.field("sync").starts_with("synced config.d from s"), "{}", b1.boot);
     assert_eq!(b1.motd, "lab motd v1", "the published /etc/motd is in the guest's /etc");
@@ -383,4 +388,47 @@ fn vm_dracut_initrds_boot_the_systemd_client_green() {
         assert!(sd.ends_with("failed=none") && sd.starts_with("state=running"), "{what}: {sd}");
         assert_clean_filesystems(&vm);
     }
+}
+
+/// Slots as btrfs subvolumes: btrfs is loaded only when early boot mounts the
+/// slot (the kernel asks the initramfs's modprobe), and a repair (a snapshot of
+/// b) cut by a real power loss still leaves a machine that boots a good slot.
+#[test]
+fn vm_btrfs_slots_load_on_demand_and_survive_a_power_cut_in_the_repair() {
+    let (vm, lab) = (Vm::btrfs("btrfs"), Lab::new("btrfs"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    gse_tests::vm::btrfs_conf(&conf);
+    lab.publish(&conf);
+
+    let b1 = vm.boot(&lab);
+    vm.report(&b1, "btrfs slots");
+    assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
+    let filesystems = line_of(&b1, "GSE-FILESYSTEMS: ");
+    assert!(filesystems.split(',').any(|f| f == "btrfs"), "btrfs was loaded on demand: {filesystems}");
+    assert_clean_filesystems(&vm);
+
+    // Slot a's flag is corrupted; under `repair` qemu is killed as soon as the
+    // repair has begun (a snapshot of b: the cut may land inside or just after it).
+    vm.on_disk(2, "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >@a/.gse/bootflag");
+    let mut with_repair = fs::read_to_string(conf.join("controller/cboot.conf")).unwrap();
+    with_repair.insert_str(0, "[health]\non_failure = \"repair\"\n");
+    put(&conf, "controller/cboot.conf", &with_repair);
+    lab.publish(&conf);
+    let mut r = vm.start(&lab, "report");
+    r.wait_line("repairing target=a source=b", gse_tests::vm::BOOT_TIMEOUT);
+    let cut = r.pull_power();
+    vm.report(&cut, "power cut during the repair");
+    assert!(!cut.log.contains("GSE-HEALTH-JSON"), "the cut came before the system was up");
+
+    let b3 = vm.boot(&lab);
+    vm.report(&b3, "after the power cut");
+    println!("vm btrfs: after the cut: {} ({})", b3.action(), b3.field("reason"));
+    assert_eq!((b3.slot(), b3.status()), ("a", "green"), "{}", b3.boot);
+    let flag = vm.on_disk(2, "cat @a/.gse/bootflag");
+    assert!(flag.contains("slot=a") && flag.contains("mac="), "a fresh, valid flag on a: {flag}");
+    let listing = |slot: &str| {
+        gse_tests::disk::normalize_listing(&vm.on_disk(2, &format!("cd @{slot}; {}", gse_tests::disk::LISTING)))
+    };
+    gse_tests::disk::assert_same_listing(("a", &listing("a")), ("b", &listing("b")));
 }

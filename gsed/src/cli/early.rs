@@ -16,6 +16,14 @@ use zbus::{Guid, connection};
 /// How long a client of the early socket may take for the D-Bus handshake.
 const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A GUID for one peer-to-peer connection. zbus's `Guid::generate` takes a v4
+/// UUID from getrandom(2), which blocks until the kernel's random pool is
+/// ready (seconds into a boot without a hardware RNG); a GUID only has to be
+/// unique, so fastrand's non-blocking seed will do.
+fn guid() -> Guid<'static> {
+    Guid::try_from(format!("{:032x}", fastrand::u128(..))).expect("32 hex digits are a GUID")
+}
+
 pub(super) async fn run(
     paths: &Paths,
     boot_id: &str,
@@ -54,7 +62,7 @@ pub(super) async fn run(
                 let stream = stream.into_std()?;
                 tokio::spawn(async move {
                     let built = connection::Builder::unix_stream(stream)
-                        .server(Guid::generate())
+                        .server(guid())
                         .p2p()
                         .serve_at(OBJECT_PATH, obj)
                         .build();

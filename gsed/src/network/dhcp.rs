@@ -61,6 +61,19 @@ pub struct Client {
     hostname: String,
 }
 
+/// A BOOTREQUEST with every other field zero. dhcproto's constructors draw an
+/// xid from rand's OS generator, which blocks in getrandom(2) until the
+/// kernel's random pool is ready: 1.4 s of early boot under qemu, on a machine
+/// without a hardware RNG. The xid is chosen here (fastrand, seeded without
+/// blocking), so messages start from this blank one.
+fn blank() -> Message {
+    let mut bytes = [0u8; 241];
+    bytes[..3].copy_from_slice(&[1, 1, 6]); // BOOTREQUEST, Ethernet, 6-byte address
+    bytes[236..240].copy_from_slice(&[99, 130, 83, 99]); // the magic cookie
+    bytes[240] = 255; // no options
+    Message::decode(&mut Decoder::new(&bytes)).expect("a constant BOOTREQUEST decodes")
+}
+
 impl Client {
     /// A client bound to port 68 on `ifname` only.
     pub fn new(ifname: &str, mac: &[u8], hostname: &str) -> Result<Client, DhcpError> {
@@ -69,14 +82,8 @@ impl Client {
     }
 
     fn message(&self, xid: u32, kind: MessageType, ciaddr: Ipv4Addr, broadcast: bool) -> Message {
-        let mut m = Message::new_with_id(
-            xid,
-            ciaddr,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &self.mac,
-        );
+        let mut m = blank();
+        m.set_xid(xid).set_chaddr(&self.mac).set_ciaddr(ciaddr);
         if broadcast {
             m.set_flags(Flags::default().set_broadcast());
         }
@@ -255,4 +262,24 @@ fn socket2_bind(ifname: &str) -> Result<std::net::UdpSocket, DhcpError> {
     socket::setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from(ifname)).map_err(std::io::Error::from)?;
     socket::bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 68)).map_err(std::io::Error::from)?;
     Ok(std::net::UdpSocket::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::v4::{HType, Opcode};
+
+    #[test]
+    fn the_blank_message_is_an_empty_bootrequest_that_takes_our_fields() {
+        let mut m = blank();
+        assert_eq!((m.opcode(), m.htype(), m.xid()), (Opcode::BootRequest, HType::Eth, 0));
+        assert!(m.opts().iter().next().is_none(), "no options");
+        let mac = [0x52, 0x54, 0, 0x47, 0x53, 1];
+        m.set_xid(0xdead_beef).set_chaddr(&mac).set_ciaddr(Ipv4Addr::new(192, 0, 2, 57));
+        let mut bytes = Vec::new();
+        m.encode(&mut Encoder::new(&mut bytes)).unwrap();
+        let back = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!((back.xid(), back.chaddr(), back.ciaddr()), (0xdead_beef, &mac[..], Ipv4Addr::new(192, 0, 2, 57)));
+        assert_eq!(bytes[2], 6, "hlen follows chaddr");
+    }
 }

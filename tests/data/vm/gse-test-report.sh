@@ -22,6 +22,7 @@ done
 say "GSE-HEALTH-JSON: $h"
 say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
 say "GSE-MOTD: $(head -n 1 /etc/motd)"
+say "GSE-FILESYSTEMS: $(awk '{ print $NF }' /proc/filesystems | paste -sd, -)"
 as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
 say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
 say "GSE-POLICY-DENIED: $(setpriv --reuid=student --regid=student --init-groups gsectl servers unpin 2>&1 >/dev/null | head -n 1)"
