@@ -471,7 +471,8 @@ fn vm_bench() {
     });
     let ms = |d: Option<Duration>| d.expect("the marker was seen").as_secs_f64();
     let (mut plain, mut gse, mut green, mut old_rl, mut old_green) = (vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..3 {
+    let rounds: usize = std::env::var("GSE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    for round in 1..=rounds {
         // A fresh disk each time: the plain boot writes to its root.
         let plain_vm = Vm::new("bench-plain");
         let mut r = plain_vm.start_plain(&lab);
@@ -488,11 +489,17 @@ fn vm_bench() {
             old_rl.push(ms(b.to_runlevel));
             old_green.push(b.to_report.as_secs_f64());
         }
+        println!(
+            "  round {round}: -> default runlevel: no initramfs {:.1} s, GSE {:.1} s{}",
+            plain[round - 1],
+            gse[round - 1],
+            old_rl.get(round - 1).map(|o| format!(", older {o:.1} s")).unwrap_or_default()
+        );
     }
     let size = |p: &std::path::Path| fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
     let (p, g) = (median(plain), median(gse));
     println!(
-        "qemu TCG, NVMe disk, median of 3: power on -> default runlevel: no initramfs {p:.1} s, GSE {g:.1} s (ratio {:.2}); GSE -> green {:.1} s; GSE initramfs {:.1} MB",
+        "qemu TCG, NVMe disk, median of {rounds}: power on -> default runlevel: no initramfs {p:.1} s, GSE {g:.1} s (ratio {:.2}); GSE -> green {:.1} s; GSE initramfs {:.1} MB",
         g / p,
         median(green),
         size(&k.initrd)
