@@ -214,6 +214,55 @@ async fn a_new_publish_arrives_by_the_periodic_sync() {
     .await;
 }
 
+/// Every file and directory under `dir` (itself included) with what any write
+/// moves: inode, modification and change times.
+fn stamps(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(p) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else { continue };
+        out.push((
+            p.clone(),
+            m.ino(),
+            m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            m.ctime_nsec() + m.ctime() * 1_000_000_000,
+        ));
+        if m.is_dir() {
+            todo.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A sync that finds the tree as published (what happens every sync_interval)
+/// writes nothing: no file, no directory, no staging area is touched.
+#[tokio::test]
+async fn a_sync_with_nothing_new_writes_nothing() {
+    let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
+    let _gsed = start_gsed(&room.bus, &room.client, "boot-nowrite");
+    let conn = room.bus.connect().await;
+    let servers = uncached(ServersProxy::builder(&conn)).build().await.unwrap();
+    eventually("the first sync", 10, async || (snapshot(&room.synced()) == snapshot(&room.source)).then_some(())).await;
+    let work = room.client.path().join("user-data/persistent/gse/sync");
+    let before = (stamps(&room.synced()), stamps(&work));
+    for _ in 0..3 {
+        servers.sync().await.expect("a sync");
+        let last: serde_json::Value = serde_json::from_str(&servers.last_sync().await.unwrap()).unwrap();
+        assert_eq!(last["result"], "unchanged", "{last}");
+    }
+    assert!((stamps(&room.synced()), stamps(&work)) == before, "a sync with nothing new wrote to the disk");
+
+    // A change of mode alone (644 -> 755) is a change: it is applied.
+    let file = room.source.join("controller/README");
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    room.publish(0, &room.source, "k");
+    servers.sync().await.expect("a sync");
+    let mode = fs::metadata(room.synced().join("controller/README")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777, 0o755);
+}
+
 /// A tree signed by the right key that does not validate on this client (say,
 /// published by a newer gsectl) is refused: the synced tree and the config in
 /// force stay as they were, and the error names the file.

@@ -1,6 +1,7 @@
 //! Client-side sync of config.d (DESIGN §8): fetch the MANIFEST from the current
 //! server, verify its signature, download only what changed, check every digest,
-//! validate the result, then swap it in atomically. Any failure changes nothing.
+//! validate the result, then swap it in atomically. Any failure changes nothing,
+//! and a sync that finds nothing new writes nothing.
 
 use std::{
     fs,
@@ -10,7 +11,7 @@ use std::{
 
 use super::{
     http::{FetchError, Http},
-    manifest::{Manifest, ManifestError, sha256_hex, verify},
+    manifest::{Entry, Manifest, ManifestError, sha256_hex, verify},
 };
 use crate::{
     config::{self, ConfigError},
@@ -66,19 +67,31 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
     }
 
     let current = paths.synced_config();
+    let unlisted = |listed: &[&str]| -> Vec<String> {
+        config::walk(&current)
+            .iter()
+            .map(|old| old.strip_prefix(&current).unwrap_or(old).to_string_lossy().into_owned())
+            .filter(|rel| !listed.contains(&rel.as_str()))
+            .collect()
+    };
+    let listed: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    // The common case, every sync_interval: the tree is already the published
+    // one. Compared in place, so nothing is staged, written or swapped.
+    if manifest.entries.iter().all(|e| up_to_date(&current.join(&e.path), e)) && unlisted(&listed).is_empty() {
+        if manifest.serial > accepted.config {
+            accepted.config = manifest.serial;
+            accepted.save(paths).map_err(io("recording the accepted MANIFEST serial"))?;
+        }
+        return Ok(Synced { reused: manifest.entries.len(), ..Synced::default() });
+    }
+
     let work = paths.state_dir().join("sync");
     let staging = work.join("config.d.new");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).map_err(io(format!("creating {}", staging.display())))?;
     let result = fill(http, &root, &manifest, &current, &staging).and_then(|mut synced| {
         // Removed files count as changes too.
-        let listed: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
-        for old in config::walk(&current) {
-            let rel = old.strip_prefix(&current).unwrap_or(&old).to_string_lossy().into_owned();
-            if !listed.contains(&rel.as_str()) {
-                synced.changed.push(rel);
-            }
-        }
+        synced.changed.extend(unlisted(&listed));
         synced.changed.sort();
         if !synced.changed.is_empty() {
             config::load(&[paths.image_config(), staging.clone()]).map_err(SyncError::Invalid)?;
@@ -94,6 +107,14 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
     result
 }
 
+/// The local file is the entry: same size, mode and digest.
+fn up_to_date(local: &Path, e: &Entry) -> bool {
+    let Ok(meta) = fs::metadata(local) else { return false };
+    meta.len() == e.size
+        && meta.permissions().mode() & 0o7777 == e.mode
+        && fs::read(local).is_ok_and(|d| sha256_hex(&d) == e.sha256)
+}
+
 fn fill(http: &Http, root: &str, manifest: &Manifest, current: &Path, staging: &Path) -> Result<Synced, SyncError> {
     let mut synced = Synced::default();
     for e in &manifest.entries {
@@ -102,6 +123,9 @@ fn fill(http: &Http, root: &str, manifest: &Manifest, current: &Path, staging: &
         let data = match have {
             Some(d) => {
                 synced.reused += 1;
+                if !up_to_date(&local, e) {
+                    synced.changed.push(e.path.clone()); // the same bytes, a new mode
+                }
                 d
             }
             None => {
