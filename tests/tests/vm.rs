@@ -399,32 +399,27 @@ fn vm_btrfs_slots_load_on_demand_and_survive_a_power_cut_in_the_repair() {
     let work = tempfile::tempdir().unwrap();
     let conf = kit().conf_copy(work.path());
     gse_tests::vm::btrfs_conf(&conf);
+    let mut cboot = fs::read_to_string(conf.join("controller/cboot.conf")).unwrap();
+    cboot.insert_str(0, "[health]\non_failure = \"repair\"\n");
+    put(&conf, "controller/cboot.conf", &cboot);
     lab.publish(&conf);
 
-    let b1 = vm.boot(&lab);
-    vm.report(&b1, "btrfs slots");
-    assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
-    let filesystems = line_of(&b1, "GSE-FILESYSTEMS: ");
-    assert!(filesystems.split(',').any(|f| f == "btrfs"), "btrfs was loaded on demand: {filesystems}");
-    assert_clean_filesystems(&vm);
-
-    // Slot a's flag is corrupted; under `repair` qemu is killed as soon as the
-    // repair has begun (a snapshot of b: the cut may land inside or just after it).
+    // Slot a's flag is corrupted; qemu is killed as soon as the repair has
+    // begun (a snapshot of b: the cut may land inside or just after it).
     vm.on_disk(2, "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >@a/.gse/bootflag");
-    let mut with_repair = fs::read_to_string(conf.join("controller/cboot.conf")).unwrap();
-    with_repair.insert_str(0, "[health]\non_failure = \"repair\"\n");
-    put(&conf, "controller/cboot.conf", &with_repair);
-    lab.publish(&conf);
     let mut r = vm.start(&lab, "report");
     r.wait_line("repairing target=a source=b", gse_tests::vm::BOOT_TIMEOUT);
     let cut = r.pull_power();
     vm.report(&cut, "power cut during the repair");
     assert!(!cut.log.contains("GSE-HEALTH-JSON"), "the cut came before the system was up");
 
-    let b3 = vm.boot(&lab);
-    vm.report(&b3, "after the power cut");
-    println!("vm btrfs: after the cut: {} ({})", b3.action(), b3.field("reason"));
-    assert_eq!((b3.slot(), b3.status()), ("a", "green"), "{}", b3.boot);
+    let b = vm.boot(&lab);
+    vm.report(&b, "after the power cut");
+    println!("vm btrfs: after the cut: {} ({})", b.action(), b.field("reason"));
+    assert_eq!((b.slot(), b.status()), ("a", "green"), "{}", b.boot);
+    let filesystems = line_of(&b, "GSE-FILESYSTEMS: ");
+    assert!(filesystems.split(',').any(|f| f == "btrfs"), "btrfs was loaded on demand: {filesystems}");
+    assert_clean_filesystems(&vm);
     let flag = vm.on_disk(2, "cat @a/.gse/bootflag");
     assert!(flag.contains("slot=a") && flag.contains("mac="), "a fresh, valid flag on a: {flag}");
     let listing = |slot: &str| {
