@@ -200,7 +200,8 @@ fn mirror() -> String {
 /// renamed into place, so an interrupted build is never taken for a cache.
 fn client_root(cache: &Path, init: Init) -> PathBuf {
     let (include, exclude) = init.packages();
-    let dir = cache.join(format!("root-{SUITE}-minbase-{}-no-{exclude}", include.replace(',', "+")));
+    let without = if exclude.is_empty() { String::new() } else { format!("-no-{exclude}") };
+    let dir = cache.join(format!("root-{SUITE}-minbase-{}{without}", include.replace(',', "+")));
     if dir.is_dir() {
         return dir;
     }
