@@ -286,9 +286,8 @@ fn install_gse(root: &Path, config: &Path) -> Result<(), Failure> {
         // boots with GSE's units on, and no SysV-looking script stands in the
         // way of an administrator's own `systemctl enable`.
         Init::Systemd => {
-            say(
-                "the image runs systemd: enabling gsed.service, gse-boot-complete.service, gse-record-shutdown.service",
-            );
+            let names: Vec<&str> = UNITS.iter().map(|(unit, _)| *unit).collect();
+            say(format!("the image runs systemd: enabling {}", names.join(", ")));
             for (unit, _) in UNITS {
                 link(
                     root,

@@ -127,6 +127,8 @@ pub struct Kit {
     pub conf: PathBuf,
     /// The lab server's signing key.
     pub secret: PathBuf,
+    /// The image both templates are installed from.
+    image: PathBuf,
     template: PathBuf,
     /// `target/vm-cache/run-PID`: this process's image, initramfs and disks.
     pub dir: PathBuf,
@@ -356,7 +358,7 @@ impl Kit {
             if dracut.is_some() { ", dracut's initrds" } else { "" },
             started.elapsed().as_secs_f64()
         );
-        Kit { init, kernel, initrd, conf, secret, template, dir, kroot, kver, dracut, btrfs: OnceLock::new() }
+        Kit { init, kernel, initrd, conf, secret, image, template, dir, kroot, kver, dracut, btrfs: OnceLock::new() }
     }
 
     /// The kit's initramfs as another `gsectl` builds it (an older release, for
@@ -373,7 +375,7 @@ impl Kit {
             run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&conf));
             btrfs_conf(&conf);
             let template = self.dir.join("template-btrfs.img");
-            lay_out(&self.dir, &conf, &self.dir.join("image.tar.zst"), &template);
+            lay_out(&self.dir, &conf, &self.image, &template);
             template
         })
     }
@@ -542,8 +544,8 @@ impl Lab {
 pub struct Vm {
     pub kit: &'static Kit,
     pub scenario: String,
-    /// The user-data partition: 4 (boot, a, b, data), or 3 with btrfs slots.
-    pub data_part: u32,
+    /// Slots a and b as subvolumes @a and @b of partition 2 (else partitions 2 and 3).
+    btrfs: bool,
     pub disk: PathBuf,
     pub dir: tempfile::TempDir,
     logs: Mutex<Vec<String>>,
@@ -620,7 +622,7 @@ impl Vm {
     /// holds @a and @b; see [`btrfs_conf`]).
     pub fn btrfs(scenario: &str) -> Vm {
         let mut vm = Vm::from_template(kit(), scenario, kit().btrfs_template());
-        vm.data_part = 3;
+        vm.btrfs = true;
         vm
     }
 
@@ -633,7 +635,7 @@ impl Vm {
         let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
         let disk = dir.path().join("disk.img");
         run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(template).arg(&disk));
-        Vm { kit: k, scenario: scenario.to_owned(), data_part: 4, disk, dir, logs: Mutex::new(Vec::new()) }
+        Vm { kit: k, scenario: scenario.to_owned(), btrfs: false, disk, dir, logs: Mutex::new(Vec::new()) }
     }
 
     /// The kernel command line of a GSE boot with `gse.test=MODE`.
@@ -759,9 +761,24 @@ impl Vm {
         )
     }
 
+    /// The user-data partition: after boot, a and b, or after boot and the btrfs one.
+    pub fn data_part(&self) -> u32 {
+        if self.btrfs { 3 } else { 4 }
+    }
+
+    /// Runs `script` in slot `slot` (a or b) of the powered-off disk, whatever
+    /// the layout; returns its output.
+    pub fn on_slot(&self, slot: &str, script: &str) -> String {
+        match (self.btrfs, slot) {
+            (true, _) => self.on_disk(2, &format!("cd @{slot}; {script}")),
+            (false, "a") => self.on_disk(2, script),
+            (false, _) => self.on_disk(3, script),
+        }
+    }
+
     /// Slot `slot`'s files with their metadata (see `disk::LISTING`).
     pub fn listing(&self, slot: &str) -> String {
-        disk::normalize_listing(&self.on_disk(if slot == "a" { 2 } else { 3 }, disk::LISTING))
+        disk::normalize_listing(&self.on_slot(slot, disk::LISTING))
     }
 
     /// One line for the test output: what this boot did and how long it took.

@@ -27,7 +27,7 @@ fn cycles(b: &Boot) -> u64 {
 /// After a clean poweroff, the boot partition and the user-data area were
 /// unmounted cleanly: their ext4 journals need no replay.
 fn assert_clean_filesystems(vm: &Vm) {
-    for (part, what) in [(1, "the boot partition"), (vm.data_part, "the user-data area")] {
+    for (part, what) in [(1, "the boot partition"), (vm.data_part(), "the user-data area")] {
         let sb = vm.superblock(part);
         let line = |key: &str| sb.lines().find(|l| l.starts_with(key)).unwrap_or("").to_owned();
         let (features, state) = (line("Filesystem features:"), line("Filesystem state:"));
@@ -46,7 +46,21 @@ fn line_of(b: &Boot, marker: &str) -> String {
 
 /// The boot flag of slot `slot` as it is on the disk.
 fn flag_on_disk(vm: &Vm, slot: &str) -> String {
-    vm.on_disk(if slot == "a" { 2 } else { 3 }, "cat .gse/bootflag")
+    vm.on_slot(slot, "cat .gse/bootflag")
+}
+
+/// Boots with slot a's flag already corrupted and `repair` in force, and pulls
+/// the power once the repair has begun: qemu is killed, so whatever the guest
+/// had not written out is lost, as on a lab machine. Then the boot after it.
+fn cut_power_during_repair(vm: &Vm, lab: &Lab) -> Boot {
+    let mut r = vm.start(lab, "report");
+    r.wait_line("repairing target=a source=b", gse_tests::vm::BOOT_TIMEOUT);
+    let cut = r.pull_power();
+    vm.report(&cut, "power cut during the repair");
+    assert!(!cut.log.contains("GSE-HEALTH-JSON"), "the cut came before the system was up");
+    let b = vm.boot(lab);
+    vm.report(&b, "repair finished after the power cut");
+    b
 }
 
 #[test]
@@ -142,7 +156,7 @@ fn vm_corrupt_flag_bails_out_then_repairs() {
     let conf = kit().conf_copy(work.path());
     put(&conf, "controller/cboot.conf", "[health]\non_failure = \"bailout\"\n");
     lab.publish(&conf);
-    vm.on_disk(2, "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >.gse/bootflag");
+    vm.on_slot("a", "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >.gse/bootflag");
 
     let b1 = vm.boot(&lab);
     vm.report(&b1, "flag of a corrupted, bailout");
@@ -152,15 +166,7 @@ fn vm_corrupt_flag_bails_out_then_repairs() {
 
     put(&conf, "controller/cboot.conf", "[health]\non_failure = \"repair\"\n");
     lab.publish(&conf);
-    // A real power cut once the repair has begun: qemu is killed, so whatever
-    // the guest had not written out is lost, as on a lab machine.
-    let mut r = vm.start(&lab, "report");
-    r.wait_line("repairing target=a source=b", gse_tests::vm::BOOT_TIMEOUT);
-    let cut = r.pull_power();
-    vm.report(&cut, "power cut during the repair");
-    assert!(!cut.log.contains("GSE-HEALTH-JSON"), "the cut came before the system was up");
-    let b2 = vm.boot(&lab);
-    vm.report(&b2, "repair finished after the power cut");
+    let b2 = cut_power_during_repair(&vm, &lab);
     assert_eq!((b2.slot(), b2.action(), b2.status()), ("a", "repair", "green"), "{}", b2.boot);
     assert!(b2.field("reason").contains("finishing an interrupted repair of slot a from slot b"), "{}", b2.boot);
     let flag = flag_on_disk(&vm, "a");
@@ -404,26 +410,15 @@ fn vm_btrfs_slots_load_on_demand_and_survive_a_power_cut_in_the_repair() {
     put(&conf, "controller/cboot.conf", &cboot);
     lab.publish(&conf);
 
-    // Slot a's flag is corrupted; qemu is killed as soon as the repair has
-    // begun (a snapshot of b: the cut may land inside or just after it).
-    vm.on_disk(2, "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >@a/.gse/bootflag");
-    let mut r = vm.start(&lab, "report");
-    r.wait_line("repairing target=a source=b", gse_tests::vm::BOOT_TIMEOUT);
-    let cut = r.pull_power();
-    vm.report(&cut, "power cut during the repair");
-    assert!(!cut.log.contains("GSE-HEALTH-JSON"), "the cut came before the system was up");
-
-    let b = vm.boot(&lab);
-    vm.report(&b, "after the power cut");
+    // The repair is a snapshot of b: the cut may land inside or just after it.
+    vm.on_slot("a", "printf 'GSE-BOOTFLAG-1\\nslot=a\\nnot a flag' >.gse/bootflag");
+    let b = cut_power_during_repair(&vm, &lab);
     println!("vm btrfs: after the cut: {} ({})", b.action(), b.field("reason"));
     assert_eq!((b.slot(), b.status()), ("a", "green"), "{}", b.boot);
     let filesystems = line_of(&b, "GSE-FILESYSTEMS: ");
     assert!(filesystems.split(',').any(|f| f == "btrfs"), "btrfs was loaded on demand: {filesystems}");
     assert_clean_filesystems(&vm);
-    let flag = vm.on_disk(2, "cat @a/.gse/bootflag");
+    let flag = flag_on_disk(&vm, "a");
     assert!(flag.contains("slot=a") && flag.contains("mac="), "a fresh, valid flag on a: {flag}");
-    let listing = |slot: &str| {
-        gse_tests::disk::normalize_listing(&vm.on_disk(2, &format!("cd @{slot}; {}", gse_tests::disk::LISTING)))
-    };
-    gse_tests::disk::assert_same_listing(("a", &listing("a")), ("b", &listing("b")));
+    gse_tests::disk::assert_same_listing(("a", &vm.listing("a")), ("b", &vm.listing("b")));
 }

@@ -67,17 +67,15 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
     }
 
     let current = paths.synced_config();
-    let unlisted = |listed: &[&str]| -> Vec<String> {
-        config::walk(&current)
-            .iter()
-            .map(|old| old.strip_prefix(&current).unwrap_or(old).to_string_lossy().into_owned())
-            .filter(|rel| !listed.contains(&rel.as_str()))
-            .collect()
-    };
     let listed: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    let removed: Vec<String> = config::walk(&current)
+        .iter()
+        .map(|old| old.strip_prefix(&current).unwrap_or(old).to_string_lossy().into_owned())
+        .filter(|rel| !listed.contains(&rel.as_str()))
+        .collect();
     // The common case, every sync_interval: the tree is already the published
     // one. Compared in place, so nothing is staged, written or swapped.
-    if manifest.entries.iter().all(|e| up_to_date(&current.join(&e.path), e)) && unlisted(&listed).is_empty() {
+    if removed.is_empty() && manifest.entries.iter().all(|e| up_to_date(&current.join(&e.path), e)) {
         if manifest.serial > accepted.config {
             accepted.config = manifest.serial;
             accepted.save(paths).map_err(io("recording the accepted MANIFEST serial"))?;
@@ -91,7 +89,7 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
     fs::create_dir_all(&staging).map_err(io(format!("creating {}", staging.display())))?;
     let result = fill(http, &root, &manifest, &current, &staging).and_then(|mut synced| {
         // Removed files count as changes too.
-        synced.changed.extend(unlisted(&listed));
+        synced.changed.extend(removed);
         synced.changed.sort();
         if !synced.changed.is_empty() {
             config::load(&[paths.image_config(), staging.clone()]).map_err(SyncError::Invalid)?;
@@ -109,10 +107,12 @@ pub fn sync_config(http: &Http, base: &str, public_key: &str, paths: &Paths) -> 
 
 /// The local file is the entry: same size, mode and digest.
 fn up_to_date(local: &Path, e: &Entry) -> bool {
-    let Ok(meta) = fs::metadata(local) else { return false };
-    meta.len() == e.size
-        && meta.permissions().mode() & 0o7777 == e.mode
+    fs::metadata(local).is_ok_and(|m| m.len() == e.size && same_mode(&m, e))
         && fs::read(local).is_ok_and(|d| sha256_hex(&d) == e.sha256)
+}
+
+fn same_mode(meta: &fs::Metadata, e: &Entry) -> bool {
+    meta.permissions().mode() & 0o7777 == e.mode
 }
 
 fn fill(http: &Http, root: &str, manifest: &Manifest, current: &Path, staging: &Path) -> Result<Synced, SyncError> {
@@ -123,7 +123,7 @@ fn fill(http: &Http, root: &str, manifest: &Manifest, current: &Path, staging: &
         let data = match have {
             Some(d) => {
                 synced.reused += 1;
-                if !up_to_date(&local, e) {
+                if !fs::metadata(&local).is_ok_and(|m| same_mode(&m, e)) {
                     synced.changed.push(e.path.clone()); // the same bytes, a new mode
                 }
                 d
