@@ -245,13 +245,12 @@ fn add_modules(tree: &mut Tree, modules_root: &Path, kver: &str) -> Result<(), F
         tree.file(&format!("etc/gse/modules.d/{fs_name}"), format!("{}\n", on_demand.join("\n")).into_bytes(), 0o644);
         included.extend(on_demand);
     }
-    let order_all: Vec<&String> = included.iter().collect();
     let dep_lines: String = dep
         .lines()
         .filter(|line| line.split_once(':').is_some_and(|(m, _)| included.contains(m.trim())))
         .map(|line| format!("{line}\n"))
         .collect();
-    for m in order_all {
+    for m in &included {
         let data = fs::read(moddir.join(m)).map_err(|e| Failure::Error(format!("reading module {m}: {e}")))?;
         tree.file(&format!("lib/modules/{kver}/{m}"), data, 0o644);
     }
