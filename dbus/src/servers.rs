@@ -121,6 +121,20 @@ pub trait Update {
     #[zbus(property)]
     fn detail(&self) -> Result<String, DBusError>;
 
+    /// 0.0-1.0 of the current step (downloading or installing).
+    #[zbus(property)]
+    fn progress(&self) -> Result<f64, DBusError>;
+
+    #[zbus(property)]
+    fn bytes_done(&self) -> Result<u64, DBusError>;
+
+    #[zbus(property)]
+    fn bytes_total(&self) -> Result<u64, DBusError>;
+
+    /// The slot the new version goes into.
+    #[zbus(property)]
+    fn target_slot(&self) -> Result<String, DBusError>;
+
     /// Check the channel on the current server now; returns the new state.
     fn check(&self) -> Result<String, DBusError>;
 

@@ -17,6 +17,7 @@ mod network;
 mod output;
 mod publish;
 mod servers;
+mod update;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -55,7 +56,7 @@ enum Command {
     /// The servers this client syncs from (and switch, unpin, sync).
     Servers(servers::ServersArgs),
     /// The version check (and check, approve, decline).
-    Update(servers::UpdateArgs),
+    Update(update::UpdateArgs),
     /// Make a minisign key pair for signing what the server publishes.
     Keygen(publish::KeygenArgs),
     /// The archived logs of every boot on this machine (list, show BOOT).
@@ -186,7 +187,7 @@ fn main() -> ExitCode {
             Command::Install(args) => install::install(&cli.root, args),
             Command::Servers(args) => servers::servers(&bus, args).await,
             Command::Network(args) => network::network(&bus, args).await,
-            Command::Update(args) => servers::update(&bus, args).await,
+            Command::Update(args) => update::update(&bus, args).await,
             Command::Logs(args) => logs::run(&cli.root, args),
             Command::Fleet(args) => fleet::run(args),
             Command::Keygen(args) => publish::keygen(args),

@@ -56,7 +56,8 @@ enum Publish {
         #[arg(long)]
         secret: PathBuf,
     },
-    /// Place an image under TREE/gse1/images/VERSION/ and point a channel at it.
+    /// Cut an image (.tar.zst or .tar) into chunks under TREE/gse1/chunks/, sign
+    /// its index under TREE/gse1/images/VERSION/ and point a channel at it.
     Image {
         #[arg(long)]
         image: PathBuf,
@@ -68,6 +69,28 @@ enum Publish {
         to: PathBuf,
         #[arg(long)]
         secret: PathBuf,
+        /// Percent of the machines (by a stable per-machine bucket) that take it.
+        #[arg(long, default_value_t = 100)]
+        rollout: u8,
+    },
+    /// Change the share of machines that take a channel's current version.
+    Rollout {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        percent: u8,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        secret: PathBuf,
+    },
+    /// Remove all but the newest N versions (and any a channel points at), and
+    /// every chunk no remaining version uses.
+    Prune {
+        #[arg(long)]
+        keep: usize,
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -83,13 +106,27 @@ pub fn publish(args: PublishArgs) -> Result<u8, Failure> {
                 to.join("gse1/config.d").display()
             );
         }
-        Publish::Image { image, version, channel, to, secret } => {
-            let ch = publish::publish_image(&image, &version, &channel, &to, &secret)
+        Publish::Image { image, version, channel, to, secret, rollout } => {
+            let ch = publish::publish_image(&image, &version, &channel, &to, &secret, rollout)
                 .map_err(|e| Failure::Error(format!("publish image: {e}")))?;
             eprintln!(
-                "publish: channel {} now offers {} ({} bytes, sha256 {})",
-                ch.channel, ch.version, ch.size, ch.sha256
+                "publish: channel {} now offers {} ({} MB unpacked, {} MB to fetch in full) to {}% of the machines",
+                ch.channel,
+                ch.version,
+                ch.size >> 20,
+                ch.packed >> 20,
+                ch.rollout
             );
+        }
+        Publish::Rollout { channel, percent, to, secret } => {
+            let ch = publish::publish_rollout(&to, &channel, percent, &secret)
+                .map_err(|e| Failure::Error(format!("publish rollout: {e}")))?;
+            eprintln!("publish: channel {} offers {} to {}% of the machines", ch.channel, ch.version, ch.rollout);
+        }
+        Publish::Prune { keep, to } => {
+            let (removed, freed) =
+                publish::prune_images(&to, keep).map_err(|e| Failure::Error(format!("publish prune: {e}")))?;
+            eprintln!("publish: removed {} version(s) {removed:?}, {} MB of chunks", removed.len(), freed >> 20);
         }
     }
     Ok(0)

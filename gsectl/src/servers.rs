@@ -1,9 +1,9 @@
-//! `gsectl servers` and `gsectl update`: the client side, through gsed.
+//! `gsectl servers`: which server a client uses, through gsed.
 
 use clap::{Args, Subcommand};
 use gse_dbus::{
     BusAddress,
-    servers::{Server, ServersProxy, UpdateProxy, UpdateState},
+    servers::{Server, ServersProxy},
 };
 
 use crate::{Failure, connect, output};
@@ -78,51 +78,6 @@ pub async fn servers(bus: &BusAddress, args: ServersArgs) -> Result<u8, Failure>
                     v["result"].as_str().unwrap_or("?")
                 );
             }
-        }
-    }
-    Ok(0)
-}
-
-#[derive(Args, Debug)]
-pub struct UpdateArgs {
-    #[command(subcommand)]
-    action: Option<UpdateAction>,
-}
-
-#[derive(Subcommand, Debug)]
-enum UpdateAction {
-    /// Check the channel on the current server now.
-    Check,
-    /// Take the available version (root or group gse).
-    Approve,
-    /// Stay on the running version (root or group gse).
-    Decline,
-}
-
-pub async fn update(bus: &BusAddress, args: UpdateArgs) -> Result<u8, Failure> {
-    let conn = connect(bus).await?;
-    let p = UpdateProxy::new(&conn).await.map_err(|e| Failure::from_bus(e.into(), bus, "reach gsed"))?;
-    match args.action {
-        Some(UpdateAction::Check) => {
-            let s = p.check().await.map_err(|e| Failure::from_bus(e, bus, "check for updates"))?;
-            if s.parse() == Ok(UpdateState::Error) {
-                let detail = p.detail().await.unwrap_or_default();
-                return Err(Failure::Error(format!("the version check failed: {detail}")));
-            }
-            println!("{s}");
-        }
-        Some(UpdateAction::Approve) => {
-            p.approve().await.map_err(|e| Failure::from_bus(e, bus, "approve the update"))?
-        }
-        Some(UpdateAction::Decline) => {
-            p.decline().await.map_err(|e| Failure::from_bus(e, bus, "decline the update"))?
-        }
-        None => {
-            let fail = |e| Failure::from_bus(e, bus, "read the update state");
-            println!("Running:   {}", p.local_version().await.map_err(fail)?);
-            println!("Available: {}", p.available_version().await.map_err(fail)?);
-            let (state, detail) = (p.state().await.map_err(fail)?, p.detail().await.map_err(fail)?);
-            println!("State:     {state}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") });
         }
     }
     Ok(0)

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod health;
+pub mod image;
 pub mod journal;
 pub mod logging;
 pub mod logs;

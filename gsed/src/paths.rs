@@ -67,6 +67,16 @@ impl Paths {
         self.state_dir().join("accepted.json")
     }
 
+    /// Verified image chunks, kept for the next update (DESIGN §11).
+    pub fn chunk_cache(&self) -> PathBuf {
+        self.state_dir().join("chunks")
+    }
+
+    /// The chunk index of the image installed into `slot` by an update.
+    pub fn slot_index(&self, slot: &str) -> PathBuf {
+        self.state_dir().join("images").join(format!("{slot}.json"))
+    }
+
     /// Early boot's attempt counters and unfinished repair.
     pub fn boot_state(&self) -> PathBuf {
         self.state_dir().join("boot-state.json")

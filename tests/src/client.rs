@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::{
     ProcessGuard, TestBus, TestRoot, bin,
     disk::{self, Loop, MountNs, tiny_root},
-    gsectl, repo, start_gsed, text, wait_for,
+    gsectl, repo, text, wait_for,
 };
 
 /// One lab client: two slots on loop devices, a `--root` tree holding /boot and
@@ -138,10 +138,16 @@ impl Client {
         record
     }
 
+    /// The running system's gsed, in this client's mount namespace (it mounts
+    /// the slot an update goes into).
+    pub fn start_gsed(&self, bus: &TestBus, boot_id: &str) -> ProcessGuard {
+        crate::spawn_gsed(self.ns.command(bin("gsed")), bus, &self.root, boot_id)
+    }
+
     /// The running system: gsed records this boot; `clean` adds the shutdown record.
     pub fn run_system(&self, boot_id: &str, clean: bool) -> Value {
         let bus = TestBus::start();
-        let gsed = start_gsed(&bus, &self.root, boot_id);
+        let gsed = self.start_gsed(&bus, boot_id);
         let report = wait_for(Duration::from_secs(20), "a verdict", || {
             let out = gsectl(&bus.address, &["health", "--json"]);
             let r: Value = serde_json::from_slice(&out.stdout).ok()?;

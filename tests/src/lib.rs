@@ -252,7 +252,7 @@ pub fn start_gsed(bus: &TestBus, root: &TestRoot, boot_id: &str) -> ProcessGuard
 
 /// Like [`start_gsed`], inside network namespace `netns` when given.
 pub fn start_gsed_in(bus: &TestBus, root: &TestRoot, boot_id: &str, netns: Option<&str>) -> ProcessGuard {
-    let mut cmd = match netns {
+    let cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns]).arg(bin("gsed"));
@@ -260,6 +260,12 @@ pub fn start_gsed_in(bus: &TestBus, root: &TestRoot, boot_id: &str, netns: Optio
         }
         None => Command::new(bin("gsed")),
     };
+    spawn_gsed(cmd, bus, root, boot_id)
+}
+
+/// Starts `cmd` (gsed, possibly behind nsenter or ip netns) as the daemon for
+/// `root` on `bus`, and waits until it owns its name.
+pub fn spawn_gsed(mut cmd: Command, bus: &TestBus, root: &TestRoot, boot_id: &str) -> ProcessGuard {
     let child = cmd
         .args(["--bus", &bus.address, "--root"])
         .arg(root.path())

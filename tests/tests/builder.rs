@@ -424,5 +424,5 @@ fn a_reader_never_sees_a_partial_channel_file() {
     assert!(reads > 10, "the reader ran alongside ({reads} reads)");
     let v: serde_json::Value = serde_json::from_slice(&fs::read(&channel).unwrap()).unwrap();
     assert_eq!(v["version"], "11");
-    assert!(www.join("gse1/images/11/stage4.tar.zst").is_file());
+    assert!(www.join("gse1/images/11/index.json").is_file() && www.join("gse1/images/11/index.json.minisig").is_file());
 }

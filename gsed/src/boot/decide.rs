@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     flag::{BootFlag, FlagState},
-    state::{BootState, RepairMarker},
+    state::{BootState, Failed, RepairMarker, Trial},
 };
 pub use gse_dbus::boot::{Action, Verdict};
 
@@ -76,8 +76,8 @@ fn take_last_boot(
 }
 
 /// The slot that is not `primary` (boot.conf validation guarantees one).
-pub fn backup_of(conf: &BootConf) -> &str {
-    conf.slots.keys().find(|s| **s != conf.primary).map(String::as_str).unwrap_or(&conf.primary)
+pub fn backup_of<'a>(conf: &'a BootConf, primary: &'a str) -> &'a str {
+    conf.slots.keys().find(|s| **s != primary).map(String::as_str).unwrap_or(primary)
 }
 
 pub fn decide(
@@ -87,8 +87,8 @@ pub fn decide(
     flags: &BTreeMap<String, FlagState>,
     now: u64,
 ) -> Decision {
-    let primary = conf.primary.clone();
-    let backup = backup_of(conf).to_owned();
+    let primary = old.primary(conf).to_owned();
+    let backup = backup_of(conf, &primary).to_owned();
     let mut state = old.clone();
     let mut write_flags = BTreeMap::new();
     let flag_of = |s: &str| flags.get(s).cloned().unwrap_or(FlagState::Missing);
@@ -126,7 +126,32 @@ pub fn decide(
         state.repair = None; // its source went bad: fall through to the normal rules
     }
 
-    // 3. Is the primary trustworthy?
+    // 3. A new version: its first boot is a trial; a trial that never went
+    //    green (gsed commits it at green) is rolled back.
+    if let Some(t) = old.trial.clone() {
+        state.trial = None;
+        if t.booted && flag_of(&primary).is_valid() {
+            let how = match &last_boot {
+                Some(lb) if lb.slot == t.slot => format!("its boot ended {}", lb.verdict),
+                _ => "it never reached gsed".into(),
+            };
+            let reason = format!("version {} on slot {} did not go green in its trial ({how})", t.version, t.slot);
+            state.failed = Some(Failed { version: t.version.clone(), reason: reason.clone() });
+            count(&mut state, &primary);
+            return decision(&primary, Action::Rollback, format!("back to slot {primary}: {reason}"), state, None);
+        }
+        if !t.booted && t.slot != primary && flag_of(&t.slot).is_valid() {
+            state.trial = Some(Trial { booted: true, ..t.clone() });
+            count(&mut state, &t.slot);
+            let reason = format!(
+                "trying version {} on slot {}; slot {primary} stays primary until it is green",
+                t.version, t.slot
+            );
+            return decision(&t.slot, Action::Trial, reason, state, None);
+        }
+    }
+
+    // 4. Is the primary trustworthy?
     let pflag = flag_of(&primary);
     let max = conf.health.max_attempts;
     let why_not = if !pflag.is_valid() {
@@ -141,7 +166,7 @@ pub fn decide(
         return decision(&primary, Action::Normal, "the primary slot is healthy".into(), state, None);
     };
 
-    // 4. The failure policy, when the backup can be trusted.
+    // 5. The failure policy, when the backup can be trusted.
     if !flag_of(&backup).is_valid() {
         count(&mut state, &primary);
         let reason =

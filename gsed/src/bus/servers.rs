@@ -140,10 +140,35 @@ impl UpdateObject {
         self.svc.snapshot().available_version
     }
 
-    /// unknown, up-to-date, available, approved, declined or error.
+    /// unknown, up-to-date, available, approved, declined, downloading,
+    /// installing, installed, trial, failed or error.
     #[zbus(property)]
     fn state(&self) -> String {
         self.svc.snapshot().state.to_string()
+    }
+
+    /// 0.0-1.0 of the current step (downloading or installing).
+    #[zbus(property)]
+    fn progress(&self) -> f64 {
+        self.svc.snapshot().progress
+    }
+
+    /// Bytes of the current step done.
+    #[zbus(property)]
+    fn bytes_done(&self) -> u64 {
+        self.svc.snapshot().bytes_done
+    }
+
+    /// Bytes of the current step in all: to fetch, or to write.
+    #[zbus(property)]
+    fn bytes_total(&self) -> u64 {
+        self.svc.snapshot().bytes_total
+    }
+
+    /// The slot the new version goes into.
+    #[zbus(property)]
+    fn target_slot(&self) -> String {
+        self.svc.snapshot().target_slot
     }
 
     /// Why the state is error, otherwise empty.
@@ -159,10 +184,10 @@ impl UpdateObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, DBusError> {
         super::auth::authorize(conn, &header, super::auth::Action::CheckUpdate).await?;
-        let current = self.servers.snapshot().current;
-        let url = self.servers.snapshot().servers.into_iter().find(|s| s.name == current).map(|s| s.url);
-        let url = url.ok_or_else(|| DBusError::NotPossible("no server is in use".into()))?;
-        self.svc.check(&url).await;
+        if self.servers.snapshot().current.is_empty() {
+            return Err(DBusError::NotPossible("no server is in use".into()));
+        }
+        self.svc.check(self.servers.urls_current_first()).await;
         Ok(self.svc.snapshot().state.to_string())
     }
 
@@ -231,6 +256,18 @@ pub(super) async fn emit_update(
     }
     if now.detail != last.detail {
         obj.detail_changed(em).await?;
+    }
+    if now.progress != last.progress {
+        obj.progress_changed(em).await?;
+    }
+    if now.bytes_done != last.bytes_done {
+        obj.bytes_done_changed(em).await?;
+    }
+    if now.bytes_total != last.bytes_total {
+        obj.bytes_total_changed(em).await?;
+    }
+    if now.target_slot != last.target_slot {
+        obj.target_slot_changed(em).await?;
     }
     Ok(())
 }

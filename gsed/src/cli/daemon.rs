@@ -92,6 +92,7 @@ impl Daemon {
                 Ended::BusLost
             }
         };
+        self.servers.update.stop();
         tasks.iter().for_each(JoinHandle::abort);
         ended
     }
@@ -113,6 +114,7 @@ impl Daemon {
                 }
             }),
             tokio::spawn(self.servers.clone().run()),
+            tokio::spawn(commit_when_green(self.health.clone(), self.servers.update.clone())),
             tokio::spawn(self.network.clone().run()),
             tokio::spawn(metrics::run(
                 self.paths.clone(),
@@ -159,5 +161,23 @@ impl Daemon {
         // Release the name explicitly so a successor can take it at once.
         let _ = self.conn.release_name(BUS_NAME).await;
         Ok(())
+    }
+}
+
+/// A trial boot that turns green commits its version (DESIGN §11).
+async fn commit_when_green(health: Arc<HealthService>, update: Arc<crate::servers::UpdateService>) {
+    let mut rx = health.subscribe();
+    loop {
+        let (green, slot) = {
+            let s = rx.borrow_and_update();
+            (s.status == gse_dbus::health::Status::Green, s.booted_slot.clone())
+        };
+        if green {
+            let _ = tokio::task::spawn_blocking(move || update.commit(&slot)).await;
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }

@@ -148,11 +148,18 @@ pub struct UpdateConf {
     pub channel: String,
     pub policy: UpdatePolicy,
     pub check_interval: Duration,
+    /// Bytes per second an image download may use; none: no limit.
+    pub max_rate: Option<super::values::Size>,
 }
 
 impl Default for UpdateConf {
     fn default() -> Self {
-        UpdateConf { channel: "stable".into(), policy: UpdatePolicy::Ask, check_interval: Duration::secs(3600) }
+        UpdateConf {
+            channel: "stable".into(),
+            policy: UpdatePolicy::Ask,
+            check_interval: Duration::secs(3600),
+            max_rate: None,
+        }
     }
 }
 
@@ -166,6 +173,9 @@ impl Validate for UpdateConf {
         }
         if self.check_interval.get() < std::time::Duration::from_secs(60) {
             out.push(Invalid::new("check_interval", "must be at least 1m".into()));
+        }
+        if self.max_rate.is_some_and(|r| r.0 < 64 << 10) {
+            out.push(Invalid::new("max_rate", "must be at least 64K (bytes per second)".into()));
         }
         out
     }

@@ -10,10 +10,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Manifest, ManifestError, hash_file, sign};
+use super::manifest::{Manifest, ManifestError, sha256_hex, sign};
 use crate::{
     config::{self, ConfigError},
     fsutil::write_atomic,
+    image::{
+        Cache, Index,
+        index::{open_image, write_chunks},
+    },
 };
 
 /// How many published config.d directories to keep (the current one and the one
@@ -37,17 +41,28 @@ fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> PublishError {
     move |e| PublishError::Io(what, e)
 }
 
-/// What a channel file says: the newest image of the channel.
+/// What a channel file says: the newest image of the channel and who may take it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
     pub channel: String,
     pub version: String,
-    /// Relative to `gse1/`.
-    pub image: String,
+    /// The chunk index, relative to `gse1/`.
+    pub index: String,
+    /// sha256 of the index file: the signature over this file covers the index.
     pub sha256: String,
+    /// Bytes of the uncompressed image.
     pub size: u64,
+    /// Bytes a client with none of the chunks fetches.
+    pub packed: u64,
     pub published: u64,
+    /// Percent of the machines that take this version (phased rollout).
+    #[serde(default = "all")]
+    pub rollout: u8,
+}
+
+fn all() -> u8 {
+    100
 }
 
 /// Publishes config.d from `from` into `tree/gse1/config.d`; returns the id of
@@ -94,11 +109,11 @@ pub fn publish_config(from: &Path, tree: &Path, secret: &Path) -> Result<(String
         let _ = fs::remove_dir_all(&staging);
     }
     result?;
-    prune(&gse1, &id);
+    prune_config(&gse1, &id);
     Ok((id, manifest))
 }
 
-fn prune(gse1: &Path, current: &str) {
+fn prune_config(gse1: &Path, current: &str) {
     let mut old: Vec<PathBuf> =
         fs::read_dir(gse1).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     old.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("config.d.") && n != current));
@@ -116,49 +131,114 @@ fn valid_name(s: &str, what: &str, extra: &str) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Places `image` under `gse1/images/VERSION/` and points channel `name` at it.
+/// Cuts `image` into chunks under `gse1/chunks/`, writes the signed index under
+/// `gse1/images/VERSION/` and points channel `name` at it.
 pub fn publish_image(
     image: &Path,
     version: &str,
     name: &str,
     tree: &Path,
     secret: &Path,
+    rollout: u8,
 ) -> Result<Channel, PublishError> {
     valid_name(version, "version", "._-")?;
     valid_name(name, "channel name", "-")?;
-    let file_name = image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| super::manifest::safe_path(n))
-        .ok_or_else(|| PublishError::Refused(format!("{}: unusual image file name", image.display())))?;
-    let (sha256, size) = hash_file(image).map_err(io(format!("reading {}", image.display())))?;
-    let chdir = tree.join("gse1/channels");
-    // `published` only grows (clients refuse a channel file older than one they took).
-    let before: Option<Channel> =
-        fs::read(chdir.join(format!("{name}.json"))).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    check_rollout(rollout)?;
+    // A bad key fails here, before the (long) chunking writes anything.
+    sign(secret, b"probe", "gse key check")?;
+    let gse1 = tree.join("gse1");
+    let stream = open_image(image).map_err(io(format!("reading {}", image.display())))?;
+    let index =
+        write_chunks(stream, &gse1.join("chunks"), version).map_err(|e| PublishError::Refused(e.to_string()))?;
+    let json = serde_json::to_vec(&index).expect("index serialises");
+    let sig = sign(secret, &json, &format!("gse image {version}"))?;
+    let dir = gse1.join("images").join(version);
+    write_atomic(&dir.join("index.json.minisig"), sig.as_bytes(), 0o644).map_err(io("writing the index signature"))?;
+    write_atomic(&dir.join("index.json"), &json, 0o644).map_err(io("writing the index"))?;
     let channel = Channel {
         channel: name.to_owned(),
         version: version.to_owned(),
-        image: format!("images/{version}/{file_name}"),
-        sha256: sha256.clone(),
-        size,
-        published: crate::journal::now().max(before.map_or(0, |c| c.published + 1)),
+        index: format!("images/{version}/index.json"),
+        sha256: sha256_hex(&json),
+        size: index.size,
+        packed: index.packed_total(),
+        published: 0,
+        rollout,
     };
-    // Signed before anything is written: a bad key leaves the tree untouched.
-    let json = serde_json::to_vec_pretty(&channel).expect("channel serialises");
-    let sig = sign(secret, &json, &format!("gse channel {name} {version}"))?;
-    let gse1 = tree.join("gse1");
-    let dir = gse1.join("images").join(version);
-    let dest = dir.join(&file_name);
-    fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    if hash_file(&dest).ok() != Some((sha256, size)) {
-        let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-        fs::copy(image, &tmp).map_err(io(format!("copying {}", image.display())))?;
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("syncing the image"))?;
-        fs::rename(&tmp, &dest).map_err(io(format!("placing {}", dest.display())))?;
+    write_channel(tree, channel, secret)
+}
+
+/// Changes the share of machines that take channel `name`'s current version.
+pub fn publish_rollout(tree: &Path, name: &str, percent: u8, secret: &Path) -> Result<Channel, PublishError> {
+    valid_name(name, "channel name", "-")?;
+    check_rollout(percent)?;
+    let path = tree.join(format!("gse1/channels/{name}.json"));
+    let before: Channel = fs::read(&path).map_err(io(format!("reading {}", path.display()))).and_then(|b| {
+        serde_json::from_slice(&b).map_err(|e| PublishError::Refused(format!("{}: {e}", path.display())))
+    })?;
+    write_channel(tree, Channel { rollout: percent, ..before }, secret)
+}
+
+fn check_rollout(p: u8) -> Result<(), PublishError> {
+    if p > 100 {
+        return Err(PublishError::Refused(format!("rollout {p}: a percentage is 0 to 100")));
     }
+    Ok(())
+}
+
+/// Signs and places a channel file; `published` only grows (clients refuse a
+/// channel file older than one they took).
+fn write_channel(tree: &Path, mut channel: Channel, secret: &Path) -> Result<Channel, PublishError> {
+    let chdir = tree.join("gse1/channels");
+    let name = channel.channel.clone();
+    let before: Option<Channel> =
+        fs::read(chdir.join(format!("{name}.json"))).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    channel.published = crate::journal::now().max(before.map_or(0, |c| c.published + 1));
+    let json = serde_json::to_vec_pretty(&channel).expect("channel serialises");
+    let sig = sign(secret, &json, &format!("gse channel {name} {}", channel.version))?;
     write_atomic(&chdir.join(format!("{name}.json.minisig")), sig.as_bytes(), 0o644)
         .map_err(io("writing the channel signature"))?;
     write_atomic(&chdir.join(format!("{name}.json")), &json, 0o644).map_err(io("writing the channel file"))?;
     Ok(channel)
+}
+
+/// Keeps the `keep` newest image versions (and every version a channel points
+/// at); removes the other versions and every chunk no kept index uses.
+/// Returns the removed versions and the bytes freed.
+pub fn prune_images(tree: &Path, keep: usize) -> Result<(Vec<String>, u64), PublishError> {
+    let gse1 = tree.join("gse1");
+    let mut pinned: Vec<String> = Vec::new();
+    for e in fs::read_dir(gse1.join("channels")).into_iter().flatten().flatten() {
+        if e.path().extension().is_some_and(|x| x == "json")
+            && let Some(ch) = fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<Channel>(&b).ok())
+        {
+            pinned.push(ch.version);
+        }
+    }
+    let images = gse1.join("images");
+    let mut versions: Vec<(std::time::SystemTime, String)> = fs::read_dir(&images)
+        .map_err(io(format!("reading {}", images.display())))?
+        .flatten()
+        .filter_map(|e| {
+            let t = fs::metadata(e.path().join("index.json")).and_then(|m| m.modified()).ok()?;
+            Some((t, e.file_name().to_string_lossy().into_owned()))
+        })
+        .collect();
+    versions.sort();
+    versions.reverse();
+    let (mut kept, mut removed) = (Vec::new(), Vec::new());
+    for (i, (_, v)) in versions.into_iter().enumerate() {
+        if i < keep || pinned.contains(&v) { kept.push(v) } else { removed.push(v) }
+    }
+    let mut indexes = Vec::new();
+    for v in &kept {
+        let p = images.join(v).join("index.json");
+        let data = fs::read(&p).map_err(io(format!("reading {}", p.display())))?;
+        indexes.push(Index::parse(&data).map_err(|e| PublishError::Refused(format!("{}: {e}", p.display())))?);
+    }
+    for v in &removed {
+        fs::remove_dir_all(images.join(v)).map_err(io(format!("removing version {v}")))?;
+    }
+    let freed = Cache::new(gse1.join("chunks")).keep_only(&indexes.iter().collect::<Vec<_>>());
+    Ok((removed, freed))
 }

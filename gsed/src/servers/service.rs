@@ -106,6 +106,16 @@ impl ServersService {
         self.conf().server.iter().find(|s| s.name == name).map(|s| s.url.0.clone())
     }
 
+    /// Every server's URL, the current one first, then in the order of the list:
+    /// where an image download starts, and where it fails over to.
+    pub fn urls_current_first(&self) -> Vec<String> {
+        let current = self.snapshot().current;
+        let mut urls: Vec<(bool, String)> =
+            self.conf().server.iter().map(|s| (s.name != current, s.url.0.clone())).collect();
+        urls.sort_by_key(|(other, _)| *other);
+        urls.into_iter().map(|(_, u)| u).collect()
+    }
+
     /// Pins `name` until [`Self::unpin`] or a restart, and syncs from it.
     pub fn switch_to(&self, name: &str) -> Result<(), ServersError> {
         if self.url_of(name).is_none() {
@@ -275,8 +285,8 @@ impl ServersService {
                 next_sync = Some(Instant::now() + conf.sync_interval.get());
             }
             if next_check.is_none_or(|t| t <= now) {
-                if let Some(url) = self.url_of(&self.snapshot().current) {
-                    self.update.check(&url).await;
+                if !self.snapshot().current.is_empty() {
+                    self.update.check(self.urls_current_first()).await;
                 }
                 next_check = Some(Instant::now() + self.config.current().loaded.settings.update.check_interval.get());
             }

@@ -19,6 +19,7 @@ use std::{
 
 use gsed::{
     boot::flag::{self, BootFlag, FlagKey, FlagState},
+    image::{Chunk, Index},
     journal,
     logs::{archive, spool},
     network::dhcp,
@@ -42,6 +43,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("config", config),
     ("manifest", manifest),
     ("channel", channel),
+    ("index", index),
     ("bootflag", bootflag),
     ("journal", journal_reader),
     ("dhcp", dhcp_reply),
@@ -86,6 +88,23 @@ fn channel(_: &Ctx, data: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("its own JSON does not parse: {e}"))?;
     if back != c {
         return Err("JSON does not round-trip".into());
+    }
+    Ok(())
+}
+
+/// An index from a server: parsing refuses what it must (names that are not
+/// digests, sizes that do not add up), never panics, and what it accepts names
+/// only files inside the chunk store.
+fn index(_: &Ctx, data: &[u8]) -> Result<(), String> {
+    let Ok(i) = Index::parse(data) else { return Ok(()) };
+    for c in &i.chunks {
+        let p = c.rel_path();
+        if !manifest::safe_path(&p) || p.contains("..") {
+            return Err(format!("accepted chunk path {p}"));
+        }
+    }
+    if i.chunks.iter().map(|c| u64::from(c.size)).sum::<u64>() != i.size {
+        return Err("accepted an index whose sizes do not add up".into());
     }
     Ok(())
 }
@@ -377,12 +396,19 @@ fn write_seeds(ctx: &Ctx) {
     let ch = Channel {
         channel: "stable".into(),
         version: "2026.12".into(),
-        image: "images/2026.12/lab.tar.zst".into(),
+        index: "images/2026.12/index.json".into(),
         sha256: "ab".repeat(32),
         size: 123_456_789,
+        packed: 45_678_901,
         published: 1_800_000_000,
+        rollout: 10,
     };
     put("channel", "seed-1", &serde_json::to_vec_pretty(&ch).unwrap());
+    let data = b"a chunk of an image".repeat(100);
+    let packed = zstd::bulk::compress(&data, 3).unwrap();
+    let chunk = Chunk { id: manifest::sha256_hex(&data), size: data.len() as u32, packed: packed.len() as u32 };
+    let index = Index { version: "2026.12".into(), size: data.len() as u64, chunks: vec![chunk] };
+    put("index", "seed-1", &serde_json::to_vec(&index).unwrap());
     let f =
         BootFlag { slot: "a".into(), image_version: "2026.11".into(), healthy_cycles: 12, last_good: 1_800_000_000 };
     put("bootflag", "seed-1", f.encode(&ctx.flag_key).as_bytes());

@@ -101,3 +101,59 @@ fn an_interrupted_repair_is_redone() {
     assert_eq!(d.repair, Some(marker));
     assert!(d.reason.contains("interrupted repair"));
 }
+
+fn trial(slot: &str, booted: bool) -> Option<Trial> {
+    Some(Trial { slot: slot.into(), version: "v2".into(), booted })
+}
+
+#[test]
+fn an_installed_version_boots_once_as_a_trial_and_goes_back_unless_committed() {
+    let conf = BootConf::default();
+    let records = [rec("1", "a", Event::BootStarted), rec("1", "a", healthy()), rec("1", "a", Event::CleanShutdown)];
+    let old = BootState { trial: trial("b", false), ..Default::default() };
+    let d = decide(&conf, &records, &old, &flags(flag("a", 3), flag("b", 0)), 9);
+    assert_eq!((d.slot.as_str(), d.action), ("b", Action::Trial));
+    assert_eq!(d.state.trial, trial("b", true), "the trial is marked started before it boots");
+    assert_eq!(d.state.attempts("b"), 1);
+
+    // The trial boot went red (or lost power, or never reached gsed): back to a.
+    for (tail, how) in [
+        (
+            vec![rec("2", "b", Event::BootStarted), rec("2", "b", Event::Red { reason: "x".into(), failures: vec![] })],
+            "red",
+        ),
+        (vec![rec("2", "b", Event::BootStarted)], "incomplete"),
+        (vec![], "never reached gsed"),
+    ] {
+        let mut all = records.to_vec();
+        all.extend(tail);
+        let r = decide(&conf, &all, &d.state, &flags(flag("a", 4), flag("b", 0)), 10);
+        assert_eq!((r.slot.as_str(), r.action), ("a", Action::Rollback), "{how}");
+        assert!(r.reason.contains("version v2 on slot b did not go green") && r.reason.contains(how), "{}", r.reason);
+        assert_eq!(r.state.trial, None);
+        assert_eq!(r.state.failed.as_ref().map(|f| f.version.as_str()), Some("v2"));
+        // And the boot after that is a normal one on a.
+        let n = decide(&conf, &all, &r.state, &flags(flag("a", 4), flag("b", 0)), 11);
+        assert_eq!((n.slot.as_str(), n.action), ("a", Action::Normal));
+    }
+}
+
+#[test]
+fn a_committed_update_makes_the_new_slot_primary_and_the_old_one_its_backup() {
+    let mut conf = BootConf::default();
+    conf.health.max_attempts = 1;
+    let old = BootState { primary: Some("b".into()), ..Default::default() };
+    let d = decide(&conf, &[], &old, &flags(flag("a", 3), flag("b", 1)), 0);
+    assert_eq!((d.slot.as_str(), d.action), ("b", Action::Normal));
+    let d = decide(&conf, &[rec("1", "b", Event::BootStarted)], &d.state, &flags(flag("a", 3), flag("b", 1)), 0);
+    assert_eq!((d.slot.as_str(), d.action), ("a", Action::Bailout), "{}", d.reason);
+}
+
+#[test]
+fn a_trial_needs_a_sound_flag_on_its_slot() {
+    let conf = BootConf::default();
+    let old = BootState { trial: trial("b", false), ..Default::default() };
+    let d = decide(&conf, &[], &old, &flags(flag("a", 3), FlagState::Missing), 0);
+    assert_eq!((d.slot.as_str(), d.action), ("a", Action::Normal));
+    assert_eq!(d.state.trial, None);
+}

@@ -1,0 +1,238 @@
+//! The download engine: fetches the chunks of an index that the local cache
+//! lacks, from several servers, verified, resumable, rate-limited.
+//!
+//! A chunk enters the cache only once verified, by rename, so a restart (kill,
+//! power cut) fetches again only what was not finished. A server that fails a
+//! request hands the rest of the transfer to the next one; nothing verified is
+//! fetched again. Every request has its own time limit ("no progress for that
+//! long"), the transfer as a whole has none.
+
+use std::{
+    collections::HashSet,
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{Chunk, ImageError, Index, index::place};
+use crate::servers::http::Http;
+
+/// The verified chunks on this machine, stored as fetched.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, c: &Chunk) -> PathBuf {
+        self.dir.join(c.rel_path())
+    }
+
+    /// A chunk counts as present when a file of its packed size is there; it is
+    /// verified again when read.
+    pub fn has(&self, c: &Chunk) -> bool {
+        fs::metadata(self.path(c)).is_ok_and(|m| m.len() == u64::from(c.packed))
+    }
+
+    /// The chunk's contents, verified; a damaged copy is removed (so the next
+    /// transfer fetches it again) and reported.
+    pub fn read(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
+        let path = self.path(c);
+        let packed = fs::read(&path).map_err(super::io(format!("reading cached chunk {}", path.display())))?;
+        c.unpack(&packed).inspect_err(|_| {
+            let _ = fs::remove_file(&path);
+        })
+    }
+
+    fn put(&self, c: &Chunk, packed: &[u8]) -> Result<(), ImageError> {
+        let path = self.path(c);
+        place(&path, packed).map_err(super::io(format!("caching chunk {}", path.display())))
+    }
+
+    /// Drops every cached chunk that none of `keep` uses (and stray temporary files).
+    pub fn keep_only(&self, keep: &[&Index]) -> u64 {
+        let wanted: HashSet<String> =
+            keep.iter().flat_map(|i| i.chunks.iter().map(|c| format!("{}.zst", c.id))).collect();
+        let mut freed = 0;
+        for sub in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                if !wanted.contains(&*f.file_name().to_string_lossy()) {
+                    freed += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = fs::remove_file(f.path());
+                }
+            }
+        }
+        freed
+    }
+}
+
+/// What a transfer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Chunks and (packed) bytes fetched from servers.
+    pub fetched: u64,
+    pub fetched_bytes: u64,
+    /// Chunks and bytes already in the cache.
+    pub cached: u64,
+    pub cached_bytes: u64,
+}
+
+/// One transfer's settings.
+pub struct Fetch<'a> {
+    /// Server base URLs, the preferred one first.
+    pub servers: Vec<String>,
+    /// Each request must finish within the client's timeout.
+    pub http: Http,
+    pub cache: &'a Cache,
+    /// Bytes per second over all connections; `None` for no limit.
+    pub max_rate: Option<u64>,
+    /// Connections at once.
+    pub workers: usize,
+    /// Called with (bytes done, bytes to fetch) as chunks arrive.
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Set to stop the transfer (gsed shutting down).
+    pub stop: &'a AtomicBool,
+}
+
+impl Fetch<'_> {
+    /// Brings every chunk of `index` into the cache.
+    pub fn run(&self, index: &Index) -> Result<FetchStats, ImageError> {
+        let mut stats = FetchStats::default();
+        let mut missing = Vec::new();
+        for c in index.unique() {
+            if self.cache.has(c) {
+                stats.cached += 1;
+                stats.cached_bytes += u64::from(c.packed);
+            } else {
+                missing.push(c);
+            }
+        }
+        let total: u64 = missing.iter().map(|c| u64::from(c.packed)).sum();
+        if self.servers.is_empty() && !missing.is_empty() {
+            return Err(ImageError::Refused("no server to fetch the image from".into()));
+        }
+        self.check_room(total)?;
+        (self.progress)(0, total);
+        let next = AtomicUsize::new(0);
+        let preferred = AtomicUsize::new(0);
+        let done = AtomicU64::new(0);
+        let failed: Mutex<Option<ImageError>> = Mutex::new(None);
+        let limiter = Limiter::new(self.max_rate);
+        std::thread::scope(|s| {
+            for _ in 0..self.workers.max(1).min(missing.len().max(1)) {
+                s.spawn(|| {
+                    loop {
+                        if self.stop.load(Ordering::Relaxed) || failed.lock().is_ok_and(|f| f.is_some()) {
+                            return;
+                        }
+                        let Some(c) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                        limiter.take(u64::from(c.packed));
+                        match self.one(c, &preferred) {
+                            Ok(()) => {
+                                let d = done.fetch_add(u64::from(c.packed), Ordering::Relaxed) + u64::from(c.packed);
+                                (self.progress)(d, total);
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failed.lock() {
+                                    f.get_or_insert(e);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(ImageError::Stopped);
+        }
+        stats.fetched = missing.len() as u64;
+        stats.fetched_bytes = total;
+        Ok(stats)
+    }
+
+    /// A full persistent area fails here, before any transfer, not half-way.
+    fn check_room(&self, bytes: u64) -> Result<(), ImageError> {
+        let dir = self.cache.dir();
+        fs::create_dir_all(dir).map_err(super::io(format!("creating {}", dir.display())))?;
+        let st = nix::sys::statvfs::statvfs(dir)
+            .map_err(|e| ImageError::Io(format!("statvfs {}", dir.display()), e.into()))?;
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        // Room for the chunks, their file system blocks, and some to spare.
+        let need = bytes + bytes / 8 + (16 << 20);
+        if free < need {
+            return Err(ImageError::Refused(format!(
+                "{} has {} MB free, the download needs {} MB: nothing was fetched",
+                dir.display(),
+                free >> 20,
+                need >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// One chunk, from the preferred server or, failing that, from each other
+    /// one in turn; the one that delivers becomes the preferred one.
+    fn one(&self, c: &Chunk, preferred: &AtomicUsize) -> Result<(), ImageError> {
+        let first = preferred.load(Ordering::Relaxed);
+        let mut why = Vec::new();
+        for k in 0..self.servers.len() {
+            let i = (first + k) % self.servers.len();
+            let url = format!("{}/gse1/chunks/{}", self.servers[i].trim_end_matches('/'), c.rel_path());
+            let got = self.http.get(&url, u64::from(c.packed)).map_err(|e| e.to_string()).and_then(|packed| {
+                // A server that serves wrong bytes is as good as a dead one.
+                c.unpack(&packed).map(|_| packed).map_err(|e| format!("{url}: {e}"))
+            });
+            match got {
+                Ok(packed) => {
+                    if i != first {
+                        tracing::warn!(from = %self.servers[first], to = %self.servers[i], "image transfer moves to another server");
+                        preferred.store(i, Ordering::Relaxed);
+                    }
+                    return self.cache.put(c, &packed);
+                }
+                Err(e) => why.push(e),
+            }
+        }
+        Err(ImageError::Unreachable { id: c.id.clone(), why: why.join("; ") })
+    }
+}
+
+/// A shared budget of bytes per second (a leaky bucket over all workers).
+struct Limiter {
+    rate: Option<u64>,
+    next: Mutex<Instant>,
+}
+
+impl Limiter {
+    fn new(rate: Option<u64>) -> Limiter {
+        Limiter { rate: rate.filter(|r| *r > 0), next: Mutex::new(Instant::now()) }
+    }
+
+    fn take(&self, bytes: u64) {
+        let Some(rate) = self.rate else { return };
+        let wait = {
+            let Ok(mut next) = self.next.lock() else { return };
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start - now
+        };
+        std::thread::sleep(wait);
+    }
+}

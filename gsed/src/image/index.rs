@@ -1,0 +1,224 @@
+//! The chunk index of one image version, how a publisher makes it, and how a
+//! client checks a chunk against it.
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::{self, Read},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::ImageError;
+use crate::servers::manifest::sha256_hex;
+
+/// Chunk sizes: small enough that a changed file costs little, large enough that
+/// a 2 GB image is ~30 000 requests on a kept-alive connection.
+pub const MIN_CHUNK: u32 = 16 << 10;
+pub const AVG_CHUNK: u32 = 64 << 10;
+pub const MAX_CHUNK: u32 = 256 << 10;
+/// zstd level for published chunks: publishing is done once, fetching by every client.
+const LEVEL: i32 = 12;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    pub version: String,
+    /// Bytes of the uncompressed image (a tar stream).
+    pub size: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    /// sha256 (lowercase hex) of the uncompressed contents.
+    pub id: String,
+    /// Uncompressed bytes.
+    pub size: u32,
+    /// Bytes as stored and fetched (zstd).
+    pub packed: u32,
+}
+
+impl Chunk {
+    /// Where the chunk lives under a `chunks/` directory (server or cache).
+    pub fn rel_path(&self) -> String {
+        format!("{}/{}.zst", &self.id[..2], self.id)
+    }
+
+    /// Decompresses `packed` and checks it is exactly this chunk: the declared
+    /// size (a chunk that would grow past it is cut off, never held whole) and
+    /// the digest.
+    pub fn unpack(&self, packed: &[u8]) -> Result<Vec<u8>, ImageError> {
+        let bad = |why: String| ImageError::Chunk { id: self.id.clone(), why };
+        if packed.len() != self.packed as usize {
+            return Err(bad(format!("{} bytes where the index says {}", packed.len(), self.packed)));
+        }
+        let data = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress(packed, self.size as usize))
+            .map_err(|e| bad(format!("does not decompress to its declared {} bytes: {e}", self.size)))?;
+        if data.len() != self.size as usize {
+            return Err(bad(format!("decompresses to {} bytes, the index says {}", data.len(), self.size)));
+        }
+        if sha256_hex(&data) != self.id {
+            return Err(bad("contents do not match the digest".into()));
+        }
+        Ok(data)
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Index {
+    /// Parses and checks an index (after its signature or digest was verified):
+    /// chunk names are digests and nothing else, sizes add up.
+    pub fn parse(data: &[u8]) -> Result<Index, ImageError> {
+        let index: Index = serde_json::from_slice(data).map_err(|e| ImageError::Index(e.to_string()))?;
+        let bad = |why: String| Err(ImageError::Index(why));
+        let mut total = 0u64;
+        for (i, c) in index.chunks.iter().enumerate() {
+            if !valid_id(&c.id) {
+                return bad(format!("chunk {i} is named '{}', not a sha256 digest: refused", c.id));
+            }
+            if c.size == 0 || c.size > MAX_CHUNK || c.packed == 0 || c.packed > MAX_CHUNK + (MAX_CHUNK >> 7) + 1024 {
+                return bad(format!("chunk {i} ({}) has impossible sizes {} / {}", c.id, c.size, c.packed));
+            }
+            total += u64::from(c.size);
+        }
+        if total != index.size {
+            return bad(format!("the chunks add up to {total} bytes, the index says {}", index.size));
+        }
+        Ok(index)
+    }
+
+    /// Each chunk once, in first-use order.
+    pub fn unique(&self) -> Vec<&Chunk> {
+        let mut seen = HashSet::new();
+        self.chunks.iter().filter(|c| seen.insert(c.id.as_str())).collect()
+    }
+
+    /// Bytes a client without any of the chunks would fetch.
+    pub fn packed_total(&self) -> u64 {
+        self.unique().iter().map(|c| u64::from(c.packed)).sum()
+    }
+}
+
+/// Reads a stage4 image (`.tar.zst` or plain `.tar`) as its uncompressed stream.
+pub fn open_image(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut f = fs::File::open(path)?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic)?;
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let whole = head.chain(f);
+    if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Ok(Box::new(zstd::stream::read::Decoder::new(whole)?))
+    } else {
+        Ok(Box::new(whole))
+    }
+}
+
+/// Cuts `stream` into chunks, stores each new one under `store` (compressed,
+/// named by digest; a chunk already there is not written again) and returns
+/// the index.
+pub fn write_chunks(stream: impl Read, store: &Path, version: &str) -> Result<Index, ImageError> {
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    let mut zc = zstd::bulk::Compressor::new(LEVEL).map_err(super::io("starting zstd"))?;
+    for c in fastcdc::v2020::StreamCDC::new(stream, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        let c = c.map_err(|e| ImageError::Io("reading the image".into(), io::Error::other(e.to_string())))?;
+        let id = hex(&Sha256::digest(&c.data));
+        let packed = zc.compress(&c.data).map_err(super::io("compressing a chunk"))?;
+        let chunk = Chunk { id, size: c.length as u32, packed: packed.len() as u32 };
+        let path = store.join(chunk.rel_path());
+        if fs::metadata(&path).map(|m| m.len()).ok() != Some(packed.len() as u64) {
+            place(&path, &packed).map_err(super::io(format!("writing {}", path.display())))?;
+        }
+        size += c.length as u64;
+        chunks.push(chunk);
+    }
+    Ok(Index { version: version.to_owned(), size, chunks })
+}
+
+/// Writes a file whole or not at all (temporary name, then rename).
+pub(crate) fn place(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.{}-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    fs::write(&tmp, data)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..len).map(|_| rng.u8(..)).collect()
+    }
+
+    #[test]
+    fn a_small_change_costs_few_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = sample(4 << 20, 1);
+        let mut v2 = v1.clone();
+        v2.splice(2 << 20..2 << 20, b"a new file in the middle".iter().copied());
+        let a = write_chunks(&v1[..], dir.path(), "1").unwrap();
+        let b = write_chunks(&v2[..], dir.path(), "2").unwrap();
+        let old: HashSet<_> = a.chunks.iter().map(|c| &c.id).collect();
+        let new = b.chunks.iter().filter(|c| !old.contains(&c.id)).count();
+        assert!(new <= 2, "{new} new chunks of {}", b.chunks.len());
+        assert_eq!(b.size, v2.len() as u64);
+        let back: Vec<u8> = b
+            .chunks
+            .iter()
+            .flat_map(|c| c.unpack(&fs::read(dir.path().join(c.rel_path())).unwrap()).unwrap())
+            .collect();
+        assert_eq!(back, v2);
+    }
+
+    #[test]
+    fn a_chunk_is_refused_unless_it_is_exactly_what_the_index_says() {
+        let data = sample(100_000, 2);
+        let packed = zstd::bulk::compress(&data, 3).unwrap();
+        let good = Chunk { id: sha256_hex(&data), size: data.len() as u32, packed: packed.len() as u32 };
+        assert_eq!(good.unpack(&packed).unwrap(), data);
+        let err = |c: &Chunk, p: &[u8]| c.unpack(p).unwrap_err().to_string();
+        assert!(err(&good, &packed[..packed.len() - 1]).contains("bytes where the index says"));
+        let small = Chunk { size: 1000, ..good.clone() };
+        assert!(err(&small, &packed).contains("does not decompress to its declared 1000 bytes"));
+        let other = Chunk { id: sha256_hex(b"other"), ..good.clone() };
+        assert!(err(&other, &packed).contains("do not match the digest"));
+        let mut flipped = packed.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        assert!(good.unpack(&flipped).is_err());
+    }
+
+    #[test]
+    fn an_index_names_chunks_by_digest_only() {
+        let c = |id: &str| format!(r#"{{"version":"1","size":10,"chunks":[{{"id":"{id}","size":10,"packed":9}}]}}"#);
+        assert!(Index::parse(c(&"a".repeat(64)).as_bytes()).is_ok());
+        let e = Index::parse(c("../../../etc/passwd").as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("not a sha256 digest"), "{e}");
+        let e = Index::parse(c(&"A".repeat(64)).as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("not a sha256 digest"), "{e}");
+        let e = Index::parse(br#"{"version":"1","size":11,"chunks":[]}"#).unwrap_err().to_string();
+        assert!(e.contains("add up to 0 bytes"), "{e}");
+    }
+}

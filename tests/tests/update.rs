@@ -1,0 +1,375 @@
+//! Image updates end to end (DESIGN §11): images published as chunks by
+//! `gsectl publish image`, served by real nginx on 127.0.0.x, taken by a gsed
+//! whose slots are ext4 on loop devices in its own mount namespace; early boot
+//! starts the new version as a trial, gsed commits it at green, a failed trial
+//! rolls back. Faults: kill -9 mid-download, a server dying mid-download, and
+//! bad input of every kind, none of which may touch the running slot.
+
+use std::{fs, path::PathBuf, time::Duration};
+
+use gse_tests::{client::Client, http::Nginx, *};
+use serde_json::Value;
+
+/// A lab of one client and `n` nginx servers sharing one published tree.
+struct Lab {
+    c: Client,
+    www: PathBuf,
+    servers: Vec<Nginx>,
+    keys: tempfile::TempDir,
+    work: tempfile::TempDir,
+    bus: TestBus,
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+impl Lab {
+    fn new(n: usize, policy: &str, rate: Option<u32>) -> Lab {
+        let c = Client::new(false, "[health]\ninit = \"none\"\n");
+        c.provision();
+        let keys = tempfile::tempdir().unwrap();
+        let public_key = keygen(keys.path(), "k");
+        let work = tempfile::tempdir().unwrap();
+        let www = work.path().join("www");
+        fs::create_dir_all(&www).unwrap();
+        let servers: Vec<Nginx> = (0..n)
+            .map(|i| {
+                let mut x = Nginx::start(&format!("127.0.0.{}", 41 + i), &www);
+                if rate.is_some() {
+                    x.limit_rate = rate;
+                    x.restart();
+                }
+                x
+            })
+            .collect();
+        let mut list = format!(
+            "public_key = \"{public_key}\"\nprobe_interval = \"1s\"\nprobe_timeout = \"900ms\"\nfail_after = 2\nsync_interval = \"1h\"\n"
+        );
+        for (i, x) in servers.iter().enumerate() {
+            list.push_str(&format!("[[server]]\nname = \"s{i}\"\nurl = \"{}\"\n", x.url()));
+        }
+        let conf = "usr/share/gse/config.d/controller";
+        c.root.write(&format!("{conf}/server/server.info.conf"), &list);
+        c.root.write(&format!("{conf}/update.chk.conf"), &format!("channel = \"stable\"\npolicy = \"{policy}\"\n"));
+        // The server publishes the client's own config.d, so a sync changes nothing.
+        let out = publish_config(&c.root.path().join("usr/share/gse/config.d"), &www, &keys.path().join("k.sec"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        Lab { c, www, servers, keys, work, bus: TestBus::start() }
+    }
+
+    /// Builds an image of version `v` (a tiny root plus `extra` files) and publishes it.
+    fn publish(&self, v: &str, extra: &[(&str, Vec<u8>)]) {
+        let tree = self.work.path().join(format!("tree-{v}"));
+        disk::tiny_root(&tree, v);
+        for (path, data) in extra {
+            let p = tree.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, data).unwrap();
+        }
+        let image = self.work.path().join(format!("lab-{v}.tar.zst"));
+        let out = image_build(&tree, v, &image, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = publish_image(&image, v, "stable", &self.www, &self.keys.path().join("k.sec"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    fn gsectl(&self, args: &[&str]) -> (bool, String) {
+        let out = gsectl(&self.bus.address, args);
+        (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+    }
+
+    fn update(&self) -> Value {
+        let out = gsectl(&self.bus.address, &["update", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn boot_state(&self) -> Value {
+        let p = self.c.root.path().join("user-data/persistent/gse/boot-state.json");
+        serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    fn channel(&self) -> Value {
+        serde_json::from_str(&fs::read_to_string(self.www.join("gse1/channels/stable.json")).unwrap()).unwrap()
+    }
+
+    /// Chunk requests served so far, over every server.
+    fn chunk_requests(&self) -> usize {
+        self.servers.iter().map(|x| x.access_log().lines().filter(|l| l.contains("/gse1/chunks/")).count()).sum()
+    }
+}
+
+/// Random bytes: a "package" that compresses to its own size.
+fn blob(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+#[test]
+fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_back() {
+    let lab = Lab::new(1, "auto", None);
+    let first = lab.c.early_boot();
+    assert_eq!((s(&first["slot"]), s(&first["action"])), ("a", "normal"));
+    let a_before = lab.c.listing("a");
+
+    // v2 adds a package; the running gsed takes it into slot b by itself.
+    lab.publish("2.0", &[("opt/pkg/data", blob(600 << 10, 1))]);
+    let gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let (ok, said) = lab.gsectl(&["update", "check"]);
+    assert!(ok, "{said}");
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok && said.contains("installed"), "{said}");
+    let u = lab.update();
+    assert_eq!((s(&u["state"]), s(&u["available_version"]), s(&u["target_slot"])), ("installed", "2.0", "b"), "{u:#}");
+    assert_eq!(lab.c.listing("a"), a_before, "the running slot is untouched");
+    assert!(lab.c.on_slot("b", "cat etc/gse-release; wc -c < opt/pkg/data").contains("VERSION=2.0\n614400"));
+    // A check while it waits for the reboot does not start it again.
+    let before = lab.chunk_requests();
+    assert!(lab.gsectl(&["update", "check"]).1.contains("installed"));
+    assert_eq!(lab.chunk_requests(), before);
+    assert!(lab.gsectl(&["health", "record-shutdown"]).0);
+    drop(gsed);
+    lab.c.power_off();
+
+    // The next boot tries it; green commits it; the boot after is a normal one on b.
+    let trial = lab.c.early_boot();
+    assert_eq!((s(&trial["slot"]), s(&trial["action"]), s(&trial["image_version"])), ("b", "trial", "2.0"));
+    let gsed = lab.c.start_gsed(&lab.bus, "boot-2");
+    let committed = wait_for(Duration::from_secs(20), "the trial to be committed", || {
+        let u = lab.update();
+        (s(&u["state"]) == "up-to-date").then_some(u)
+    });
+    assert!(s(&committed["detail"]).contains("2.0 committed"), "{committed:#}");
+    assert_eq!(s(&lab.boot_state()["primary"]), "b");
+    assert!(lab.gsectl(&["health", "record-shutdown"]).0);
+    drop(gsed);
+    lab.c.power_off();
+    let third = lab.c.early_boot();
+    assert_eq!((s(&third["slot"]), s(&third["action"])), ("b", "normal"), "{third:#}");
+
+    // v3 changes one small file: only its chunks travel, into slot a (now the backup).
+    lab.publish("3.0", &[("opt/pkg/data", blob(600 << 10, 1)), ("opt/pkg/NEWS", b"3.0\n".to_vec())]);
+    let gsed = lab.c.start_gsed(&lab.bus, "boot-3");
+    let before = lab.chunk_requests();
+    assert!(lab.gsectl(&["update", "check"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok, "{said}");
+    let u = lab.update();
+    assert_eq!(s(&u["target_slot"]), "a");
+    let fetched = lab.chunk_requests() - before;
+    let all = lab.channel()["packed"].as_u64().unwrap();
+    let index: Value =
+        serde_json::from_str(&fs::read_to_string(lab.www.join("gse1/images/3.0/index.json")).unwrap()).unwrap();
+    let chunks = index["chunks"].as_array().unwrap().len();
+    assert!(fetched * 4 < chunks, "{fetched} of {chunks} chunks fetched for a one-file change ({all} bytes in all)");
+    assert!(lab.gsectl(&["health", "record-shutdown"]).0);
+    drop(gsed);
+    lab.c.power_off();
+
+    // Its trial never reaches gsed (say the kernel panics): the next boot goes back.
+    let trial = lab.c.early_boot();
+    assert_eq!((s(&trial["slot"]), s(&trial["action"])), ("a", "trial"));
+    lab.c.power_off();
+    let back = lab.c.early_boot();
+    assert_eq!((s(&back["slot"]), s(&back["action"])), ("b", "rollback"), "{back:#}");
+    assert!(s(&back["reason"]).contains("version 3.0 on slot a did not go green"), "{back:#}");
+    let gsed = lab.c.start_gsed(&lab.bus, "boot-5");
+    let u = lab.update();
+    assert_eq!((s(&u["state"]), s(&u["local_version"])), ("failed", "2.0"), "{u:#}");
+    // Not tried again by itself...
+    let before = lab.chunk_requests();
+    let (_, said) = lab.gsectl(&["update", "check"]);
+    assert!(said.contains("failed"), "{said}");
+    assert_eq!(s(&lab.update()["state"]), "failed");
+    // ...until an administrator asks: the chunks are still here, nothing is fetched.
+    assert!(lab.gsectl(&["update", "approve"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok, "{said}");
+    assert_eq!(lab.chunk_requests(), before);
+    drop(gsed);
+}
+
+#[test]
+fn ask_waits_for_approval_and_decline_installs_nothing() {
+    let lab = Lab::new(1, "ask", None);
+    lab.c.early_boot();
+    lab.publish("2.0", &[]);
+    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let (ok, said) = lab.gsectl(&["update", "check"]);
+    assert!(ok && said.contains("available"), "{said}");
+    assert!(lab.gsectl(&["update", "decline"]).0);
+    assert_eq!(s(&lab.update()["state"]), "declined");
+    assert!(lab.gsectl(&["update", "check"]).1.contains("declined"), "a decline holds across checks");
+    assert_eq!(lab.chunk_requests(), 0);
+    let b = lab.c.on_slot("b", "cat etc/gse-release");
+    assert!(b.contains("test-1"), "{b}");
+
+    assert!(lab.gsectl(&["update", "approve"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok && said.contains("installed"), "{said}");
+    assert!(lab.c.on_slot("b", "cat etc/gse-release").contains("VERSION=2.0"));
+}
+
+#[test]
+fn a_phased_rollout_reaches_a_machine_only_when_its_bucket_is_in() {
+    let lab = Lab::new(1, "auto", None);
+    lab.c.early_boot();
+    lab.publish("2.0", &[]);
+    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let paths = gsed::paths::Paths::new(lab.c.root.path());
+    let bucket = gsed::servers::update::bucket(&paths, "2.0");
+    let sec = lab.keys.path().join("k.sec");
+    let rollout = |p: u32| {
+        let out = std::process::Command::new(bin("gsectl"))
+            .args(["publish", "rollout", "--channel", "stable", "--percent", &p.to_string(), "--to"])
+            .arg(&lab.www)
+            .arg("--secret")
+            .arg(&sec)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    rollout(bucket);
+    let (_, said) = lab.gsectl(&["update", "check"]);
+    assert!(said.contains("available"), "bucket {bucket} is not below {bucket}%: {said}");
+    assert!(s(&lab.update()["detail"]).contains("phased rollout"));
+    rollout(bucket + 1);
+    let (_, said) = lab.gsectl(&["update", "check"]);
+    assert!(said.contains("approved") || said.contains("downloading"), "bucket {bucket} < {}%: {said}", bucket + 1);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok, "{said}");
+}
+
+#[test]
+fn a_download_resumes_after_kill_9_and_fails_over_when_its_server_dies() {
+    // 4 connections at 256 KB/s each: about 2 s for the 2 MB package.
+    let mut lab = Lab::new(2, "auto", Some(256 << 10));
+    lab.c.early_boot();
+    lab.publish("2.0", &[("opt/pkg/data", blob(2 << 20, 7))]);
+    let unique = {
+        let index: Value =
+            serde_json::from_str(&fs::read_to_string(lab.www.join("gse1/images/2.0/index.json")).unwrap()).unwrap();
+        let ids: std::collections::HashSet<String> =
+            index["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"]).to_owned()).collect();
+        ids.len()
+    };
+    let mut gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    wait_for(Duration::from_secs(10), "a current server", || {
+        let out = gsectl(&lab.bus.address, &["servers"]);
+        text(&out.stdout).contains("s0").then_some(())
+    });
+    assert!(lab.gsectl(&["update", "check"]).0);
+    wait_for(Duration::from_secs(20), "half of the download", || {
+        let u = lab.update();
+        (u["progress"].as_f64().unwrap_or(0.0) > 0.5 && s(&u["state"]) == "downloading").then_some(())
+    });
+    gsed.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    let before_restart = lab.chunk_requests();
+    assert!(before_restart * 2 >= unique, "{before_restart} of {unique} chunks before the kill");
+
+    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    assert!(lab.gsectl(&["update", "check"]).0);
+    wait_for(Duration::from_secs(20), "the download to go on", || {
+        let u = lab.update();
+        (u["bytes_done"].as_u64().unwrap_or(0) > 0 && s(&u["state"]) == "downloading").then_some(())
+    });
+    // The server in use dies half-way: the other one finishes the transfer.
+    lab.servers[0].stop();
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok && said.contains("installed"), "{said}");
+    let served = |x: &Nginx| x.access_log().lines().filter(|l| l.contains("/gse1/chunks/")).count();
+    assert!(served(&lab.servers[1]) > 0, "the second server delivered the rest");
+    // What was verified before the kill was not fetched again: at most the
+    // chunks in flight at the kill and at the server's death travel twice.
+    let total = served(&lab.servers[0]) + served(&lab.servers[1]);
+    assert!(total <= unique + 8, "{total} chunk requests for {unique} chunks, {before_restart} before the kill");
+    assert!(lab.c.on_slot("b", "wc -c < opt/pkg/data").contains("2097152"));
+}
+
+/// Runs one tampered publication through a fresh check; the download must fail
+/// with `expect` in its detail and leave both slots as they were.
+fn refused(lab: &Lab, expect: &str) {
+    let a = lab.c.listing("a");
+    let b_flag = lab.c.on_slot("b", "cat .gse/bootflag 2>/dev/null || true");
+    let (_, said) = lab.gsectl(&["update", "check"]);
+    let u = wait_for(Duration::from_secs(20), "the update to end", || {
+        let u = lab.update();
+        matches!(s(&u["state"]), "error" | "installed" | "failed").then_some(u)
+    });
+    assert_eq!(s(&u["state"]), "error", "{said} {u:#}");
+    assert!(s(&u["detail"]).contains(expect), "expected '{expect}' in: {}", s(&u["detail"]));
+    assert_eq!(lab.c.listing("a"), a, "the running slot is untouched");
+    let b_now = lab.c.on_slot("b", "cat .gse/bootflag 2>/dev/null || true");
+    assert_eq!(b_now, b_flag, "the backup slot keeps its flag: {expect}");
+}
+
+#[test]
+fn bad_input_is_refused_before_any_slot_is_touched() {
+    let lab = Lab::new(1, "auto", None);
+    lab.c.early_boot();
+    lab.publish("2.0", &[("opt/pkg/data", blob(300 << 10, 3))]);
+    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let index_path = lab.www.join("gse1/images/2.0/index.json");
+    let index: Value = serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
+    let chunk = |i: usize| {
+        let id = s(&index["chunks"][i]["id"]).to_owned();
+        lab.www.join(format!("gse1/chunks/{}/{id}.zst", &id[..2]))
+    };
+    let big = (0..index["chunks"].as_array().unwrap().len())
+        .max_by_key(|i| index["chunks"][*i]["packed"].as_u64().unwrap())
+        .unwrap();
+
+    // A chunk whose bytes changed on the server (same length: only the digest tells).
+    let good = fs::read(chunk(big)).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    fs::write(chunk(big), &bad).unwrap();
+    refused(&lab, "no server could deliver chunk");
+    // A truncated chunk.
+    fs::write(chunk(big), &good[..good.len() - 10]).unwrap();
+    refused(&lab, "no server could deliver chunk");
+    fs::write(chunk(big), &good).unwrap();
+
+    // An index that is not the one the signed channel names.
+    let text_index = fs::read_to_string(&index_path).unwrap();
+    fs::write(&index_path, text_index.replace("\"version\":\"2.0\"", "\"version\":\"2.0\" ")).unwrap();
+    refused(&lab, "not the index the signed channel names");
+    fs::write(&index_path, &text_index).unwrap();
+
+    // A channel signed by another key.
+    let other = tempfile::tempdir().unwrap();
+    keygen(other.path(), "x");
+    let image = lab.work.path().join("lab-2.0.tar.zst");
+    let out = publish_image(&image, "2.0", "stable", &lab.www, &other.path().join("x.sec"));
+    assert!(out.status.success());
+    let (ok, said) = lab.gsectl(&["update", "check"]);
+    assert!(!ok && said.contains("does not verify with the configured public key"), "{said}");
+
+    // An image whose tar names a path outside the slot.
+    let evil = lab.work.path().join("evil.tar");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "set -e; d={w}/evil.d; mkdir -p $d/x/y; echo evil > $d/escaped; cd $d/x/y; tar -P -cf {e} ../../escaped",
+            w = lab.work.path().display(),
+            e = evil.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = publish_image(&evil, "2.1", "stable", &lab.www, &lab.keys.path().join("k.sec"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    refused(&lab, "would land outside the slot");
+    let escaped = lab.c.in_ns(&format!(
+        "ls {}/run/gse/escaped {}/run/escaped 2>&1",
+        lab.c.root.path().display(),
+        lab.c.root.path().display()
+    ));
+    assert!(!escaped.status.success(), "nothing was written outside the slot");
+
+    // An image larger than the slot: refused before the slot is emptied.
+    lab.publish("2.2", &[("opt/pkg/huge", blob(60 << 20, 9))]);
+    refused(&lab, "nothing was changed");
+}
