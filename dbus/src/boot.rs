@@ -84,6 +84,17 @@ pub trait Boot {
     /// Returns the boot record as JSON.
     fn prepare(&self, sysroot: &str) -> Result<String, DBusError>;
 
+    /// With `prompt_at_boot` under policy `ask`: the version that may be
+    /// installed now, as JSON `{"version", "bytes"}`, or an empty string.
+    fn offer_update(&self) -> Result<String, DBusError>;
+
+    /// Installs the offered version into the slot that is not primary, in the
+    /// background; the next `Prepare` boots it as a trial.
+    fn install_update(&self) -> Result<(), DBusError>;
+
+    /// The update's state as JSON, while it installs.
+    fn update_status(&self) -> Result<String, DBusError>;
+
     /// The boot is handed over: `gsed --early` exits.
     fn finish(&self) -> Result<(), DBusError>;
 }

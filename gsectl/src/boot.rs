@@ -53,6 +53,7 @@ pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArg
         .await
         .map_err(|e| Failure::from_bus(e.into(), &addr, "reach gsed --early"))?;
     let BootAction::Prepare { sysroot } = args.action;
+    offer_update(&proxy).await;
     let result = proxy.prepare(&sysroot.to_string_lossy()).await;
     let _ = proxy.finish().await;
     let json = result.map_err(|e| Failure::from_bus(e, &addr, "prepare the boot"))?;
@@ -61,6 +62,64 @@ pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArg
     eprintln!("gse: booting slot {} ({}): {}", r.slot, r.action, r.reason);
     println!("{json}");
     Ok(0)
+}
+
+/// How long the console question about a new version waits for an answer (then: no).
+const PROMPT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `prompt_at_boot`: asks on the console whether to install the version the
+/// server offers, and installs it with progress on the console. Any failure
+/// here only means the boot goes on as it would have.
+async fn offer_update(proxy: &BootProxy<'_>) {
+    let Ok(offer) = proxy.offer_update().await else { return };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&offer) else { return };
+    let (version, mb) = (v["version"].as_str().unwrap_or("?"), v["bytes"].as_u64().unwrap_or(0) >> 20);
+    eprint!("gse: version {version} is available (up to {mb} MB to fetch). Install it now? [y/N] ");
+    if !yes_within(PROMPT) {
+        eprintln!("\ngse: not now; booting the installed version");
+        return;
+    }
+    if let Err(e) = proxy.install_update().await {
+        eprintln!("gse: cannot install: {e}");
+        return;
+    }
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let Ok(s) = proxy.update_status().await else { return };
+        let Ok(u) = serde_json::from_str::<serde_json::Value>(&s) else { return };
+        let state = u["state"].as_str().unwrap_or("").to_owned();
+        let line = format!(
+            "gse: {state} {:>3.0}% ({} of {} MB)",
+            u["progress"].as_f64().unwrap_or(0.0) * 100.0,
+            u["bytes_done"].as_u64().unwrap_or(0) >> 20,
+            u["bytes_total"].as_u64().unwrap_or(0) >> 20
+        );
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match state.as_str() {
+            "installed" => return eprintln!("gse: version {version} installed; booting it as a trial"),
+            "error" | "failed" => return eprintln!("gse: the install failed: {}", u["detail"].as_str().unwrap_or("")),
+            _ => {}
+        }
+    }
+}
+
+/// Whether a line starting with y or Y arrives on stdin within `wait`.
+fn yes_within(wait: std::time::Duration) -> bool {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let mut fds = [nix::poll::PollFd::new(stdin.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+        Ok(n) if n > 0 => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).is_ok() && line.trim_start().starts_with(['y', 'Y'])
+        }
+        _ => false,
+    }
 }
 
 pub fn provision(root: &std::path::Path, args: ProvisionArgs) -> Result<u8, Failure> {

@@ -1,17 +1,18 @@
 //! `gsectl install`: puts a GSE image (stage4 from `gsectl image build`) into
 //! the slots of a provisioned machine, each with a fresh boot flag — how a client
 //! is installed from a USB stick or over the network, and how tests install theirs.
+//! The image passes through the chunk cache, the way an update installs one.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 use gsed::{
-    boot::{
-        copy::clear_dir,
-        flag::{self, BootFlag, FlagKey},
-        provision::image_version,
-        slots::Slots,
-        state::BootState,
+    boot::{flag::FlagKey, slots::Slots, state::BootState},
+    fsutil::write_atomic,
+    image::{
+        Cache,
+        index::{LOCAL_LEVEL, open_image, write_chunks},
+        install,
     },
     paths::Paths,
 };
@@ -49,41 +50,29 @@ pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure>
             return Err(Failure::Error(format!("boot.conf defines no slot '{t}'")));
         }
     }
+    // The image goes into the chunk cache first, as an update's download
+    // would leave it: the next update fetches only what changed.
+    let cache = Cache::new(paths.chunk_cache());
+    eprintln!("install: reading {}", args.image.display());
+    let stream =
+        open_image(&args.image).map_err(|e| Failure::Error(format!("cannot read {}: {e}", args.image.display())))?;
+    let index = write_chunks(stream, cache.dir(), "local", LOCAL_LEVEL)
+        .map_err(|e| Failure::Error(format!("{}: {e}", args.image.display())))?;
     let slots = Slots { paths: &paths, settings, device_wait: Duration::from_secs(10) };
     for slot in &targets {
         eprintln!("install: slot {slot}: unpacking {}", args.image.display());
         let version = slots
             .with_mounted(slot, true, |dir| {
-                let io = |what: &str| {
-                    let what = format!("slot {slot}: {what}");
-                    move |e: std::io::Error| gsed::boot::BootError::Io(what, e)
-                };
-                // The flag goes first: an interrupted install is never trusted.
-                match std::fs::remove_file(flag::flag_path(dir)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing the old flag")(e)),
-                    _ => nix::unistd::sync(),
-                }
-                clear_dir(dir, &["lost+found"]).map_err(io("emptying the slot"))?;
-                let out = Command::new("tar")
-                    .args(["--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
-                    .arg(&args.image)
-                    .arg("-C")
-                    .arg(dir)
-                    .output()
-                    .map_err(io("running GNU tar"))?;
-                if !out.status.success() {
-                    return Err(gsed::boot::BootError::Tool(format!(
-                        "slot {slot}: tar: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-                let version = image_version(dir);
-                BootFlag { slot: slot.clone(), image_version: version.clone(), healthy_cycles: 0, last_good: 0 }
-                    .write(dir, &key)
-                    .map_err(io("writing the flag"))?;
-                Ok(version)
+                install::install(dir, slot, &index, &cache, &key, &|_, _| {})
+                    .map_err(|e| gsed::boot::BootError::Tool(e.to_string()))
             })
             .map_err(|e| Failure::Error(format!("install failed: {e}")))?;
+        let record = gsed::image::Index { version: version.clone(), ..index.clone() };
+        let json = serde_json::to_vec(&record).expect("index serialises");
+        let at = paths.slot_index(slot);
+        std::fs::create_dir_all(at.parent().expect("a parent"))
+            .and_then(|()| write_atomic(&at, &json, 0o644))
+            .map_err(|e| Failure::Error(format!("cannot write {}: {e}", at.display())))?;
         eprintln!("install: slot {slot}: image {version} installed, fresh flag written");
     }
     // The installed slots start over: no attempts, no unfinished repair of them.
@@ -91,6 +80,10 @@ pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure>
     let mut state = BootState::load(&state_path);
     for t in &targets {
         state.attempts.remove(t);
+    }
+    // A machine installed whole starts from boot.conf's primary, with no update pending.
+    if settings.boot.slots.keys().all(|s| targets.contains(s)) {
+        (state.primary, state.trial, state.failed) = (None, None, None);
     }
     if state.repair.as_ref().is_some_and(|m| targets.contains(&m.target)) {
         state.repair = None;

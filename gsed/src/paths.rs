@@ -67,6 +67,21 @@ impl Paths {
         self.state_dir().join("accepted.json")
     }
 
+    /// The update's state and the administrator's last decision.
+    pub fn update_record(&self) -> PathBuf {
+        self.state_dir().join("update.json")
+    }
+
+    /// Who is logged in (`reboot = "window"` never reboots a machine in use).
+    pub fn utmp(&self) -> PathBuf {
+        self.resolve("/run/utmp")
+    }
+
+    /// What reboots the machine to start an installed version.
+    pub fn reboot_command(&self) -> PathBuf {
+        self.resolve("/sbin/reboot")
+    }
+
     /// Verified image chunks, kept for the next update (DESIGN §11).
     pub fn chunk_cache(&self) -> PathBuf {
         self.state_dir().join("chunks")
@@ -85,6 +100,12 @@ impl Paths {
     /// The machine key that signs the boot flags, on the boot partition.
     pub fn flag_key(&self) -> PathBuf {
         self.resolve("/boot/gse/flag.key")
+    }
+
+    /// Early boot's copy of the machine key for the running gsed (which installs
+    /// updates and signs their flags) when the boot partition is not mounted.
+    pub fn run_flag_key(&self) -> PathBuf {
+        self.resolve("/run/gse/flag.key")
     }
 
     /// The copy of config.d on the boot partition, for early boot.

@@ -141,7 +141,21 @@ impl Client {
     /// The running system's gsed, in this client's mount namespace (it mounts
     /// the slot an update goes into).
     pub fn start_gsed(&self, bus: &TestBus, boot_id: &str) -> ProcessGuard {
-        crate::spawn_gsed(self.ns.command(bin("gsed")), bus, &self.root, boot_id)
+        self.start_gsed_in(bus, boot_id, None)
+    }
+
+    /// Like [`Client::start_gsed`], inside network namespace `netns` when given.
+    pub fn start_gsed_in(&self, bus: &TestBus, boot_id: &str, netns: Option<&str>) -> ProcessGuard {
+        let cmd = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, "nsenter", "-t", &self.ns.holder_pid().to_string(), "-m", "--"])
+                    .arg(bin("gsed"));
+                c
+            }
+            None => self.ns.command(bin("gsed")),
+        };
+        crate::spawn_gsed(cmd, bus, &self.root, boot_id)
     }
 
     /// The running system: gsed records this boot; `clean` adds the shutdown record.

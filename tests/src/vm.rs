@@ -361,6 +361,35 @@ impl Kit {
         Kit { init, kernel, initrd, conf, secret, image, template, dir, kroot, kver, dracut, btrfs: OnceLock::new() }
     }
 
+    /// A new version of the kit's image: its tree, changed by `change`, built
+    /// again by `gsectl image build` as version `version` into `dir`.
+    pub fn derive_image(&self, version: &str, dir: &Path, change: impl FnOnce(&Path)) -> PathBuf {
+        let tree = dir.join(format!("tree-{version}"));
+        fs::create_dir_all(&tree).expect("mkdir tree");
+        run(
+            "unpacking the kit's image",
+            Command::new("tar")
+                .args(["--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+                .arg(&self.image)
+                .arg("-C")
+                .arg(&tree),
+        );
+        change(&tree);
+        let out = dir.join(format!("image-{version}.tar.zst"));
+        run(
+            "gsectl image build",
+            Command::new(release_bin("gsectl"))
+                .args(["image", "build", "--rootfs"])
+                .arg(&tree)
+                .args(["--version", version, "--out"])
+                .arg(&out)
+                .arg("--config")
+                .arg(&self.conf),
+        );
+        fs::remove_dir_all(&tree).expect("rm tree");
+        out
+    }
+
     /// The kit's initramfs as another `gsectl` builds it (an older release, for
     /// before/after figures); written to `out`.
     pub fn initramfs_by(&self, gsectl: &Path, out: &Path) {
@@ -528,6 +557,21 @@ impl Lab {
             www.push(root);
         }
         Lab { kit: k, nginx, _dnsmasq: dhcp, ns, www, _dir: dir, _netns: netns }
+    }
+
+    /// Publishes image `image` as `version` on channel stable of every server
+    /// (cut into chunks once, then copied), signed with the lab key.
+    pub fn publish_image(&self, image: &Path, version: &str) {
+        let out = crate::publish_image(image, version, "stable", &self.www[0], &self.kit.secret);
+        assert!(out.status.success(), "gsectl publish image: {}", text(&out.stderr));
+        for www in &self.www[1..] {
+            for d in ["chunks", "images", "channels"] {
+                run(
+                    "copying the published image",
+                    Command::new("cp").arg("-a").arg(self.www[0].join("gse1").join(d)).arg(www.join("gse1")),
+                );
+            }
+        }
     }
 
     /// Publishes `tree` on every server, signed with the lab key.

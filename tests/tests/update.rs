@@ -7,12 +7,15 @@
 
 use std::{fs, path::PathBuf, time::Duration};
 
-use gse_tests::{client::Client, http::Nginx, *};
+use gse_tests::{client::Client, http::Nginx, netns::NetLab, *};
 use serde_json::Value;
 
-/// A lab of one client and `n` nginx servers sharing one published tree.
+/// A lab of one client and `n` nginx servers sharing one published tree. The
+/// client's gsed runs in its own network namespace with a static address on a
+/// veth cable; the servers listen on 192.0.2.1 in the namespace at its other end.
 struct Lab {
     c: Client,
+    net: NetLab,
     www: PathBuf,
     servers: Vec<Nginx>,
     keys: tempfile::TempDir,
@@ -27,6 +30,11 @@ fn s(v: &Value) -> &str {
 impl Lab {
     fn new(n: usize, policy: &str, rate: Option<u32>) -> Lab {
         let c = Client::new(false, "[health]\ninit = \"none\"\n");
+        let net = NetLab::new();
+        c.root.write(
+            "usr/share/gse/config.d/system/network.conf",
+            &format!("wait = \"5s\"\n[interface.{}]\nmethod = \"static\"\naddress = \"192.0.2.2/24\"\n", net.client_if),
+        );
         c.provision();
         let keys = tempfile::tempdir().unwrap();
         let public_key = keygen(keys.path(), "k");
@@ -35,7 +43,7 @@ impl Lab {
         fs::create_dir_all(&www).unwrap();
         let servers: Vec<Nginx> = (0..n)
             .map(|i| {
-                let mut x = Nginx::start(&format!("127.0.0.{}", 41 + i), &www);
+                let mut x = Nginx::start_in(&net.server_ns, &format!("192.0.2.1:{}", 8080 + i), &www);
                 if rate.is_some() {
                     x.limit_rate = rate;
                     x.restart();
@@ -52,10 +60,16 @@ impl Lab {
         let conf = "usr/share/gse/config.d/controller";
         c.root.write(&format!("{conf}/server/server.info.conf"), &list);
         c.root.write(&format!("{conf}/update.chk.conf"), &format!("channel = \"stable\"\npolicy = \"{policy}\"\n"));
-        // The server publishes the client's own config.d, so a sync changes nothing.
-        let out = publish_config(&c.root.path().join("usr/share/gse/config.d"), &www, &keys.path().join("k.sec"));
+        let lab = Lab { c, net, www, servers, keys, work, bus: TestBus::start() };
+        lab.publish_config();
+        lab
+    }
+
+    /// The server publishes the client's own config.d, so a sync changes nothing.
+    fn publish_config(&self) {
+        let conf = self.c.root.path().join("usr/share/gse/config.d");
+        let out = publish_config(&conf, &self.www, &self.keys.path().join("k.sec"));
         assert!(out.status.success(), "{}", text(&out.stderr));
-        Lab { c, www, servers, keys, work, bus: TestBus::start() }
     }
 
     /// Builds an image of version `v` (a tiny root plus `extra` files) and publishes it.
@@ -72,6 +86,14 @@ impl Lab {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let out = publish_image(&image, v, "stable", &self.www, &self.keys.path().join("k.sec"));
         assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    fn early_boot(&self) -> Value {
+        self.c.early_boot_in(Some(&self.net.client_ns))
+    }
+
+    fn start_gsed(&self, boot_id: &str) -> ProcessGuard {
+        self.c.start_gsed_in(&self.bus, boot_id, Some(&self.net.client_ns))
     }
 
     fn gsectl(&self, args: &[&str]) -> (bool, String) {
@@ -109,13 +131,13 @@ fn blob(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_back() {
     let lab = Lab::new(1, "auto", None);
-    let first = lab.c.early_boot();
+    let first = lab.early_boot();
     assert_eq!((s(&first["slot"]), s(&first["action"])), ("a", "normal"));
     let a_before = lab.c.listing("a");
 
     // v2 adds a package; the running gsed takes it into slot b by itself.
     lab.publish("2.0", &[("opt/pkg/data", blob(600 << 10, 1))]);
-    let gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let gsed = lab.start_gsed("boot-1");
     let (ok, said) = lab.gsectl(&["update", "check"]);
     assert!(ok, "{said}");
     let (ok, said) = lab.gsectl(&["update", "wait"]);
@@ -133,9 +155,9 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     lab.c.power_off();
 
     // The next boot tries it; green commits it; the boot after is a normal one on b.
-    let trial = lab.c.early_boot();
+    let trial = lab.early_boot();
     assert_eq!((s(&trial["slot"]), s(&trial["action"]), s(&trial["image_version"])), ("b", "trial", "2.0"));
-    let gsed = lab.c.start_gsed(&lab.bus, "boot-2");
+    let gsed = lab.start_gsed("boot-2");
     let committed = wait_for(Duration::from_secs(20), "the trial to be committed", || {
         let u = lab.update();
         (s(&u["state"]) == "up-to-date").then_some(u)
@@ -145,12 +167,12 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     assert!(lab.gsectl(&["health", "record-shutdown"]).0);
     drop(gsed);
     lab.c.power_off();
-    let third = lab.c.early_boot();
+    let third = lab.early_boot();
     assert_eq!((s(&third["slot"]), s(&third["action"])), ("b", "normal"), "{third:#}");
 
     // v3 changes one small file: only its chunks travel, into slot a (now the backup).
     lab.publish("3.0", &[("opt/pkg/data", blob(600 << 10, 1)), ("opt/pkg/NEWS", b"3.0\n".to_vec())]);
-    let gsed = lab.c.start_gsed(&lab.bus, "boot-3");
+    let gsed = lab.start_gsed("boot-3");
     let before = lab.chunk_requests();
     assert!(lab.gsectl(&["update", "check"]).0);
     let (ok, said) = lab.gsectl(&["update", "wait"]);
@@ -168,13 +190,13 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     lab.c.power_off();
 
     // Its trial never reaches gsed (say the kernel panics): the next boot goes back.
-    let trial = lab.c.early_boot();
+    let trial = lab.early_boot();
     assert_eq!((s(&trial["slot"]), s(&trial["action"])), ("a", "trial"));
     lab.c.power_off();
-    let back = lab.c.early_boot();
+    let back = lab.early_boot();
     assert_eq!((s(&back["slot"]), s(&back["action"])), ("b", "rollback"), "{back:#}");
     assert!(s(&back["reason"]).contains("version 3.0 on slot a did not go green"), "{back:#}");
-    let gsed = lab.c.start_gsed(&lab.bus, "boot-5");
+    let gsed = lab.start_gsed("boot-5");
     let u = lab.update();
     assert_eq!((s(&u["state"]), s(&u["local_version"])), ("failed", "2.0"), "{u:#}");
     // Not tried again by itself...
@@ -193,9 +215,9 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
 #[test]
 fn ask_waits_for_approval_and_decline_installs_nothing() {
     let lab = Lab::new(1, "ask", None);
-    lab.c.early_boot();
+    lab.early_boot();
     lab.publish("2.0", &[]);
-    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let _gsed = lab.start_gsed("boot-1");
     let (ok, said) = lab.gsectl(&["update", "check"]);
     assert!(ok && said.contains("available"), "{said}");
     assert!(lab.gsectl(&["update", "decline"]).0);
@@ -214,9 +236,8 @@ fn ask_waits_for_approval_and_decline_installs_nothing() {
 #[test]
 fn a_phased_rollout_reaches_a_machine_only_when_its_bucket_is_in() {
     let lab = Lab::new(1, "auto", None);
-    lab.c.early_boot();
+    lab.early_boot();
     lab.publish("2.0", &[]);
-    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
     let paths = gsed::paths::Paths::new(lab.c.root.path());
     let bucket = gsed::servers::update::bucket(&paths, "2.0");
     let sec = lab.keys.path().join("k.sec");
@@ -230,10 +251,13 @@ fn a_phased_rollout_reaches_a_machine_only_when_its_bucket_is_in() {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
     };
+    // Up to this machine's bucket, not including it: not this machine yet.
     rollout(bucket);
+    let _gsed = lab.start_gsed("boot-1");
     let (_, said) = lab.gsectl(&["update", "check"]);
     assert!(said.contains("available"), "bucket {bucket} is not below {bucket}%: {said}");
     assert!(s(&lab.update()["detail"]).contains("phased rollout"));
+    assert_eq!(lab.chunk_requests(), 0);
     rollout(bucket + 1);
     let (_, said) = lab.gsectl(&["update", "check"]);
     assert!(said.contains("approved") || said.contains("downloading"), "bucket {bucket} < {}%: {said}", bucket + 1);
@@ -245,7 +269,7 @@ fn a_phased_rollout_reaches_a_machine_only_when_its_bucket_is_in() {
 fn a_download_resumes_after_kill_9_and_fails_over_when_its_server_dies() {
     // 4 connections at 256 KB/s each: about 2 s for the 2 MB package.
     let mut lab = Lab::new(2, "auto", Some(256 << 10));
-    lab.c.early_boot();
+    lab.early_boot();
     lab.publish("2.0", &[("opt/pkg/data", blob(2 << 20, 7))]);
     let unique = {
         let index: Value =
@@ -254,7 +278,7 @@ fn a_download_resumes_after_kill_9_and_fails_over_when_its_server_dies() {
             index["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"]).to_owned()).collect();
         ids.len()
     };
-    let mut gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let mut gsed = lab.start_gsed("boot-1");
     wait_for(Duration::from_secs(10), "a current server", || {
         let out = gsectl(&lab.bus.address, &["servers"]);
         text(&out.stdout).contains("s0").then_some(())
@@ -268,7 +292,7 @@ fn a_download_resumes_after_kill_9_and_fails_over_when_its_server_dies() {
     let before_restart = lab.chunk_requests();
     assert!(before_restart * 2 >= unique, "{before_restart} of {unique} chunks before the kill");
 
-    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let _gsed = lab.start_gsed("boot-1");
     assert!(lab.gsectl(&["update", "check"]).0);
     wait_for(Duration::from_secs(20), "the download to go on", || {
         let u = lab.update();
@@ -307,9 +331,9 @@ fn refused(lab: &Lab, expect: &str) {
 #[test]
 fn bad_input_is_refused_before_any_slot_is_touched() {
     let lab = Lab::new(1, "auto", None);
-    lab.c.early_boot();
+    lab.early_boot();
     lab.publish("2.0", &[("opt/pkg/data", blob(300 << 10, 3))]);
-    let _gsed = lab.c.start_gsed(&lab.bus, "boot-1");
+    let _gsed = lab.start_gsed("boot-1");
     let index_path = lab.www.join("gse1/images/2.0/index.json");
     let index: Value = serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
     let chunk = |i: usize| {
@@ -372,4 +396,107 @@ fn bad_input_is_refused_before_any_slot_is_touched() {
     // An image larger than the slot: refused before the slot is emptied.
     lab.publish("2.2", &[("opt/pkg/huge", blob(60 << 20, 9))]);
     refused(&lab, "nothing was changed");
+}
+
+#[test]
+fn an_idle_machine_reboots_inside_the_window_and_never_under_a_logged_in_user() {
+    let lab = Lab::new(1, "auto", None);
+    // The window starts this hour, in the machine's time zone.
+    let now = text(&std::process::Command::new("date").arg("+%H").output().unwrap().stdout);
+    let h: u32 = now.trim().parse().unwrap();
+    let window = format!("{:02}:00-{:02}:00", h, (h + 2) % 24);
+    lab.c.root.write(
+        "usr/share/gse/config.d/controller/update.chk.conf",
+        &format!("channel = \"stable\"\npolicy = \"auto\"\nreboot = \"window\"\nwindow = \"{window}\"\n"),
+    );
+    lab.publish_config();
+    let marker = lab.c.root.path().join("rebooted");
+    lab.c.root.write("sbin/reboot", &format!("#!/bin/sh\necho rebooted > {}\n", marker.display()));
+    assert!(
+        std::process::Command::new("chmod")
+            .arg("755")
+            .arg(lab.c.root.path().join("sbin/reboot"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A student is logged in: a live USER_PROCESS record in utmp.
+    let mut session = ProcessGuard {
+        child: Some(std::process::Command::new("sleep").arg("600").spawn().unwrap()),
+        name: "a login session".into(),
+    };
+    let mut rec = vec![0u8; 384];
+    rec[0..2].copy_from_slice(&7i16.to_ne_bytes());
+    rec[4..8].copy_from_slice(&session.pid().to_ne_bytes());
+    rec[44..51].copy_from_slice(b"student");
+    fs::create_dir_all(lab.c.root.path().join("run")).unwrap();
+    fs::write(lab.c.root.path().join("run/utmp"), &rec).unwrap();
+
+    lab.early_boot();
+    lab.publish("2.0", &[]);
+    let _gsed = lab.start_gsed("boot-1");
+    assert!(lab.gsectl(&["update", "check"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok, "{said}");
+    let log = lab.c.root.path().join("gsed-boot-1.log");
+    wait_for(Duration::from_secs(20), "gsed to hold back the reboot", || {
+        fs::read_to_string(&log).unwrap_or_default().contains("outside the window or in use").then_some(())
+    });
+    assert!(!marker.exists(), "no reboot under a logged-in user");
+    // The student logs out: the machine reboots into its trial.
+    session.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    wait_for(Duration::from_secs(30), "the reboot", || marker.exists().then_some(()));
+    assert!(fs::read_to_string(&log).unwrap().contains("idle inside the update window"));
+}
+
+/// One early boot whose console answers `answer` to any question; returns
+/// boot.json and what gsectl said on the console.
+fn early_boot_answering(lab: &Lab, answer: &str) -> (Value, String) {
+    use std::io::Write;
+    let mut early = lab.c.start_early_in(Some(&lab.net.client_ns));
+    let mut child = lab
+        .c
+        .ns
+        .command(bin("gsectl"))
+        .arg("--root")
+        .arg(lab.c.root.path())
+        .args(["boot", "prepare", "--sysroot", lab.c.sysroot.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let console = text(&out.stderr);
+    assert!(out.status.success(), "boot prepare: {console}");
+    early.wait_exit(Duration::from_secs(5)).expect("gsed --early exits after Finish()");
+    (serde_json::from_slice(&out.stdout).unwrap(), console)
+}
+
+#[test]
+fn prompt_at_boot_asks_on_the_console_and_installs_before_booting() {
+    let lab = Lab::new(1, "ask", None);
+    lab.c.root.write(
+        "usr/share/gse/config.d/controller/update.chk.conf",
+        "channel = \"stable\"\npolicy = \"ask\"\nprompt_at_boot = true\n",
+    );
+    lab.publish_config();
+    lab.publish("2.0", &[("opt/pkg/data", blob(200 << 10, 5))]);
+    let (b, console) = early_boot_answering(&lab, "n\n");
+    let log = fs::read_to_string(lab.c.root.path().join("gsed-early.log")).unwrap_or_default();
+    assert!(
+        console.contains("version 2.0 is available") && console.contains("Install it now? [y/N]"),
+        "{console}{log}"
+    );
+    assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"), "no: the boot goes on as it was");
+    assert_eq!(lab.chunk_requests(), 0);
+    lab.c.power_off();
+
+    let (b, console) = early_boot_answering(&lab, "y\n");
+    assert!(console.contains("gse: installed 100%"), "progress on the console: {console}");
+    assert!(console.contains("version 2.0 installed; booting it as a trial"), "{console}");
+    assert_eq!((s(&b["slot"]), s(&b["action"]), s(&b["image_version"])), ("b", "trial", "2.0"), "{b:#}");
+    assert!(lab.c.ns.ok(&format!("cat {}/opt/pkg/data | wc -c", lab.c.sysroot.display())).contains("204800"));
+    lab.c.power_off();
 }

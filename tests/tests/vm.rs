@@ -422,3 +422,147 @@ fn vm_btrfs_slots_load_on_demand_and_survive_a_power_cut_in_the_repair() {
     assert!(flag.contains("slot=a") && flag.contains("mac="), "a fresh, valid flag on a: {flag}");
     gse_tests::disk::assert_same_listing(("a", &vm.listing("a")), ("b", &vm.listing("b")));
 }
+
+/// The last `GSE-UPDATE:` report of a boot (`gsectl update --json`).
+fn last_update(b: &Boot) -> serde_json::Value {
+    let line = b.log.lines().rev().find_map(|l| l.split("GSE-UPDATE: ").nth(1)).unwrap_or("null");
+    serde_json::from_str(line.trim()).unwrap_or(serde_json::Value::Null)
+}
+
+/// A boot with `gse.test=update`: the reporter checks the channel and follows
+/// the update until it settles, then powers off.
+fn update_boot(vm: &Vm, lab: &Lab, what: &str) -> (Boot, serde_json::Value) {
+    let mut r = vm.start(lab, "update");
+    r.wait_line("GSE-HEALTH-JSON:", gse_tests::vm::BOOT_TIMEOUT);
+    let b = r.wait_off(Duration::from_secs(900));
+    vm.report(&b, what);
+    let u = last_update(&b);
+    println!("vm {}: boot {}: update {} {} ({})", vm.scenario, b.n, u["state"], u["available_version"], u["detail"]);
+    (b, u)
+}
+
+/// Chunk requests nginx served in the lab so far, and their bytes.
+fn chunk_requests(lab: &Lab) -> (usize, u64) {
+    let lines: Vec<String> = lab
+        .nginx
+        .iter()
+        .flat_map(|n| {
+            n.access_log().lines().filter(|l| l.contains("/gse1/chunks/")).map(String::from).collect::<Vec<_>>()
+        })
+        .collect();
+    // "combined" format: ... "GET /... HTTP/1.1" STATUS BYTES "referer" "agent"
+    let bytes = lines.iter().filter_map(|l| l.split('"').nth(2)?.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
+    (lines.len(), bytes)
+}
+
+/// The chunk ids of a published version.
+fn chunk_ids(lab: &Lab, version: &str) -> std::collections::HashSet<String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(lab.www[0].join(format!("gse1/images/{version}/index.json"))).unwrap())
+            .unwrap();
+    index["chunks"].as_array().unwrap().iter().filter_map(|c| c["id"].as_str().map(String::from)).collect()
+}
+
+/// A published version reaches the machine by itself: downloaded while it runs,
+/// installed into the other slot, tried at the next boot, committed at green.
+/// A later version whose required check fails is tried, goes red, is rolled
+/// back and not tried again; its download survives a power cut half-way.
+#[test]
+fn vm_images_update_by_themselves_trial_commit_and_roll_back() {
+    let (vm, mut lab) = (Vm::new("update"), Lab::new("update"));
+    let work = tempfile::tempdir().unwrap();
+    let conf = kit().conf_copy(work.path());
+    put(&conf, "controller/update.chk.conf", "channel = \"stable\"\npolicy = \"auto\"\n");
+    lab.publish(&conf);
+    // v2 adds a package (a 1 MB program and its data).
+    let v2 = kit().derive_image("vm-2", work.path(), |t| {
+        let pkg = t.join("opt/lab-tool");
+        fs::create_dir_all(&pkg).unwrap();
+        let mut rng = fastrand::Rng::with_seed(2);
+        fs::write(pkg.join("data"), (0..1 << 20).map(|_| rng.u8(..)).collect::<Vec<u8>>()).unwrap();
+        fs::write(pkg.join("VERSION"), "lab-tool 1.0\n").unwrap();
+    });
+    lab.publish_image(&v2, "vm-2");
+    let packed = |v: &str| {
+        let ch: serde_json::Value =
+            serde_json::from_slice(&fs::read(lab.www[0].join("gse1/channels/stable.json")).unwrap()).unwrap();
+        assert_eq!(ch["version"], v);
+        ch["packed"].as_u64().unwrap()
+    };
+    let v2_packed = packed("vm-2");
+
+    let (b1, u1) = update_boot(&vm, &lab, "v1 running, v2 downloaded and installed");
+    assert_eq!((b1.slot(), b1.action(), b1.status()), ("a", "normal", "green"), "{}", b1.boot);
+    assert_eq!((u1["state"].as_str(), u1["target_slot"].as_str()), (Some("installed"), Some("b")), "{u1}");
+    let (requests, fetched) = chunk_requests(&lab);
+    println!(
+        "vm update: v1 -> v2: {requests} chunk requests, {fetched} bytes = {:.1}% of the full image ({v2_packed} bytes)",
+        fetched as f64 * 100.0 / v2_packed as f64
+    );
+    assert!(fetched * 10 < v2_packed, "the chunks installed with v1 were not fetched again");
+    assert!(vm.on_slot("b", "cat opt/lab-tool/VERSION").contains("lab-tool 1.0"));
+    assert!(vm.on_slot("a", "test -e opt/lab-tool && echo yes || echo no").contains("no"), "slot a untouched");
+
+    let (b2, u2) = update_boot(&vm, &lab, "v2 on trial");
+    assert_eq!((b2.slot(), b2.action(), b2.status()), ("b", "trial", "green"), "{}", b2.boot);
+    assert_eq!(b2.field("image_version"), "vm-2");
+    assert_eq!(u2["state"], "up-to-date", "committed at green: {u2}");
+    assert_clean_filesystems(&vm);
+
+    // v3 ships a required check that fails; its download is cut by a power loss.
+    let v3 = kit().derive_image("vm-3", work.path(), |t| {
+        let check = t.join("etc/gse/checks/required/lab-tool");
+        fs::create_dir_all(check.parent().unwrap()).unwrap();
+        fs::write(&check, "#!/bin/sh\necho 'lab-tool 2.0 does not start' >&2\nexit 1\n").unwrap();
+        assert!(std::process::Command::new("chmod").arg("755").arg(&check).status().unwrap().success());
+        fs::write(t.join("opt/lab-tool/VERSION"), "lab-tool 2.0\n").unwrap();
+        let mut rng = fastrand::Rng::with_seed(3);
+        fs::write(t.join("opt/lab-tool/data3"), (0..2 << 20).map(|_| rng.u8(..)).collect::<Vec<u8>>()).unwrap();
+    });
+    lab.publish_image(&v3, "vm-3");
+    for n in &mut lab.nginx {
+        n.limit_rate = Some(64 << 10);
+        n.restart();
+    }
+    let (before, _) = chunk_requests(&lab);
+    let mut r = vm.start(&lab, "update");
+    r.wait_line("GSE-HEALTH-JSON:", gse_tests::vm::BOOT_TIMEOUT);
+    loop {
+        let line = r.wait_nth("GSE-UPDATE: ", r.log().matches("GSE-UPDATE: ").count() + 1, Duration::from_secs(120));
+        let u: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if u["state"] == "downloading" && u["progress"].as_f64().unwrap_or(0.0) > 0.3 {
+            break;
+        }
+    }
+    let cut = r.pull_power();
+    vm.report(&cut, "v3 download cut by a power loss");
+    let at_cut = chunk_requests(&lab).0 - before;
+    for n in &mut lab.nginx {
+        n.limit_rate = None;
+        n.restart();
+    }
+    let (b4, u4) = update_boot(&vm, &lab, "v3 download resumed and installed");
+    assert_eq!((b4.slot(), b4.action(), b4.status()), ("b", "normal", "green"), "{}", b4.boot);
+    assert_eq!((u4["state"].as_str(), u4["target_slot"].as_str()), (Some("installed"), Some("a")), "{u4}");
+    let needed = chunk_ids(&lab, "vm-3").difference(&chunk_ids(&lab, "vm-2")).count();
+    let total = chunk_requests(&lab).0 - before;
+    println!("vm update: v2 -> v3: {total} chunk requests ({at_cut} before the cut) for {needed} new chunks");
+    assert!(at_cut >= 8, "the cut came half-way ({at_cut} of {needed})");
+    assert!(total <= needed + 8, "what was verified before the cut was not fetched again");
+
+    let mut r = vm.start(&lab, "report");
+    r.wait_line("GSE-HEALTH-JSON:", gse_tests::vm::BOOT_TIMEOUT);
+    let b5 = r.wait_off(Duration::from_secs(120));
+    vm.report(&b5, "v3 on trial");
+    assert_eq!((b5.slot(), b5.action(), b5.status()), ("a", "trial", "red"), "{}", b5.boot);
+
+    let (b6, u6) = update_boot(&vm, &lab, "back on v2");
+    assert_eq!((b6.slot(), b6.action(), b6.status()), ("b", "rollback", "green"), "{}", b6.boot);
+    assert!(b6.field("reason").contains("version vm-3 on slot a did not go green"), "{}", b6.boot);
+    assert_eq!(
+        (u6["state"].as_str(), u6["local_version"].as_str()),
+        (Some("failed"), Some("vm-2")),
+        "not retried: {u6}"
+    );
+    assert_clean_filesystems(&vm);
+}

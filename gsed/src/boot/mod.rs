@@ -56,6 +56,10 @@ pub struct BootService {
     boot_id: String,
     /// How long to wait for slot devices to appear.
     pub device_wait: Duration,
+    /// Online once per early boot, whoever asks first (an update offer or Prepare).
+    online: tokio::sync::OnceCell<Online>,
+    /// The servers picked while going online, for an update offer.
+    servers: std::sync::Mutex<Option<Arc<ServersService>>>,
 }
 
 /// What the network and sync steps of early boot found.
@@ -74,6 +78,8 @@ impl BootService {
             network,
             boot_id: boot_id.to_owned(),
             device_wait: Duration::from_secs(10),
+            online: tokio::sync::OnceCell::new(),
+            servers: std::sync::Mutex::new(None),
         })
     }
 
@@ -82,6 +88,10 @@ impl BootService {
     /// the boot decision and the mounted /etc use the newest configuration.
     /// Without a network or server the boot goes on with what it has.
     pub async fn go_online(&self) -> Online {
+        self.online.get_or_init(|| self.connect()).await.clone()
+    }
+
+    async fn connect(&self) -> Online {
         let settings = self.config.current().loaded.settings.clone();
         if settings.servers.server.is_empty() {
             return Online { network: "not needed: no server is configured".into(), sync: None };
@@ -131,7 +141,43 @@ impl BootService {
         info!(%network, %sync, "early boot online");
         // The lease stays; the running gsed takes over the interface.
         task.abort();
+        if let Ok(mut s) = self.servers.lock() {
+            *s = Some(servers);
+        }
         Online { network, sync: Some(sync) }
+    }
+
+    /// With `prompt_at_boot` and `policy = "ask"` (DESIGN §11): goes online and
+    /// checks the channel; returns the version a person at the console may
+    /// install now, and the bytes a full download would take.
+    pub async fn offer_update(&self) -> Option<(String, u64)> {
+        let update = self.config.current().loaded.settings.update.clone();
+        if !update.prompt_at_boot || update.policy != crate::config::UpdatePolicy::Ask {
+            return None;
+        }
+        self.go_online().await;
+        let servers = self.servers.lock().ok()?.clone()?;
+        if servers.snapshot().current.is_empty() {
+            return None;
+        }
+        servers.update.check(servers.urls_current_first()).await;
+        let snap = servers.update.snapshot();
+        if snap.state != gse_dbus::servers::UpdateState::Available {
+            return None;
+        }
+        let bytes = servers.update.offered().map_or(0, |c| c.packed);
+        Some((snap.available_version, bytes))
+    }
+
+    /// Installs the offered version now (in the background; see [`Self::update_status`]).
+    pub fn install_update(&self) -> Result<(), String> {
+        let servers = self.servers.lock().ok().and_then(|s| s.clone()).ok_or("no update was offered")?;
+        servers.update.approve().map_err(|e| e.to_string())
+    }
+
+    /// The update's state while early boot installs it.
+    pub fn update_status(&self) -> Option<crate::servers::update::UpdateSnapshot> {
+        Some(self.servers.lock().ok()?.as_ref()?.update.snapshot())
     }
 
     /// The whole early-boot sequence for the new root at `sysroot`.
@@ -144,6 +190,14 @@ impl BootService {
         let key_path = self.paths.flag_key();
         let key = FlagKey::load(&key_path)
             .map_err(|source| BootError::NoKey { path: key_path.display().to_string(), source })?;
+        // The running system may not mount /boot; its gsed signs the flags of
+        // the updates it installs with this copy (RAM only, root only).
+        if let Err(e) = std::fs::read(&key_path).and_then(|k| {
+            let mut f = crate::fsutil::create_private(&self.paths.run_flag_key(), 0o600)?;
+            std::io::Write::write_all(&mut f, &k)
+        }) {
+            warn!(error = %e, "cannot hand the machine key to the running system; updates will need /boot mounted");
+        }
         let (journal, _) = Journal::open(&self.paths.health_journal())?;
         let state_path = self.paths.boot_state();
         let old = BootState::load(&state_path);

@@ -47,6 +47,28 @@ impl BootObject {
         serde_json::to_string(&record).map_err(|e| DBusError::Failed(e.to_string()))
     }
 
+    /// With prompt_at_boot under policy ask: the version a person at the console
+    /// may install before the boot goes on, as JSON `{"version", "bytes"}`, or
+    /// an empty string.
+    async fn offer_update(&self) -> String {
+        match self.svc.offer_update().await {
+            Some((version, bytes)) => serde_json::json!({ "version": version, "bytes": bytes }).to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Install the offered version into the slot that is not primary; the next
+    /// Prepare boots it as a trial. Returns at once: follow UpdateStatus.
+    fn install_update(&self) -> Result<(), DBusError> {
+        self.svc.install_update().map_err(DBusError::NotPossible)
+    }
+
+    /// The update as `gsectl update --json` shows it.
+    fn update_status(&self) -> Result<String, DBusError> {
+        let s = self.svc.update_status().ok_or_else(|| DBusError::NotPossible("no update was offered".into()))?;
+        serde_json::to_string(&s).map_err(|e| DBusError::Failed(e.to_string()))
+    }
+
     /// The boot is handed over: gsed --early exits.
     fn finish(&self) {
         self.finished.notify_one();

@@ -198,7 +198,12 @@ impl UpdateObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), DBusError> {
         super::auth::authorize(conn, &header, super::auth::Action::DecideUpdate).await?;
-        Ok(self.svc.approve()?)
+        self.svc.approve()?;
+        // After a restart nothing was fetched yet: the check starts the download.
+        if !self.svc.has_offer() && !self.servers.snapshot().current.is_empty() {
+            self.svc.check(self.servers.urls_current_first()).await;
+        }
+        Ok(())
     }
 
     /// Stay on the running version.

@@ -115,6 +115,11 @@ impl Daemon {
             }),
             tokio::spawn(self.servers.clone().run()),
             tokio::spawn(commit_when_green(self.health.clone(), self.servers.update.clone())),
+            tokio::spawn(crate::servers::window::run(
+                self.servers.update.clone(),
+                self.config.clone(),
+                self.paths.clone(),
+            )),
             tokio::spawn(self.network.clone().run()),
             tokio::spawn(metrics::run(
                 self.paths.clone(),

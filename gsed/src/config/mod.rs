@@ -41,7 +41,7 @@ pub use logs::{LogsConf, MetricsConf};
 pub use mounts::{BtrfsConf, FstabConf, FstabEntry, OverlayEntry, OverlaysConf, TmpfsConf, TmpfsEntry, Upper};
 pub use network::{InterfaceConf, Method, NetworkConf, parse_cidr};
 use serde::Serialize;
-pub use servers::{Server, ServerInfoConf, UpdateConf, UpdatePolicy};
+pub use servers::{Reboot, Server, ServerInfoConf, UpdateConf, UpdatePolicy};
 pub use system::{EtcConf, EtcFile, SourcesConf};
 
 use crate::paths::Paths;

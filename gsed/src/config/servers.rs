@@ -142,6 +142,17 @@ pub enum UpdatePolicy {
     Never,
 }
 
+/// When an installed version starts (DESIGN §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reboot {
+    /// Whenever the machine boots next.
+    #[default]
+    NextBoot,
+    /// gsed reboots an idle machine (nobody logged in) inside `window`.
+    Window,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpdateConf {
@@ -150,6 +161,12 @@ pub struct UpdateConf {
     pub check_interval: Duration,
     /// Bytes per second an image download may use; none: no limit.
     pub max_rate: Option<super::values::Size>,
+    pub reboot: Reboot,
+    /// `HH:MM-HH:MM` local time, may wrap past midnight.
+    pub window: Option<String>,
+    /// With `policy = "ask"`: early boot asks on the console whether to install
+    /// a new version right there.
+    pub prompt_at_boot: bool,
 }
 
 impl Default for UpdateConf {
@@ -159,6 +176,9 @@ impl Default for UpdateConf {
             policy: UpdatePolicy::Ask,
             check_interval: Duration::secs(3600),
             max_rate: None,
+            reboot: Reboot::NextBoot,
+            window: None,
+            prompt_at_boot: false,
         }
     }
 }
@@ -173,6 +193,17 @@ impl Validate for UpdateConf {
         }
         if self.check_interval.get() < std::time::Duration::from_secs(60) {
             out.push(Invalid::new("check_interval", "must be at least 1m".into()));
+        }
+        match (&self.window, self.reboot) {
+            (Some(w), _) => {
+                if let Err(e) = crate::servers::window::Window::parse(w) {
+                    out.push(Invalid::new("window", e));
+                }
+            }
+            (None, Reboot::Window) => {
+                out.push(Invalid::new("window", "reboot = \"window\" needs a window = \"HH:MM-HH:MM\"".into()))
+            }
+            (None, Reboot::NextBoot) => {}
         }
         if self.max_rate.is_some_and(|r| r.0 < 64 << 10) {
             out.push(Invalid::new("max_rate", "must be at least 64K (bytes per second)".into()));

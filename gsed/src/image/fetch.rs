@@ -40,10 +40,10 @@ impl Cache {
         self.dir.join(c.rel_path())
     }
 
-    /// A chunk counts as present when a file of its packed size is there; it is
-    /// verified again when read.
+    /// A chunk counts as present when a file of it is there (packed here or by a
+    /// server); it is verified when read.
     pub fn has(&self, c: &Chunk) -> bool {
-        fs::metadata(self.path(c)).is_ok_and(|m| m.len() == u64::from(c.packed))
+        fs::metadata(self.path(c)).is_ok_and(|m| m.len() > 0)
     }
 
     /// The chunk's contents, verified; a damaged copy is removed (so the next
@@ -51,7 +51,7 @@ impl Cache {
     pub fn read(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
         let path = self.path(c);
         let packed = fs::read(&path).map_err(super::io(format!("reading cached chunk {}", path.display())))?;
-        c.unpack(&packed).inspect_err(|_| {
+        c.unpack_any(&packed).inspect_err(|_| {
             let _ = fs::remove_file(&path);
         })
     }

@@ -20,7 +20,9 @@ pub const MIN_CHUNK: u32 = 16 << 10;
 pub const AVG_CHUNK: u32 = 64 << 10;
 pub const MAX_CHUNK: u32 = 256 << 10;
 /// zstd level for published chunks: publishing is done once, fetching by every client.
-const LEVEL: i32 = 12;
+pub const PUBLISH_LEVEL: i32 = 12;
+/// zstd level for chunks a client stores itself (an image installed from a file).
+pub const LOCAL_LEVEL: i32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,10 +54,17 @@ impl Chunk {
     /// size (a chunk that would grow past it is cut off, never held whole) and
     /// the digest.
     pub fn unpack(&self, packed: &[u8]) -> Result<Vec<u8>, ImageError> {
-        let bad = |why: String| ImageError::Chunk { id: self.id.clone(), why };
         if packed.len() != self.packed as usize {
-            return Err(bad(format!("{} bytes where the index says {}", packed.len(), self.packed)));
+            let why = format!("{} bytes where the index says {}", packed.len(), self.packed);
+            return Err(ImageError::Chunk { id: self.id.clone(), why });
         }
+        self.unpack_any(packed)
+    }
+
+    /// Like [`Chunk::unpack`], for a chunk compressed by anyone (a local copy
+    /// may be packed differently from the server's): size and digest decide.
+    pub fn unpack_any(&self, packed: &[u8]) -> Result<Vec<u8>, ImageError> {
+        let bad = |why: String| ImageError::Chunk { id: self.id.clone(), why };
         let data = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress(packed, self.size as usize))
             .map_err(|e| bad(format!("does not decompress to its declared {} bytes: {e}", self.size)))?;
@@ -121,20 +130,22 @@ pub fn open_image(path: &Path) -> io::Result<Box<dyn Read>> {
     }
 }
 
-/// Cuts `stream` into chunks, stores each new one under `store` (compressed,
-/// named by digest; a chunk already there is not written again) and returns
-/// the index.
-pub fn write_chunks(stream: impl Read, store: &Path, version: &str) -> Result<Index, ImageError> {
+/// Cuts `stream` into chunks, stores each new one under `store` (compressed
+/// at `level`, named by digest; a chunk already there is not written again)
+/// and returns the index.
+pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) -> Result<Index, ImageError> {
     let mut chunks = Vec::new();
     let mut size = 0u64;
-    let mut zc = zstd::bulk::Compressor::new(LEVEL).map_err(super::io("starting zstd"))?;
+    let mut zc = zstd::bulk::Compressor::new(level).map_err(super::io("starting zstd"))?;
     for c in fastcdc::v2020::StreamCDC::new(stream, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
         let c = c.map_err(|e| ImageError::Io("reading the image".into(), io::Error::other(e.to_string())))?;
         let id = hex(&Sha256::digest(&c.data));
         let packed = zc.compress(&c.data).map_err(super::io("compressing a chunk"))?;
         let chunk = Chunk { id, size: c.length as u32, packed: packed.len() as u32 };
         let path = store.join(chunk.rel_path());
-        if fs::metadata(&path).map(|m| m.len()).ok() != Some(packed.len() as u64) {
+        if fs::metadata(&path).map(|m| m.len()).ok() != Some(packed.len() as u64)
+            && !(level == LOCAL_LEVEL && path.exists())
+        {
             place(&path, &packed).map_err(super::io(format!("writing {}", path.display())))?;
         }
         size += c.length as u64;
@@ -178,8 +189,8 @@ mod tests {
         let v1 = sample(4 << 20, 1);
         let mut v2 = v1.clone();
         v2.splice(2 << 20..2 << 20, b"a new file in the middle".iter().copied());
-        let a = write_chunks(&v1[..], dir.path(), "1").unwrap();
-        let b = write_chunks(&v2[..], dir.path(), "2").unwrap();
+        let a = write_chunks(&v1[..], dir.path(), "1", LOCAL_LEVEL).unwrap();
+        let b = write_chunks(&v2[..], dir.path(), "2", LOCAL_LEVEL).unwrap();
         let old: HashSet<_> = a.chunks.iter().map(|c| &c.id).collect();
         let new = b.chunks.iter().filter(|c| !old.contains(&c.id)).count();
         assert!(new <= 2, "{new} new chunks of {}", b.chunks.len());

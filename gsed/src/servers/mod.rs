@@ -6,6 +6,7 @@ pub mod select;
 pub mod service;
 pub mod sync;
 pub mod update;
+pub mod window;
 
 pub use service::{ServersService, ServersSnapshot};
 pub use update::UpdateService;

@@ -16,7 +16,7 @@ use crate::{
     fsutil::write_atomic,
     image::{
         Cache, Index,
-        index::{open_image, write_chunks},
+        index::{PUBLISH_LEVEL, open_image, write_chunks},
     },
 };
 
@@ -148,8 +148,8 @@ pub fn publish_image(
     sign(secret, b"probe", "gse key check")?;
     let gse1 = tree.join("gse1");
     let stream = open_image(image).map_err(io(format!("reading {}", image.display())))?;
-    let index =
-        write_chunks(stream, &gse1.join("chunks"), version).map_err(|e| PublishError::Refused(e.to_string()))?;
+    let index = write_chunks(stream, &gse1.join("chunks"), version, PUBLISH_LEVEL)
+        .map_err(|e| PublishError::Refused(e.to_string()))?;
     let json = serde_json::to_vec(&index).expect("index serialises");
     let sig = sign(secret, &json, &format!("gse image {version}"))?;
     let dir = gse1.join("images").join(version);

@@ -83,7 +83,14 @@ impl UpdateService {
                 snap.available_version = t.version.clone();
                 snap.target_slot = t.slot.clone();
             }
-            _ => {}
+            _ => {
+                // An administrator's decision outlives a restart of gsed.
+                let recorded: Option<UpdateSnapshot> =
+                    std::fs::read(paths.update_record()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some(r) = recorded.filter(|r| matches!(r.state, UpdateState::Approved | UpdateState::Declined)) {
+                    (snap.state, snap.available_version) = (r.state, r.available_version);
+                }
+            }
         }
         Arc::new(UpdateService {
             paths: paths.clone(),
@@ -173,10 +180,10 @@ impl UpdateService {
             let again = s.available_version == ch.version;
             s.available_version = ch.version.clone();
             s.detail.clear();
-            s.state = if ch.version == s.local_version {
-                UpdateState::UpToDate
-            } else if s.state == UpdateState::Trial {
+            s.state = if s.state == UpdateState::Trial {
                 UpdateState::Trial
+            } else if ch.version == s.local_version {
+                UpdateState::UpToDate
             } else if boot.trial.as_ref().is_some_and(|t| t.version == ch.version) {
                 UpdateState::Installed
             } else if again && matches!(s.state, UpdateState::Approved | UpdateState::Declined) {
@@ -202,6 +209,16 @@ impl UpdateService {
             info!(version = %ch.version, "a new version is available");
             self.record();
         }
+    }
+
+    /// The channel file taken at the last check.
+    pub fn offered(&self) -> Option<Channel> {
+        self.offer.lock().ok()?.as_ref().map(|(c, _)| c.clone())
+    }
+
+    /// Whether a checked channel is at hand (else an approval needs a check to act).
+    pub fn has_offer(&self) -> bool {
+        self.offer.lock().is_ok_and(|o| o.is_some())
     }
 
     pub fn approve(self: &Arc<Self>) -> Result<(), UpdateError> {
@@ -329,7 +346,16 @@ impl UpdateService {
 
         step(UpdateState::Installing, index.size);
         let key = FlagKey::load(&self.paths.flag_key())
-            .map_err(|e| ImageError::Io(format!("the machine key {}", self.paths.flag_key().display()), e))?;
+            .or_else(|_| FlagKey::load(&self.paths.run_flag_key()))
+            .map_err(|e| {
+                ImageError::Io(
+                    format!(
+                        "the machine key (/boot not mounted, no copy in /run/gse): {}",
+                        self.paths.flag_key().display()
+                    ),
+                    e,
+                )
+            })?;
         // The target leaves every plan first: a cut from here on leaves it untrusted, never tried.
         let mut state = BootState::load(&self.paths.boot_state());
         state.trial = None;
@@ -370,7 +396,7 @@ impl UpdateService {
     /// Keeps the decision across restarts.
     fn record(&self) {
         let s = self.snapshot();
-        let path = self.paths.state_dir().join("update.json");
+        let path = self.paths.update_record();
         let data = serde_json::to_vec_pretty(&s).expect("snapshot serialises");
         if let Err(e) = write_atomic(&path, &data, 0o644) {
             warn!(file = %path.display(), error = %e, "cannot record the update decision");
@@ -413,6 +439,7 @@ fn fetch_index(http: &Http, servers: &[String], ch: &Channel) -> Result<Index, I
 /// machine and a version, spread over the room (from the machine key's digest).
 pub fn bucket(paths: &Paths, version: &str) -> u32 {
     let who = std::fs::read(paths.flag_key())
+        .or_else(|_| std::fs::read(paths.run_flag_key()))
         .or_else(|_| std::fs::read(paths.resolve("/etc/machine-id")))
         .unwrap_or_default();
     let d = Sha256::new().chain_update(b"gse rollout\0").chain_update(&who).chain_update(version).finalize();

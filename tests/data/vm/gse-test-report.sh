@@ -5,7 +5,8 @@
 # powers off. gse.test=hold on the kernel command line keeps the machine running (the
 # host pulls the power); gse.test=servers reports the current server every second
 # until it changes; gse.test=logs also reports the log archive and, from the
-# first red boot in it, gsed's and early boot's lines.
+# first red boot in it, gsed's and early boot's lines; gse.test=update checks
+# the channel and reports the update's state every second until it settles.
 mode=report
 read -r cmdline </proc/cmdline
 for w in $cmdline; do
@@ -44,6 +45,17 @@ logs)
 		gsectl logs show "$red" --unit gsed | grep -m 2 'lab share is not mounted'
 		gsectl logs show "$red" --unit early | grep -m 2 -e 'gse: initramfs' -e 'gsed --early ready'
 	} | while IFS= read -r l; do say "GSE-LOGSHOW: $l"; done
+	;;
+update)
+	gsectl update check >/dev/null 2>&1
+	i=0
+	while [ $i -lt 900 ]; do
+		u=$(gsectl update --json 2>&1 | tr -d '\n')
+		say "GSE-UPDATE: $u"
+		case "$u" in *'"state": "installed"'* | *'"state": "failed"'* | *'"state": "error"'* | *'"state": "up-to-date"'*) break ;; esac
+		i=$((i + 1))
+		sleep 1
+	done
 	;;
 hold)
 	say "GSE-HOLDING"
