@@ -15,7 +15,7 @@ test="$build
   nginx minisign zstd cpio tar
   iproute2 dnsmasq
   shellcheck
-  prometheus prometheus-node-exporter chromium curl polkitd
+  prometheus prometheus-node-exporter chromium curl wget polkitd
   debootstrap debian-archive-keyring qemu-system-x86 kmod
 "
 

@@ -264,7 +264,15 @@ fn add_modules(tree: &mut Tree, modules_root: &Path, kver: &str) -> Result<(), F
 /// subvolumes are snapshotted through ioctls: no btrfs-progs here.
 fn add_programs(tree: &mut Tree, busybox: &Path) -> Result<(), Failure> {
     let me = std::env::current_exe().map_err(|e| Failure::Error(format!("finding gsectl: {e}")))?;
-    let binaries = [(me.as_path(), "usr/bin/gsectl"), (busybox, "bin/busybox")];
+    // GNU tar unpacks an update installed at the console prompt (busybox's
+    // keeps no xattrs and knows no --numeric-owner).
+    let gnu_tar = which("tar").filter(|t| {
+        Command::new(t).arg("--version").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("GNU tar"))
+    });
+    let mut binaries = vec![(me.as_path(), "usr/bin/gsectl"), (busybox, "bin/busybox")];
+    if let Some(t) = &gnu_tar {
+        binaries.push((t.as_path(), "bin/tar"));
+    }
     tree.link("usr/sbin/gsed", "../bin/gsectl");
     let mut libs = BTreeSet::new();
     for (host, inside) in binaries {
@@ -275,10 +283,15 @@ fn add_programs(tree: &mut Tree, busybox: &Path) -> Result<(), Failure> {
     for lib in &libs {
         tree.host_file(lib)?;
     }
-    say(format!("gsectl (also gsed), busybox and {} shared libraries", libs.len()));
+    say(format!(
+        "gsectl (also gsed), busybox{} and {} shared libraries",
+        if gnu_tar.is_some() { ", GNU tar" } else { "" },
+        libs.len()
+    ));
     let applets =
         Command::new(busybox).arg("--list").output().map_err(|e| Failure::Error(format!("running busybox: {e}")))?;
-    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+    let real = |a: &str| a == "busybox" || (a == "tar" && gnu_tar.is_some());
+    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && !real(a)) {
         tree.link(&format!("bin/{applet}"), "busybox");
     }
     tree.link("sbin", "bin");

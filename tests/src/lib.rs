@@ -7,6 +7,7 @@ pub mod disk;
 pub mod http;
 pub mod netns;
 pub mod sim;
+pub mod update_sim;
 pub mod vm;
 
 use std::{

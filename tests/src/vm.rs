@@ -653,6 +653,8 @@ pub struct Running<'a> {
     console: Arc<Mutex<Console>>,
     started: Instant,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The serial console's input (qemu's stdin).
+    keyboard: Option<std::process::ChildStdin>,
     kept: bool,
 }
 
@@ -733,11 +735,12 @@ impl Vm {
         let mut child = qemu
             .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"])
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start qemu-system-x86_64");
+        let keyboard = child.stdin.take();
         let started = Instant::now();
         let console = Arc::new(Mutex::new(Console::default()));
         let mut out = child.stdout.take().expect("stdout");
@@ -771,6 +774,7 @@ impl Vm {
             console,
             started,
             reader: Some(reader),
+            keyboard,
             kept: false,
         }
     }
@@ -905,6 +909,13 @@ impl Running<'_> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Types `line` and Enter on the serial console.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let k = self.keyboard.as_mut().expect("the console's input");
+        k.write_all(format!("{line}\r").as_bytes()).and_then(|()| k.flush()).expect("typing on the console");
     }
 
     /// Waits for the guest to power itself off.

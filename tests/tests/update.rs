@@ -500,3 +500,61 @@ fn prompt_at_boot_asks_on_the_console_and_installs_before_booting() {
     assert!(lab.c.ns.ok(&format!("cat {}/opt/pkg/data | wc -c", lab.c.sysroot.display())).contains("204800"));
     lab.c.power_off();
 }
+
+#[test]
+fn prune_keeps_the_newest_versions_and_the_chunks_they_use() {
+    let work = tempfile::tempdir().unwrap();
+    keygen(work.path(), "k");
+    let www = work.path().join("www");
+    for v in ["1", "2", "3"] {
+        let tree = work.path().join(format!("tree-{v}"));
+        disk::tiny_root(&tree, v);
+        fs::write(tree.join("opt/data"), blob(300 << 10, v.parse().unwrap())).unwrap();
+        let image = work.path().join(format!("{v}.tar.zst"));
+        assert!(image_build(&tree, v, &image, &[]).status.success());
+        let out = publish_image(&image, v, "stable", &www, &work.path().join("k.sec"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Distinct modification times order the versions.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let chunks_of = |v: &str| -> std::collections::HashSet<String> {
+        let i: Value =
+            serde_json::from_str(&fs::read_to_string(www.join(format!("gse1/images/{v}/index.json"))).unwrap())
+                .unwrap();
+        i["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"]).to_owned()).collect()
+    };
+    let (c2, c3) = (chunks_of("2"), chunks_of("3"));
+    let stored = || -> std::collections::HashSet<String> {
+        walk(&www.join("gse1/chunks")).iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect()
+    };
+    let out = std::process::Command::new(bin("gsectl"))
+        .args(["publish", "prune", "--keep", "2", "--to"])
+        .arg(&www)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("removed 1 version(s) [\"1\"]"), "{}", text(&out.stderr));
+    assert!(!www.join("gse1/images/1").exists() && www.join("gse1/images/2/index.json").exists());
+    assert_eq!(stored(), c2.union(&c3).cloned().collect(), "exactly the chunks of the kept versions");
+    // The channel's version stays even when it is not among the newest.
+    let out = std::process::Command::new(bin("gsectl"))
+        .args(["publish", "prune", "--keep", "0", "--to"])
+        .arg(&www)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(www.join("gse1/images/3/index.json").exists() && !www.join("gse1/images/2").exists());
+    assert_eq!(stored(), c3);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

@@ -128,3 +128,31 @@ fn servers_need_a_key_and_plain_http() {
     assert!(msgs.iter().any(|m| m.contains("public_key: is required when servers are listed")), "{msgs:#?}");
     assert!(msgs.iter().any(|m| m.contains("server.0.url") && m.contains("use http://")), "{msgs:#?}");
 }
+
+#[test]
+fn update_keys_are_checked_and_named() {
+    for (text, needle) in [
+        ("max_rate = \"1K\"\n", "max_rate: must be at least 64K"),
+        ("max_rate = \"fast\"\n", "'fast' is not a size"),
+        ("reboot = \"window\"\n", "window: reboot = \"window\" needs a window"),
+        ("reboot = \"window\"\nwindow = \"2:00-5:00\"\n", "'2:00-5:00' is not a window"),
+        ("reboot = \"sometimes\"\n", "unknown variant `sometimes`"),
+        ("prompt_at_boot = \"yes\"\n", "expected a boolean"),
+    ] {
+        let t = Tree::new();
+        t.put("controller/update.chk.conf", text);
+        let errs = load(&[t.path()]).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            msgs.iter().any(|m| m.contains("update.chk.conf") && m.contains(needle)),
+            "{text:?}: no {needle:?} in {msgs:#?}"
+        );
+    }
+    let t = Tree::new();
+    t.put(
+        "controller/update.chk.conf",
+        "policy = \"auto\"\nmax_rate = \"20M\"\nreboot = \"window\"\nwindow = \"22:00-06:00\"\nprompt_at_boot = true\n",
+    );
+    let u = load(&[t.path()]).unwrap().settings.update;
+    assert_eq!((u.max_rate.map(|r| r.0), u.reboot, u.prompt_at_boot), (Some(20 << 20), Reboot::Window, true));
+}

@@ -116,8 +116,9 @@ pub fn install(
     let mut stdin = tar.stdin.take().ok_or_else(|| ImageError::Refused("tar has no stdin".into()))?;
     let mut written = 0u64;
     let mut fed = Ok(());
+    // `scan` verified every chunk: this pass only decompresses.
     for c in &index.chunks {
-        let data = match cache.read(c) {
+        let data = match cache.read_verified_before(c) {
             Ok(d) => d,
             Err(e) => {
                 fed = Err(e);

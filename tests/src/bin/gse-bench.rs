@@ -24,6 +24,15 @@
 //! time from a health change (MarkBad/MarkGood over D-Bus) to the metrics file
 //! showing it (median of 20).
 //!
+//! `update`: an image (`GSE_BENCH_IMAGE_MIB`, default 1024 MiB of text-like
+//! files) published as chunks: the bytes a client fetches when 1% of the files
+//! change, the time gsed takes to download and install it in full from nginx
+//! on loopback next to `curl | zstd -d | tar -x` into the same slot, and gsed's
+//! peak RSS meanwhile.
+//!
+//! `room`: 300 clients taking a 2 GB image with 2% of its chunks changed from 3
+//! servers on 1 Gbit/s links (simulated, with the real selection and index code).
+//!
 //! `config`: time from a file write in the synced config.d to the `Changed`
 //! signal at a client (median of 20), and the CPU time gsed uses over 10 s in
 //! which nothing changes.
@@ -516,6 +525,182 @@ fn vm_bench() {
     }
 }
 
+/// Pseudo-text that compresses about as well as a system's files do.
+fn text_file(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "lab", "client", "static", "const", "return", "fn", "the", "config", "value", "error", "#include", "int",
+        "struct", "0x7f", "while", "GSE",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        out.extend_from_slice(WORDS[rng.usize(..WORDS.len())].as_bytes());
+        out.push(if rng.u8(..) < 20 { b'\n' } else { b' ' });
+        if rng.u8(..) < 6 {
+            out.extend_from_slice(&rng.u64(..).to_le_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Runs a shell snippet, which must succeed; returns its wall time in seconds.
+fn timed_sh(what: &str, script: &str) -> f64 {
+    let t0 = Instant::now();
+    let out = std::process::Command::new("sh").args(["-c", script]).output().expect("sh");
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    t0.elapsed().as_secs_f64()
+}
+
+fn update_bench() {
+    use gse_tests::{http::Nginx, keygen, publish_image};
+    use gsed::image::Index;
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let size_mib: usize = std::env::var("GSE_BENCH_IMAGE_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let work = tempfile::Builder::new().prefix("gse-bench-update-").tempdir().expect("tempdir");
+    let w = work.path();
+
+    // v1: a tree of `size_mib` in 2000 files; v2: 1% of the files changed.
+    let tree = w.join("tree");
+    let mut rng = fastrand::Rng::with_seed(1);
+    let files = 2000;
+    for i in 0..files {
+        let p = tree.join(format!("usr/lib/pkg{:03}/file{i:04}", i % 97));
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, text_file(&mut rng, size_mib * (1 << 20) / files)).expect("write");
+    }
+    fs::create_dir_all(tree.join("etc")).expect("mkdir");
+    fs::write(tree.join("etc/gse-release"), "VERSION=1\n").expect("write");
+    let pack = |v: &str| {
+        let out = w.join(format!("v{v}.tar.zst"));
+        timed_sh(
+            "packing",
+            &format!(
+                "tar --sort=name --numeric-owner --mtime=@0 -C {} -cf - . | zstd -q -3 -T0 -o {}",
+                tree.display(),
+                out.display()
+            ),
+        );
+        out
+    };
+    let v1 = pack("1");
+    for i in (0..files).step_by(100) {
+        let p = tree.join(format!("usr/lib/pkg{:03}/file{i:04}", i % 97));
+        let mut data = fs::read(&p).expect("read");
+        data.extend_from_slice(b"\n# changed in v2\n");
+        fs::write(&p, data).expect("write");
+    }
+    fs::write(tree.join("etc/gse-release"), "VERSION=2\n").expect("write");
+    let v2 = pack("2");
+    fs::remove_dir_all(&tree).expect("rm tree");
+
+    let key = keygen(w, "k");
+    let sec = w.join("k.sec");
+    let www = w.join("www");
+    let t_publish = Instant::now();
+    for (img, v) in [(&v1, "1"), (&v2, "2")] {
+        let out = publish_image(img, v, "stable", &www, &sec);
+        assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("publish of two {size_mib} MiB versions (chunking, zstd -12): {:.1} s", t_publish.elapsed().as_secs_f64());
+    let index = |v: &str| {
+        Index::parse(&fs::read(www.join(format!("gse1/images/{v}/index.json"))).expect("index")).expect("parse")
+    };
+    let (i1, i2) = (index("1"), index("2"));
+    let have: std::collections::HashSet<&str> = i1.chunks.iter().map(|c| c.id.as_str()).collect();
+    let delta: u64 = i2.unique().iter().filter(|c| !have.contains(c.id.as_str())).map(|c| u64::from(c.packed)).sum();
+    println!(
+        "v1 -> v2 with 1% of the files changed: {:.2} MiB fetched of {:.1} MiB published in full = {:.2}% (tar.zst -3 of v2: {:.1} MiB)",
+        mb(delta),
+        mb(i2.packed_total()),
+        100.0 * delta as f64 / i2.packed_total() as f64,
+        mb(fs::metadata(&v2).expect("v2").len())
+    );
+
+    // A client takes v2 in full (empty cache) into slot b; then the anchor.
+    fs::copy(&v2, www.join("v2.tar.zst")).expect("copy");
+    let nginx = Nginx::start("127.0.0.61", &www);
+    let slot_mib = (size_mib as u64 * 13 / 10).max(256);
+    let c = Client::new_sized(false, "[health]\ninit = \"none\"\n", slot_mib);
+    c.root.write(
+        "usr/share/gse/config.d/controller/server/server.info.conf",
+        &format!("public_key = \"{key}\"\n[[server]]\nname = \"s\"\nurl = \"{}\"\n", nginx.url()),
+    );
+    c.root.write("usr/share/gse/config.d/controller/update.chk.conf", "policy = \"auto\"\n");
+    c.provision();
+    let bus = TestBus::start();
+    let gsed = c.start_gsed(&bus, "bench");
+    let pid = gsed.pid();
+    let state = || {
+        let out = gse_tests::gsectl(&bus.address, &["update", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let t0 = Instant::now();
+    let _ = gse_tests::gsectl(&bus.address, &["update", "check"]);
+    let out = gse_tests::gsectl(&bus.address, &["update", "wait"]);
+    let t_gse = t0.elapsed().as_secs_f64();
+    assert!(out.status.success(), "update: {} {}", String::from_utf8_lossy(&out.stdout), state());
+    let hwm = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    drop(gsed);
+    let dev = &c.slot_dev[1];
+    let anchor = {
+        let script = format!(
+            "set -e; M=$(mktemp -d); mount {dev} $M; find $M -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +; sync; \
+             t0=$(date +%s%N); curl -sf {url}/v2.tar.zst | zstd -dq | tar -x --numeric-owner -C $M; sync; t1=$(date +%s%N); \
+             umount $M; echo $(( (t1 - t0) / 1000000 ))",
+            url = nginx.url()
+        );
+        let out = c.ns.ok(&script);
+        out.trim().parse::<f64>().expect("ms") / 1000.0
+    };
+    println!(
+        "full image ({:.0} MiB to fetch, {:.0} MiB unpacked) from nginx on loopback into an ext4 slot: gsed download + install {:.1} s, \
+         `curl | zstd -d | tar -x` {:.1} s: ratio {:.2}",
+        mb(i2.packed_total()),
+        mb(i2.size),
+        t_gse,
+        anchor,
+        t_gse / anchor
+    );
+    println!("gsed peak RSS (VmHWM) over that update: {hwm}");
+}
+
+fn room_bench() {
+    use gse_tests::update_sim::{Room, run};
+    let gb = |b: f64| b / 1e9;
+    for spread_s in [0.0, 60.0] {
+        let room = Room { spread_s, ..Room::default() };
+        let o = run(&room);
+        println!(
+            "room: {} clients, {} servers, {:.0} Gbit/s links, a {:.1} GB image with {:.0}% of its chunks changed, checks spread over {:.0} s:",
+            room.clients,
+            room.servers,
+            room.server_bps * 8.0 / 1e9,
+            gb(room.image_bytes as f64),
+            room.changed * 100.0,
+            room.spread_s
+        );
+        println!(
+            "  each client fetches {:.1} MB; last client done after {:.1} s; ideal (total bytes / total server bandwidth) {:.1} s ({:.2}x); \
+             everyone fetching the full image from one server {:.0} s",
+            o.per_client as f64 / 1e6,
+            o.last_done_s,
+            o.ideal_s,
+            o.last_done_s / o.ideal_s,
+            o.one_server_full_s
+        );
+        let sent: Vec<String> =
+            o.sent.iter().enumerate().map(|(i, s)| format!("s{i} {:.2} GB", gb(*s as f64))).collect();
+        println!("  bytes sent: {}", sent.join(", "));
+    }
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -527,8 +712,10 @@ fn main() {
         "servers" => rt.block_on(servers_bench()),
         "network" => network_bench(),
         "vm" => vm_bench(),
+        "update" => update_bench(),
+        "room" => room_bench(),
         _ => {
-            eprintln!("usage: gse-bench config|boot|sim|servers|network|vm");
+            eprintln!("usage: gse-bench config|boot|sim|servers|network|vm|update|room");
             std::process::exit(2);
         }
     }
