@@ -54,4 +54,6 @@ sleep 5
 c1=$(ctx)
 echo "gsed idle VmRSS: $rss (private anonymous: $anon; gsed's own code and data pages: $own)"
 awk '/^[0-9a-f]+-/ {name=$6} /^Rss:/ {r[name]+=$2} END {for (n in r) if (r[n] > 100) printf "  %6d kB %s\n", r[n], n}' "/proc/$gsed_pid/smaps" | sort -rn
+echo "gsed's own mappings (permissions, size, resident):"
+awk -v exe="$(readlink "/proc/$gsed_pid/exe")" '/^[0-9a-f]+-/ {name=$6; perm=$2} /^Size:/ {size=$2} /^Rss:/ && name==exe {printf "  %s %6d kB mapped, %6d kB resident\n", perm, size, $2}' "/proc/$gsed_pid/smaps"
 echo "gsed context switches during 5 s idle: $((c1 - c0))"
