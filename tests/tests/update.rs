@@ -558,3 +558,38 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn chunks_damaged_in_the_cache_are_fetched_again_before_any_slot_is_touched() {
+    let lab = Lab::new(1, "auto", None);
+    lab.early_boot();
+    lab.publish("2.0", &[("opt/pkg/data", blob(300 << 10, 8))]);
+    // Rotten copies of two of the version's chunks sit in the cache already.
+    let index: Value =
+        serde_json::from_str(&fs::read_to_string(lab.www.join("gse1/images/2.0/index.json")).unwrap()).unwrap();
+    let cache = lab.c.root.path().join("user-data/persistent/gse/chunks");
+    for c in index["chunks"].as_array().unwrap().iter().take(2) {
+        let id = s(&c["id"]);
+        let p = cache.join(&id[..2]).join(format!("{id}.zst"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut good = fs::read(lab.www.join(format!("gse1/chunks/{}/{id}.zst", &id[..2]))).unwrap();
+        let mid = good.len() / 2;
+        good[mid] ^= 0x10;
+        fs::write(&p, good).unwrap();
+    }
+    let _gsed = lab.start_gsed("boot-1");
+    let before = lab.chunk_requests();
+    assert!(lab.gsectl(&["update", "check"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok && said.contains("installed"), "{said}");
+    let log = fs::read_to_string(lab.c.root.path().join("gsed-boot-1.log")).unwrap();
+    assert!(log.contains("damaged chunks in the cache; fetching them again chunks=2"), "{log}");
+    let index_chunks: std::collections::HashSet<&str> =
+        index["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"])).collect();
+    assert_eq!(
+        lab.chunk_requests() - before,
+        index_chunks.len(),
+        "every chunk fetched exactly once (the two rotten ones after the sweep)"
+    );
+    assert!(lab.c.on_slot("b", "wc -c < opt/pkg/data").contains("307200"));
+}

@@ -473,6 +473,10 @@ fn vm_images_update_by_themselves_trial_commit_and_roll_back() {
     let work = tempfile::tempdir().unwrap();
     let conf = kit().conf_copy(work.path());
     put(&conf, "controller/update.chk.conf", "channel = \"stable\"\npolicy = \"auto\"\n");
+    // A trial that cannot go green goes red within a minute (the shipped deadline is 5).
+    let mut cboot = fs::read_to_string(conf.join("controller/cboot.conf")).unwrap_or_default();
+    cboot.insert_str(0, "[health]\ndeadline = \"60s\"\n");
+    put(&conf, "controller/cboot.conf", &cboot);
     lab.publish(&conf);
     // v2 adds a package (a 1 MB program and its data).
     let v2 = kit().derive_image("vm-2", work.path(), |t| {

@@ -56,21 +56,28 @@ impl Cache {
         })
     }
 
-    /// The chunk's contents, decompressed to its declared size but not hashed:
-    /// for a second pass over chunks [`Cache::read`] verified a moment ago.
+    /// The chunk's contents, decompressed to its declared size (and checked
+    /// against the frame's checksum, where it has one) but not hashed again:
+    /// every chunk was verified against its sha256 before it entered the cache.
     pub fn read_verified_before(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
         let path = self.path(c);
         let packed = fs::read(&path).map_err(super::io(format!("reading cached chunk {}", path.display())))?;
-        let data = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress(&packed, c.size as usize))
-            .map_err(|e| ImageError::Chunk { id: c.id.clone(), why: e.to_string() })?;
-        if data.len() != c.size as usize {
-            return Err(ImageError::Chunk {
-                id: c.id.clone(),
-                why: "changed in the cache since it was verified".into(),
-            });
+        let data = zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress(&packed, c.size as usize));
+        match data {
+            Ok(d) if d.len() == c.size as usize => Ok(d),
+            // Damaged: gone from the cache, so the next transfer fetches it again.
+            other => {
+                let _ = fs::remove_file(&path);
+                let why = other.err().map_or_else(|| "shorter than its declared size".into(), |e| e.to_string());
+                Err(ImageError::Chunk { id: c.id.clone(), why: format!("damaged in the cache: {why}") })
+            }
         }
-        Ok(data)
+    }
+
+    /// Reads every chunk of `index` once and removes those that do not
+    /// decompress whole (bit rot, a write cut by a power loss); returns them.
+    pub fn sweep(&self, index: &Index) -> Vec<String> {
+        index.unique().into_iter().filter(|c| self.read_verified_before(c).is_err()).map(|c| c.id.clone()).collect()
     }
 
     fn put(&self, c: &Chunk, packed: &[u8]) -> Result<(), ImageError> {

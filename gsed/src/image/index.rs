@@ -137,6 +137,9 @@ pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) 
     let mut chunks = Vec::new();
     let mut size = 0u64;
     let mut zc = zstd::bulk::Compressor::new(level).map_err(super::io("starting zstd"))?;
+    // A content checksum in every frame: a chunk that rotted in a cache fails
+    // to decompress, without hashing it with sha256 again.
+    zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).map_err(super::io("setting up zstd"))?;
     for c in fastcdc::v2020::StreamCDC::new(stream, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
         let c = c.map_err(|e| ImageError::Io("reading the image".into(), io::Error::other(e.to_string())))?;
         let id = hex(&Sha256::digest(&c.data));

@@ -1,6 +1,6 @@
 //! Writes an image from the chunk cache into a mounted slot. First the whole
-//! image is read once without writing: every chunk verified, every member
-//! inside the slot, the slot big enough. Then the slot's flag goes (an
+//! image is read once without writing: every chunk whole, every member inside
+//! the slot, the slot big enough. Then the slot's flag goes (an
 //! interrupted install is never trusted), then the old contents, GNU tar
 //! unpacks the stream, and a fresh flag is written last.
 
@@ -52,7 +52,7 @@ impl Read for ChunkReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
             let Some(c) = self.chunks.next() else { return Ok(0) };
-            self.buf = self.cache.read(c).map_err(std::io::Error::other)?;
+            self.buf = self.cache.read_verified_before(c).map_err(std::io::Error::other)?;
             self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -62,8 +62,9 @@ impl Read for ChunkReader<'_> {
     }
 }
 
-/// Reads the whole image once: every chunk verified, every member's name (and
-/// hard link target) inside the slot. Nothing is written.
+/// Reads the whole image once: every chunk there and whole (its size, its zstd
+/// checksum: each was checked against its sha256 when it entered the cache),
+/// every member's name (and hard link target) inside the slot. Nothing is written.
 fn scan(cache: &Cache, index: &Index) -> Result<(), ImageError> {
     let outside = |p: &Path| p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     let mut archive = tar::Archive::new(ChunkReader::new(cache, index));
@@ -116,7 +117,6 @@ pub fn install(
     let mut stdin = tar.stdin.take().ok_or_else(|| ImageError::Refused("tar has no stdin".into()))?;
     let mut written = 0u64;
     let mut fed = Ok(());
-    // `scan` verified every chunk: this pass only decompresses.
     for c in &index.chunks {
         let data = match cache.read_verified_before(c) {
             Ok(d) => d,

@@ -332,7 +332,7 @@ impl UpdateService {
         slots.with_mounted(&target, false, fits).map_err(|e| ImageError::Refused(e.to_string()))?;
         let cache = Cache::new(self.paths.chunk_cache());
         let progress = Throttle::new(|done, total| self.progress(done, total));
-        let stats = Fetch {
+        let fetch = Fetch {
             servers: servers.to_vec(),
             http,
             cache: &cache,
@@ -340,9 +340,18 @@ impl UpdateService {
             workers: 4,
             progress: &|d, t| progress.call(d, t),
             stop: &self.stop,
-        }
-        .run(&index)?;
+        };
+        let stats = fetch.run(&index)?;
         info!(version = %ch.version, fetched = stats.fetched_bytes, cached = stats.cached_bytes, "image downloaded");
+        // Chunks that rotted in the cache are fetched again, before any slot is touched.
+        let damaged = cache.sweep(&index);
+        if !damaged.is_empty() {
+            warn!(chunks = damaged.len(), "damaged chunks in the cache; fetching them again");
+            fetch.run(&index)?;
+            if let Some(id) = cache.sweep(&index).first() {
+                return Err(ImageError::Chunk { id: id.clone(), why: "damaged in the cache again".into() });
+            }
+        }
 
         step(UpdateState::Installing, index.size);
         let key = FlagKey::load(&self.paths.flag_key())
