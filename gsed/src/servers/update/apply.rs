@@ -1,0 +1,168 @@
+//! Applying an approved version: fetch the index and the chunks the cache
+//! lacks, check the cache, then install into the slot this machine is not
+//! running from and record the trial for early boot.
+
+use std::sync::Mutex;
+
+use gse_dbus::servers::UpdateState;
+use tracing::{info, warn};
+
+use super::UpdateService;
+use crate::{
+    boot::{decide::backup_of, flag::FlagKey, slots::Slots, state::BootState},
+    fsutil::write_atomic,
+    image::{self, Cache, Fetch, ImageError, Index},
+    paths::Paths,
+    servers::{http::Http, manifest::sha256_hex, publish::Channel},
+};
+
+impl UpdateService {
+    /// Downloads, verifies and installs `ch` into the slot not running; returns the slot.
+    pub(super) fn apply(&self, ch: &Channel, servers: &[String]) -> Result<String, ImageError> {
+        let settings = self.config.current().loaded.settings.clone();
+        let boot = BootState::load(&self.paths.boot_state());
+        let running = crate::health::read_boot_record(&self.paths.boot_json())
+            .map(|b| b.slot)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| boot.primary(&settings.boot).to_owned());
+        let target = backup_of(&settings.boot, &running).to_owned();
+        if target == running {
+            return Err(ImageError::Refused("boot.conf has a single slot: there is nowhere to install".into()));
+        }
+        let step = |state: UpdateState, total: u64| {
+            self.state.send_modify(|s| {
+                (s.state, s.target_slot, s.detail) = (state, target.clone(), String::new());
+                (s.progress, s.bytes_done, s.bytes_total) = (0.0, 0, total);
+            })
+        };
+        step(UpdateState::Downloading, ch.packed);
+        let http = Http::new(std::time::Duration::from_secs(30));
+        let index = fetch_index(&http, servers, ch)?;
+        let slots = Slots { paths: &self.paths, settings: &settings, device_wait: std::time::Duration::from_secs(5) };
+        let fits = |dir: &std::path::Path| {
+            image::install::check_fits(dir, &target, &index).map_err(|e| crate::boot::BootError::Tool(e.to_string()))
+        };
+        slots.with_mounted(&target, false, fits).map_err(|e| ImageError::Refused(format!("slot {target}: {e}")))?;
+        let cache = Cache::new(self.paths.chunk_cache());
+        let progress = Throttle::new(|done, total| self.progress(done, total));
+        let fetch = Fetch {
+            servers: servers.to_vec(),
+            http,
+            cache: &cache,
+            max_rate: settings.update.max_rate.map(|r| r.0),
+            workers: 4,
+            progress: &|d, t| progress.call(d, t),
+            stop: &self.stop,
+        };
+        let stats = fetch.run(&index)?;
+        info!(version = %ch.version, fetched = stats.fetched_bytes, cached = stats.cached_bytes, "image downloaded");
+        // Chunks that rotted in the cache are fetched again, before any slot is touched.
+        let damaged = cache.sweep(&index);
+        if !damaged.is_empty() {
+            warn!(chunks = damaged.len(), "damaged chunks in the cache; fetching them again");
+            fetch.run(&index)?;
+            if let Some(id) = cache.sweep(&index).first() {
+                return Err(ImageError::Chunk { id: id.clone(), why: "damaged in the cache again".into() });
+            }
+        }
+
+        step(UpdateState::Installing, index.size);
+        let key = FlagKey::load(&self.paths.flag_key())
+            .or_else(|_| FlagKey::load(&self.paths.run_flag_key()))
+            .map_err(|e| {
+                ImageError::Io(
+                    format!(
+                        "the machine key (/boot not mounted, no copy in /run/gse): {}",
+                        self.paths.flag_key().display()
+                    ),
+                    e,
+                )
+            })?;
+        // The target leaves every plan first: a cut from here on leaves it untrusted, never tried.
+        let mut state = BootState::load(&self.paths.boot_state());
+        state.trial = None;
+        save_state(&self.paths, &state)?;
+        let progress = Throttle::new(|done, total| self.progress(done, total));
+        let version = slots
+            .with_mounted(&target, true, |dir| {
+                image::install::install(dir, &target, &index, &cache, &key, &|d, t| progress.call(d, t))
+                    .map_err(|e| crate::boot::BootError::Tool(e.to_string()))
+            })
+            .map_err(|e| ImageError::Refused(e.to_string()))?;
+        let json = serde_json::to_vec(&index).expect("index serialises");
+        let _ = std::fs::create_dir_all(self.paths.slot_index(&target).parent().unwrap_or(&self.paths.state_dir()));
+        write_atomic(&self.paths.slot_index(&target), &json, 0o644).map_err(image::io("recording the slot's index"))?;
+        let mut state = BootState::load(&self.paths.boot_state());
+        state.trial = Some(crate::boot::state::Trial { slot: target.clone(), version, booted: false });
+        state.failed = None;
+        save_state(&self.paths, &state)?;
+        // The cache keeps what the slots hold: the next version costs only its changes.
+        let held: Vec<Index> = settings
+            .boot
+            .slots
+            .keys()
+            .filter_map(|s| std::fs::read(self.paths.slot_index(s)).ok().and_then(|b| Index::parse(&b).ok()))
+            .collect();
+        cache.keep_only(&held.iter().collect::<Vec<_>>());
+        Ok(target)
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        self.state.send_modify(|s| {
+            s.bytes_done = done;
+            s.bytes_total = total;
+            s.progress = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+        });
+    }
+}
+
+fn save_state(paths: &Paths, s: &BootState) -> Result<(), ImageError> {
+    s.save(&paths.boot_state()).map_err(image::io(format!("saving {}", paths.boot_state().display())))
+}
+
+/// The index the channel names, from the first server that has it; it must be
+/// the very file the signed channel names (its digest) and of that version.
+fn fetch_index(http: &Http, servers: &[String], ch: &Channel) -> Result<Index, ImageError> {
+    if !crate::servers::manifest::safe_path(&ch.index) {
+        return Err(ImageError::Index(format!("the channel names '{}': refused", ch.index)));
+    }
+    let mut why = Vec::new();
+    for base in servers {
+        let url = format!("{}/gse1/{}", base.trim_end_matches('/'), ch.index);
+        match http.get(&url, 256 << 20) {
+            Ok(data) if sha256_hex(&data) == ch.sha256 => {
+                let index = Index::parse(&data)?;
+                if index.version != ch.version {
+                    return Err(ImageError::Index(format!(
+                        "{url} is version {}, the channel says {}: refused",
+                        index.version, ch.version
+                    )));
+                }
+                return Ok(index);
+            }
+            Ok(_) => why.push(format!("{url}: not the index the signed channel names (digest differs)")),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(ImageError::Index(why.join("; ")))
+}
+
+/// Calls `f` at most every 200 ms, and always for the last step.
+pub(super) struct Throttle<F: Fn(u64, u64)> {
+    f: F,
+    last: Mutex<std::time::Instant>,
+}
+
+impl<F: Fn(u64, u64)> Throttle<F> {
+    pub(super) fn new(f: F) -> Self {
+        Throttle { f, last: Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1)) }
+    }
+
+    pub(super) fn call(&self, done: u64, total: u64) {
+        let Ok(mut last) = self.last.lock() else { return };
+        if done >= total || last.elapsed() >= std::time::Duration::from_millis(200) {
+            *last = std::time::Instant::now();
+            (self.f)(done, total);
+        }
+    }
+}
