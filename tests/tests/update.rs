@@ -139,7 +139,7 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     lab.publish("2.0", &[("opt/pkg/data", blob(600 << 10, 1))]);
     let gsed = lab.start_gsed("boot-1");
     let (ok, said) = lab.gsectl(&["update", "check"]);
-    assert!(ok, "{said}");
+    assert!(ok, "{said}{}", fs::read_to_string(lab.c.root.path().join("gsed-boot-1.log")).unwrap_or_default());
     let (ok, said) = lab.gsectl(&["update", "wait"]);
     assert!(ok && said.contains("installed"), "{said}");
     let u = lab.update();
@@ -162,7 +162,9 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
         let u = lab.update();
         (s(&u["state"]) == "up-to-date").then_some(u)
     });
-    assert!(s(&committed["detail"]).contains("2.0 committed"), "{committed:#}");
+    assert_eq!(s(&committed["local_version"]), "2.0");
+    let log = fs::read_to_string(lab.c.root.path().join("gsed-boot-2.log")).unwrap();
+    assert!(log.contains("trial is green: committed, slot is now primary version=2.0 slot=b"), "{log}");
     assert_eq!(s(&lab.boot_state()["primary"]), "b");
     assert!(lab.gsectl(&["health", "record-shutdown"]).0);
     drop(gsed);

@@ -60,6 +60,8 @@ pub struct UpdateService {
     /// The version an administrator approved: it stays approved when an
     /// attempt fails, and is tried again at the next check.
     approved: Mutex<Option<String>>,
+    /// One check at a time (the daemon's own and one asked for over D-Bus).
+    checking: tokio::sync::Mutex<()>,
     busy: AtomicBool,
     stop: AtomicBool,
 }
@@ -100,6 +102,7 @@ impl UpdateService {
             state: watch::Sender::new(snap),
             offer: Mutex::new(None),
             approved: Mutex::new(None),
+            checking: tokio::sync::Mutex::new(()),
             busy: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         })
@@ -125,6 +128,7 @@ impl UpdateService {
     /// Reads the channel from the first of `servers` that answers, updates the
     /// state, and starts the download when the version is approved.
     pub async fn check(self: &Arc<Self>, servers: Vec<String>) {
+        let _one = self.checking.lock().await;
         let settings = self.config.current().loaded.settings.clone();
         let (channel, key) = (settings.update.channel.clone(), settings.servers.public_key.clone());
         let http = Http::new(settings.servers.probe_timeout.get().max(std::time::Duration::from_secs(5)));
