@@ -479,11 +479,24 @@ fn early_boot_answering(lab: &Lab, answer: &str) -> (Value, String) {
 #[test]
 fn prompt_at_boot_asks_on_the_console_and_installs_before_booting() {
     let lab = Lab::new(1, "ask", None);
-    lab.c.root.write(
-        "usr/share/gse/config.d/controller/update.chk.conf",
-        "channel = \"stable\"\npolicy = \"ask\"\nprompt_at_boot = true\n",
+    // The setting comes with the published config.d, not with the image.
+    let conf = lab.work.path().join("published-conf");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(lab.c.root.path().join("usr/share/gse/config.d"))
+            .arg(&conf)
+            .status()
+            .unwrap()
+            .success()
     );
-    lab.publish_config();
+    fs::write(
+        conf.join("controller/update.chk.conf"),
+        "channel = \"stable\"\npolicy = \"ask\"\nprompt_at_boot = true\n",
+    )
+    .unwrap();
+    let out = publish_config(&conf, &lab.www, &lab.keys.path().join("k.sec"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     lab.publish("2.0", &[("opt/pkg/data", blob(200 << 10, 5))]);
     let (b, console) = early_boot_answering(&lab, "n\n");
     let log = fs::read_to_string(lab.c.root.path().join("gsed-early.log")).unwrap_or_default();

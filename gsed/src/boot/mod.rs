@@ -151,11 +151,12 @@ impl BootService {
     /// checks the channel; returns the version a person at the console may
     /// install now, and the bytes a full download would take.
     pub async fn offer_update(&self) -> Option<(String, u64)> {
+        // The sync may bring the setting: online first (Prepare would go anyway).
+        self.go_online().await;
         let update = self.config.current().loaded.settings.update.clone();
         if !update.prompt_at_boot || update.policy != crate::config::UpdatePolicy::Ask {
             return None;
         }
-        self.go_online().await;
         let servers = self.servers.lock().ok()?.clone()?;
         if servers.snapshot().current.is_empty() {
             return None;
