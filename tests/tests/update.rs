@@ -608,3 +608,24 @@ fn chunks_damaged_in_the_cache_are_fetched_again_before_any_slot_is_touched() {
     );
     assert!(lab.c.on_slot("b", "wc -c < opt/pkg/data").contains("307200"));
 }
+
+#[test]
+fn max_rate_holds_a_download_to_its_budget() {
+    let lab = Lab::new(1, "auto", None);
+    lab.c.root.write(
+        "usr/share/gse/config.d/controller/update.chk.conf",
+        "channel = \"stable\"\npolicy = \"auto\"\nmax_rate = \"256K\"\n",
+    );
+    lab.publish_config();
+    lab.early_boot();
+    lab.publish("2.0", &[("opt/pkg/data", blob(1 << 20, 4))]);
+    let packed = lab.channel()["packed"].as_u64().unwrap();
+    let _gsed = lab.start_gsed("boot-1");
+    let t0 = std::time::Instant::now();
+    assert!(lab.gsectl(&["update", "check"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok, "{said}");
+    // A lower bound only: a loaded machine makes it slower, never faster.
+    let budget = Duration::from_secs_f64(packed as f64 / f64::from(256u32 << 10));
+    assert!(t0.elapsed() >= budget.mul_f64(0.9), "{packed} bytes in {:?}, the budget allows {budget:?}", t0.elapsed());
+}

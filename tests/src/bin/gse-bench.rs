@@ -30,6 +30,9 @@
 //! on loopback next to `curl | zstd -d | tar -x` into the same slot, and gsed's
 //! peak RSS meanwhile.
 //!
+//! `sync`: a config.d sync that finds nothing new (2000 extra files, 54 MB)
+//! next to `wget -N` of the same files, and the bytes gsed wrote meanwhile.
+//!
 //! `room`: 300 clients taking a 2 GB image with 2% of its chunks changed from 3
 //! servers on 1 Gbit/s links (simulated, with the real selection and index code).
 //!
@@ -701,6 +704,96 @@ fn room_bench() {
     }
 }
 
+/// Bytes this process has caused to be written to storage so far.
+fn written_bytes() -> u64 {
+    fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn sync_bench() {
+    use gse_tests::{http::Nginx, keygen, publish_config};
+    use gsed::{
+        paths::Paths,
+        servers::{http::Http, sync::sync_config},
+    };
+    let work = tempfile::Builder::new().prefix("gse-bench-sync-").tempdir().expect("tempdir");
+    let w = work.path();
+    // config.d with 2000 more files of 27 KB (valid examples), 54 MB in all.
+    let tree = w.join("config.d");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(gse_tests::repo().join("config.d"))
+            .arg(&tree)
+            .status()
+            .expect("cp")
+            .success()
+    );
+    let example = fs::read_to_string(tree.join("system/examples/network.static.conf")).expect("example");
+    let pad: String =
+        (0..400).map(|i| format!("# padding line {i:04} of a large example file for the sync bench\n")).collect();
+    for i in 0..2000 {
+        fs::write(tree.join(format!("system/examples/network.b{i:04}.conf")), format!("{example}{pad}"))
+            .expect("write");
+    }
+    let key = keygen(w, "k");
+    let www = w.join("www");
+    let out = publish_config(&tree, &www, &w.join("k.sec"));
+    assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+    let nginx = Nginx::start("127.0.0.62", &www);
+    let client = TestRoot::new();
+    let paths = Paths::new(client.path());
+    let http = Http::new(Duration::from_secs(30));
+    sync_config(&http, &nginx.url(), &key, &paths).expect("first sync");
+
+    // wget -N of the same files (by the published MANIFEST: no directory listings).
+    let manifest = fs::read_to_string(www.join("gse1/config.d/MANIFEST")).expect("MANIFEST");
+    let urls: String = manifest
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|p| p.contains('/') || p.ends_with(".conf") || p.ends_with("README"))
+        .map(|p| format!("{}/gse1/config.d/{p}\n", nginx.url()))
+        .collect();
+    fs::write(w.join("urls"), urls).expect("urls");
+    let wget_dir = w.join("wget");
+    let wget = |_: ()| {
+        timed_sh(
+            "wget",
+            &format!(
+                "cd {} 2>/dev/null || mkdir -p {0} && cd {0}; wget -q -N -x -nH -i {}",
+                wget_dir.display(),
+                w.join("urls").display()
+            ),
+        )
+    };
+    wget(());
+    let files = walk_count(&wget_dir);
+    let (mut gse, mut wg, mut wrote) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (b0, t0) = (written_bytes(), Instant::now());
+        let r = sync_config(&http, &nginx.url(), &key, &paths).expect("sync");
+        gse.push(t0.elapsed().as_secs_f64() * 1000.0);
+        wrote.push(written_bytes() - b0);
+        assert!(r.changed.is_empty());
+        wg.push(wget(()) * 1000.0);
+    }
+    println!(
+        "no-change sync of a {} file config.d (54 MB) from nginx on loopback into ext4: gsed {:.1} ms, `wget -N -i` of the same {files} files {:.1} ms (median of 5): ratio {:.3}; bytes gsed wrote: {}",
+        2000 + walk_count(&gse_tests::repo().join("config.d")),
+        median(gse.clone()),
+        median(wg.clone()),
+        median(gse) / median(wg),
+        wrote.iter().max().copied().unwrap_or(0)
+    );
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    gsed::config::walk(dir).len()
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -714,8 +807,9 @@ fn main() {
         "vm" => vm_bench(),
         "update" => update_bench(),
         "room" => room_bench(),
+        "sync" => sync_bench(),
         _ => {
-            eprintln!("usage: gse-bench config|boot|sim|servers|network|vm|update|room");
+            eprintln!("usage: gse-bench config|boot|sim|servers|network|vm|update|room|sync");
             std::process::exit(2);
         }
     }
