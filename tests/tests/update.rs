@@ -629,3 +629,32 @@ fn max_rate_holds_a_download_to_its_budget() {
     let budget = Duration::from_secs_f64(packed as f64 / f64::from(256u32 << 10));
     assert!(t0.elapsed() >= budget.mul_f64(0.9), "{packed} bytes in {:?}, the budget allows {budget:?}", t0.elapsed());
 }
+
+#[test]
+fn a_power_cut_while_installing_leaves_the_running_slot_and_installs_next_time() {
+    let lab = Lab::new(1, "auto", None);
+    lab.early_boot();
+    lab.publish("2.0", &[("opt/pkg/data", blob(24 << 20, 6))]);
+    let a_before = lab.c.listing("a");
+    let mut gsed = lab.start_gsed("boot-1");
+    assert!(lab.gsectl(&["update", "check"]).0);
+    wait_for(Duration::from_secs(60), "the install to begin", || {
+        (s(&lab.update()["state"]) == "installing").then_some(())
+    });
+    gsed.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    let fetched = lab.chunk_requests();
+    lab.c.power_off();
+    // The next boot runs the slot it ran: no trial of a half-written slot.
+    let b = lab.early_boot();
+    assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"), "{b:#}");
+    assert_eq!(lab.c.listing("a"), a_before, "the running slot is untouched");
+    assert!(lab.c.on_slot("b", "test -e .gse/bootflag && echo flagged || echo no flag").contains("no flag"));
+    // The next attempt installs from the cache: nothing is fetched again.
+    let _gsed = lab.start_gsed("boot-2");
+    assert!(lab.gsectl(&["update", "check"]).0);
+    let (ok, said) = lab.gsectl(&["update", "wait"]);
+    assert!(ok && said.contains("installed"), "{said}");
+    assert_eq!(lab.chunk_requests(), fetched, "every chunk was in the cache");
+    let b = lab.early_boot();
+    assert_eq!((s(&b["slot"]), s(&b["action"]), s(&b["image_version"])), ("b", "trial", "2.0"), "{b:#}");
+}

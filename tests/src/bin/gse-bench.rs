@@ -620,7 +620,8 @@ fn update_bench() {
     );
 
     // A client takes v2 in full (empty cache) into slot b; then the anchor.
-    fs::copy(&v2, www.join("v2.tar.zst")).expect("copy");
+    // nginx's GSE block serves gse1/ only.
+    fs::copy(&v2, www.join("gse1/v2.tar.zst")).expect("copy");
     let nginx = Nginx::start("127.0.0.61", &www);
     let slot_mib = (size_mib as u64 * 13 / 10).max(256);
     let c = Client::new_sized(false, "[health]\ninit = \"none\"\n", slot_mib);
@@ -655,7 +656,7 @@ fn update_bench() {
     let anchor = {
         let script = format!(
             "set -e; M=$(mktemp -d); mount {dev} $M; find $M -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +; sync; \
-             t0=$(date +%s%N); curl -sf {url}/v2.tar.zst | zstd -dq | tar -x --numeric-owner -C $M; sync; t1=$(date +%s%N); \
+             t0=$(date +%s%N); curl -sf {url}/gse1/v2.tar.zst | zstd -dq | tar -x --numeric-owner -C $M; sync; t1=$(date +%s%N); \
              umount $M; echo $(( (t1 - t0) / 1000000 ))",
             url = nginx.url()
         );
