@@ -648,7 +648,10 @@ fn a_power_cut_while_installing_leaves_the_running_slot_and_installs_next_time()
     let b = lab.early_boot();
     assert_eq!((s(&b["slot"]), s(&b["action"])), ("a", "normal"), "{b:#}");
     assert_eq!(lab.c.listing("a"), a_before, "the running slot is untouched");
-    assert!(lab.c.on_slot("b", "test -e .gse/bootflag && echo flagged || echo no flag").contains("no flag"));
+    // Cut during the read-through, b is as it was; cut later, it lost its flag
+    // first: never a flagged slot with half an image.
+    let b_now = lab.c.on_slot("b", "if test -e .gse/bootflag; then cat etc/gse-release; else echo no flag; fi");
+    assert!(b_now.contains("no flag") || b_now.contains("VERSION=test-1"), "{b_now}");
     // The next attempt installs from the cache: nothing is fetched again.
     let _gsed = lab.start_gsed("boot-2");
     assert!(lab.gsectl(&["update", "check"]).0);
