@@ -643,9 +643,22 @@ fn update_bench() {
     };
     let t0 = Instant::now();
     let _ = gse_tests::gsectl(&bus.address, &["update", "check"]);
-    let out = gse_tests::gsectl(&bus.address, &["update", "wait"]);
+    // Where the time goes: when each state was first seen (polled every 50 ms).
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    loop {
+        let s = state();
+        if phases.last().is_none_or(|(p, _)| *p != s) {
+            phases.push((s.clone(), t0.elapsed().as_secs_f64()));
+        }
+        if matches!(s.as_str(), "installed" | "error" | "failed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let t_gse = t0.elapsed().as_secs_f64();
-    assert!(out.status.success(), "update: {} {}", String::from_utf8_lossy(&out.stdout), state());
+    assert_eq!(state(), "installed", "update: {phases:?}");
+    let shown: Vec<String> = phases.iter().map(|(p, t)| format!("{p} at {t:.1} s")).collect();
+    println!("  phases: {}", shown.join(", "));
     let hwm = fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
