@@ -9,7 +9,6 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::ImageError;
 use crate::servers::manifest::sha256_hex;
@@ -142,7 +141,7 @@ pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) 
     zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).map_err(super::io("setting up zstd"))?;
     for c in fastcdc::v2020::StreamCDC::new(stream, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
         let c = c.map_err(|e| ImageError::Io("reading the image".into(), io::Error::other(e.to_string())))?;
-        let id = hex(&Sha256::digest(&c.data));
+        let id = sha256_hex(&c.data);
         let packed = zc.compress(&c.data).map_err(super::io("compressing a chunk"))?;
         let chunk = Chunk { id, size: c.length as u32, packed: packed.len() as u32 };
         let path = store.join(chunk.rel_path());
@@ -171,10 +170,6 @@ pub(crate) fn place(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
