@@ -8,7 +8,6 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use gsed::{
     boot::{flag::FlagKey, slots::Slots, state::BootState},
-    fsutil::write_atomic,
     image::{
         Cache,
         index::{LOCAL_LEVEL, open_image, write_chunks},
@@ -58,6 +57,7 @@ pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure>
         open_image(&args.image).map_err(|e| Failure::Error(format!("cannot read {}: {e}", args.image.display())))?;
     let index = write_chunks(stream, cache.dir(), "local", LOCAL_LEVEL)
         .map_err(|e| Failure::Error(format!("{}: {e}", args.image.display())))?;
+    install::scan(&cache, &index).map_err(|e| Failure::Error(format!("{}: {e}", args.image.display())))?;
     let slots = Slots { paths: &paths, settings, device_wait: Duration::from_secs(10) };
     for slot in &targets {
         eprintln!("install: slot {slot}: unpacking {}", args.image.display());
@@ -68,11 +68,7 @@ pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure>
             })
             .map_err(|e| Failure::Error(format!("install failed: {e}")))?;
         let record = gsed::image::Index { version: version.clone(), ..index.clone() };
-        let json = serde_json::to_vec(&record).expect("index serialises");
-        let at = paths.slot_index(slot);
-        std::fs::create_dir_all(at.parent().expect("a parent"))
-            .and_then(|()| write_atomic(&at, &json, 0o644))
-            .map_err(|e| Failure::Error(format!("cannot write {}: {e}", at.display())))?;
+        gsed::image::record_slot(&paths, slot, &record).map_err(|e| Failure::Error(e.to_string()))?;
         eprintln!("install: slot {slot}: image {version} installed, fresh flag written");
     }
     // The installed slots start over: no attempts, no unfinished repair of them.

@@ -104,6 +104,16 @@ impl FlagKey {
         Ok(FlagKey(key))
     }
 
+    /// The key as the running system finds it: on /boot when it is mounted,
+    /// else the copy early boot left in /run/gse.
+    pub fn load_running(paths: &crate::paths::Paths) -> io::Result<FlagKey> {
+        FlagKey::load(&paths.flag_key()).or_else(|e| {
+            FlagKey::load(&paths.run_flag_key()).map_err(|_| {
+                io::Error::new(e.kind(), format!("{e}; /boot is not mounted and early boot left no copy in /run/gse"))
+            })
+        })
+    }
+
     /// Creates a new random key at `path` (mode 0600); refuses to replace one.
     pub fn create(path: &Path) -> io::Result<FlagKey> {
         if path.exists() {

@@ -74,12 +74,6 @@ impl Cache {
         }
     }
 
-    /// Reads every chunk of `index` once and removes those that do not
-    /// decompress whole (bit rot, a write cut by a power loss); returns them.
-    pub fn sweep(&self, index: &Index) -> Vec<String> {
-        index.unique().into_iter().filter(|c| self.read_verified_before(c).is_err()).map(|c| c.id.clone()).collect()
-    }
-
     fn put(&self, c: &Chunk, packed: &[u8]) -> Result<(), ImageError> {
         let path = self.path(c);
         place(&path, packed).map_err(super::io(format!("caching chunk {}", path.display())))

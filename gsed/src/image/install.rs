@@ -1,6 +1,6 @@
-//! Writes an image from the chunk cache into a mounted slot. First the whole
-//! image is read once without writing: every chunk whole, every member inside
-//! the slot, the slot big enough. Then the slot's flag goes (an
+//! Writes an image from the chunk cache into a mounted slot. First [`scan`]
+//! reads the whole image once without writing: every chunk whole, every member
+//! inside the slot; then the slot must be big enough. Then the slot's flag goes (an
 //! interrupted install is never trusted), then the old contents, GNU tar
 //! unpacks the stream, and a fresh flag is written last.
 
@@ -34,25 +34,25 @@ pub fn check_fits(dir: &Path, slot: &str, index: &Index) -> Result<(), ImageErro
     Ok(())
 }
 
-/// The image's tar stream, read chunk by chunk from the cache, each verified.
-pub struct ChunkReader<'a> {
+/// The image's tar stream, read chunk by chunk from the cache. A damaged chunk
+/// (removed from the cache by the read) is noted and read as zeros, so one pass
+/// finds every damaged chunk.
+struct ChunkReader<'a> {
     cache: &'a Cache,
     chunks: std::slice::Iter<'a, super::Chunk>,
     buf: Vec<u8>,
     pos: usize,
-}
-
-impl<'a> ChunkReader<'a> {
-    pub fn new(cache: &'a Cache, index: &'a Index) -> Self {
-        ChunkReader { cache, chunks: index.chunks.iter(), buf: Vec::new(), pos: 0 }
-    }
+    damaged: Vec<String>,
 }
 
 impl Read for ChunkReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
             let Some(c) = self.chunks.next() else { return Ok(0) };
-            self.buf = self.cache.read_verified_before(c).map_err(std::io::Error::other)?;
+            self.buf = self.cache.read_verified_before(c).unwrap_or_else(|_| {
+                self.damaged.push(c.id.clone());
+                vec![0; c.size as usize]
+            });
             self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -62,34 +62,49 @@ impl Read for ChunkReader<'_> {
     }
 }
 
-/// Reads the whole image once: every chunk there and whole (its size, its zstd
-/// checksum: each was checked against its sha256 when it entered the cache),
-/// every member's name (and hard link target) inside the slot. Nothing is written.
-fn scan(cache: &Cache, index: &Index) -> Result<(), ImageError> {
+/// Reads the whole image once, writing nothing: every chunk there and whole
+/// (its size and zstd checksum; each was checked against its sha256 when it
+/// entered the cache), every member's name (and hard link target) inside the
+/// slot. Damaged chunks are removed from the cache and reported together, for
+/// one more fetch.
+pub fn scan(cache: &Cache, index: &Index) -> Result<(), ImageError> {
     let outside = |p: &Path| p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
-    let mut archive = tar::Archive::new(ChunkReader::new(cache, index));
-    let bad = |e: std::io::Error| match e.into_inner().map(|e| e.downcast::<ImageError>()) {
-        Some(Ok(e)) => *e,
-        Some(Err(e)) => ImageError::Refused(format!("image {}: not a tar stream: {e}", index.version)),
-        None => ImageError::Refused(format!("image {}: not a tar stream", index.version)),
-    };
-    for entry in archive.entries().map_err(bad)? {
-        let entry = entry.map_err(bad)?;
-        let path = entry.path().map_err(bad)?.into_owned();
-        let link = entry.link_name().map_err(bad)?.filter(|_| entry.header().entry_type().is_hard_link());
-        if let Some(p) = std::iter::once(path.as_path()).chain(link.as_deref()).find(|p| outside(p)) {
-            return Err(ImageError::Refused(format!(
-                "image {}: member '{}' would land outside the slot: nothing was changed",
-                index.version,
-                p.display()
-            )));
+    let mut archive = tar::Archive::new(ChunkReader {
+        cache,
+        chunks: index.chunks.iter(),
+        buf: Vec::new(),
+        pos: 0,
+        damaged: Vec::new(),
+    });
+    let not_tar = |e: std::io::Error| ImageError::Refused(format!("image {}: not a tar stream: {e}", index.version));
+    let mut members = || -> Result<(), ImageError> {
+        for entry in archive.entries().map_err(not_tar)? {
+            let entry = entry.map_err(not_tar)?;
+            let path = entry.path().map_err(not_tar)?.into_owned();
+            let link = entry.link_name().map_err(not_tar)?.filter(|_| entry.header().entry_type().is_hard_link());
+            if let Some(p) = std::iter::once(path.as_path()).chain(link.as_deref()).find(|p| outside(p)) {
+                return Err(ImageError::Refused(format!(
+                    "image {}: member '{}' would land outside the slot: nothing was changed",
+                    index.version,
+                    p.display()
+                )));
+            }
         }
+        Ok(())
+    };
+    let members = members();
+    // The rest after tar's end marker (or a parse error) is read too: every chunk once.
+    let mut reader = archive.into_inner();
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    if !reader.damaged.is_empty() {
+        return Err(ImageError::Damaged(std::mem::take(&mut reader.damaged)));
     }
-    Ok(())
+    members
 }
 
-/// Installs `index` from `cache` into the slot mounted at `dir`; returns the
-/// version the slot now holds. `progress` gets (bytes written, image size).
+/// Installs `index` from `cache`, which [`scan`] passed, into the slot mounted
+/// at `dir`; returns the version the slot now holds. `progress` gets (bytes
+/// written, image size).
 pub fn install(
     dir: &Path,
     slot: &str,
@@ -99,7 +114,6 @@ pub fn install(
     progress: &dyn Fn(u64, u64),
 ) -> Result<String, ImageError> {
     check_fits(dir, slot, index)?;
-    scan(cache, index)?;
     let ctx = |what: &str| super::io(format!("slot {slot}: {what}"));
     match std::fs::remove_file(flag::flag_path(dir)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(ctx("removing the old flag")(e)),

@@ -22,6 +22,8 @@ pub enum ImageError {
     Index(String),
     #[error("chunk {id}: {why}")]
     Chunk { id: String, why: String },
+    #[error("{} chunk(s) damaged in the cache (removed, to be fetched again), first {}", .0.len(), .0.first().map_or("", String::as_str))]
+    Damaged(Vec<String>),
     #[error("no server could deliver chunk {id}: {why}")]
     Unreachable { id: String, why: String },
     #[error("{0}: {1}")]
@@ -30,6 +32,21 @@ pub enum ImageError {
     Refused(String),
     #[error("stopped")]
     Stopped,
+}
+
+/// Records that `slot` now holds the image of `index` (what the cache keeps).
+pub fn record_slot(paths: &crate::paths::Paths, slot: &str, index: &Index) -> Result<(), ImageError> {
+    let json = serde_json::to_vec(index).expect("an index serialises");
+    crate::fsutil::write_atomic(&paths.slot_index(slot), &json, 0o644)
+        .map_err(io(format!("recording the image of slot {slot}")))
+}
+
+/// The indexes of the images `slots` hold, as far as GSE installed them.
+pub fn slot_indexes<'a>(paths: &crate::paths::Paths, slots: impl IntoIterator<Item = &'a String>) -> Vec<Index> {
+    slots
+        .into_iter()
+        .filter_map(|s| std::fs::read(paths.slot_index(s)).ok().and_then(|b| Index::parse(&b).ok()))
+        .collect()
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {

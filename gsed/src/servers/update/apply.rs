@@ -10,11 +10,13 @@ use tracing::{info, warn};
 use super::UpdateService;
 use crate::{
     boot::{decide::backup_of, flag::FlagKey, slots::Slots, state::BootState},
-    fsutil::write_atomic,
     image::{self, Cache, Fetch, ImageError, Index},
     paths::Paths,
     servers::{http::Http, manifest::sha256_hex, publish::Channel},
 };
+
+/// A chunk request that makes no progress for this long fails (and goes to the next server).
+const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl UpdateService {
     /// Downloads, verifies and installs `ch` into the slot not running; returns the slot.
@@ -36,7 +38,7 @@ impl UpdateService {
             })
         };
         step(UpdateState::Downloading, ch.packed);
-        let http = Http::new(std::time::Duration::from_secs(30));
+        let http = Http::new(STALL);
         let index = fetch_index(&http, servers, ch)?;
         let slots = Slots { paths: &self.paths, settings: &settings, device_wait: std::time::Duration::from_secs(5) };
         let fits = |dir: &std::path::Path| {
@@ -56,28 +58,20 @@ impl UpdateService {
         };
         let stats = fetch.run(&index)?;
         info!(version = %ch.version, fetched = stats.fetched_bytes, cached = stats.cached_bytes, "image downloaded");
-        // Chunks that rotted in the cache are fetched again, before any slot is touched.
-        let damaged = cache.sweep(&index);
-        if !damaged.is_empty() {
-            warn!(chunks = damaged.len(), "damaged chunks in the cache; fetching them again");
-            fetch.run(&index)?;
-            if let Some(id) = cache.sweep(&index).first() {
-                return Err(ImageError::Chunk { id: id.clone(), why: "damaged in the cache again".into() });
+        // One read-through before any slot is touched; chunks that rotted in
+        // the cache (removed by it) are fetched again, once.
+        match image::install::scan(&cache, &index) {
+            Err(ImageError::Damaged(ids)) => {
+                warn!(chunks = ids.len(), "damaged chunks in the cache; fetching them again");
+                fetch.run(&index)?;
+                image::install::scan(&cache, &index)?;
             }
+            other => other?,
         }
 
         step(UpdateState::Installing, index.size);
-        let key = FlagKey::load(&self.paths.flag_key())
-            .or_else(|_| FlagKey::load(&self.paths.run_flag_key()))
-            .map_err(|e| {
-                ImageError::Io(
-                    format!(
-                        "the machine key (/boot not mounted, no copy in /run/gse): {}",
-                        self.paths.flag_key().display()
-                    ),
-                    e,
-                )
-            })?;
+        let key = FlagKey::load_running(&self.paths)
+            .map_err(image::io(format!("the machine key {}", self.paths.flag_key().display())))?;
         // The target leaves every plan first: a cut from here on leaves it untrusted, never tried.
         let mut state = BootState::load(&self.paths.boot_state());
         state.trial = None;
@@ -89,20 +83,13 @@ impl UpdateService {
                     .map_err(|e| crate::boot::BootError::Tool(e.to_string()))
             })
             .map_err(|e| ImageError::Refused(e.to_string()))?;
-        let json = serde_json::to_vec(&index).expect("index serialises");
-        let _ = std::fs::create_dir_all(self.paths.slot_index(&target).parent().unwrap_or(&self.paths.state_dir()));
-        write_atomic(&self.paths.slot_index(&target), &json, 0o644).map_err(image::io("recording the slot's index"))?;
+        image::record_slot(&self.paths, &target, &index)?;
         let mut state = BootState::load(&self.paths.boot_state());
         state.trial = Some(crate::boot::state::Trial { slot: target.clone(), version, booted: false });
         state.failed = None;
         save_state(&self.paths, &state)?;
         // The cache keeps what the slots hold: the next version costs only its changes.
-        let held: Vec<Index> = settings
-            .boot
-            .slots
-            .keys()
-            .filter_map(|s| std::fs::read(self.paths.slot_index(s)).ok().and_then(|b| Index::parse(&b).ok()))
-            .collect();
+        let held = image::slot_indexes(&self.paths, settings.boot.slots.keys());
         cache.keep_only(&held.iter().collect::<Vec<_>>());
         Ok(target)
     }
