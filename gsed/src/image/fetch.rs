@@ -46,20 +46,10 @@ impl Cache {
         fs::metadata(self.path(c)).is_ok_and(|m| m.len() > 0)
     }
 
-    /// The chunk's contents, verified; a damaged copy is removed (so the next
-    /// transfer fetches it again) and reported.
-    pub fn read(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
-        let path = self.path(c);
-        let packed = fs::read(&path).map_err(super::io(format!("reading cached chunk {}", path.display())))?;
-        c.unpack_any(&packed).inspect_err(|_| {
-            let _ = fs::remove_file(&path);
-        })
-    }
-
     /// The chunk's contents, decompressed to its declared size (and checked
     /// against the frame's checksum, where it has one) but not hashed again:
     /// every chunk was verified against its sha256 before it entered the cache.
-    pub fn read_verified_before(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
+    pub fn read(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
         let path = self.path(c);
         let packed = fs::read(&path).map_err(super::io(format!("reading cached chunk {}", path.display())))?;
         let data = zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress(&packed, c.size as usize));

@@ -57,12 +57,6 @@ impl Chunk {
             let why = format!("{} bytes where the index says {}", packed.len(), self.packed);
             return Err(ImageError::Chunk { id: self.id.clone(), why });
         }
-        self.unpack_any(packed)
-    }
-
-    /// Like [`Chunk::unpack`], for a chunk compressed by anyone (a local copy
-    /// may be packed differently from the server's): size and digest decide.
-    pub fn unpack_any(&self, packed: &[u8]) -> Result<Vec<u8>, ImageError> {
         let bad = |why: String| ImageError::Chunk { id: self.id.clone(), why };
         let data = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress(packed, self.size as usize))
