@@ -5,14 +5,16 @@
 //! power cut) fetches again only what was not finished. A server that fails a
 //! request hands the rest of the transfer to the next one; nothing verified is
 //! fetched again. Every request has its own time limit ("no progress for that
-//! long"), the transfer as a whole has none.
+//! long"), the transfer as a whole has none. A reader can follow the transfer in
+//! image order ([`Handoff`]): the check before install runs while chunks
+//! arrive, on the chunks the workers have just verified.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     sync::{
-        Mutex,
+        Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -115,8 +117,10 @@ pub struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
-    /// Brings every chunk of `index` into the cache.
-    pub fn run(&self, index: &Index) -> Result<FetchStats, ImageError> {
+    /// Brings every chunk of `index` into the cache; hands each fetched chunk's
+    /// contents to `follow`, when given, and ends it when the transfer ends.
+    pub fn run(&self, index: &Index, follow: Option<&Handoff>) -> Result<FetchStats, ImageError> {
+        let _end = follow.map(Ending);
         let mut stats = FetchStats::default();
         let mut missing = Vec::new();
         for c in index.unique() {
@@ -148,7 +152,7 @@ impl Fetch<'_> {
                         }
                         let Some(c) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
                         limiter.take(u64::from(c.packed));
-                        match self.one(c, &preferred) {
+                        match self.one(c, &preferred, follow) {
                             Ok(()) => {
                                 durable.tick();
                                 let d = done.fetch_add(u64::from(c.packed), Ordering::Relaxed) + u64::from(c.packed);
@@ -199,7 +203,7 @@ impl Fetch<'_> {
 
     /// One chunk, from the preferred server or, failing that, from each other
     /// one in turn; the one that delivers becomes the preferred one.
-    fn one(&self, c: &Chunk, preferred: &AtomicUsize) -> Result<(), ImageError> {
+    fn one(&self, c: &Chunk, preferred: &AtomicUsize, follow: Option<&Handoff>) -> Result<(), ImageError> {
         let first = preferred.load(Ordering::Relaxed);
         let mut why = Vec::new();
         for k in 0..self.servers.len() {
@@ -207,20 +211,102 @@ impl Fetch<'_> {
             let url = format!("{}/gse1/chunks/{}", self.servers[i].trim_end_matches('/'), c.rel_path());
             let got = self.http.get(&url, u64::from(c.packed)).map_err(|e| e.to_string()).and_then(|packed| {
                 // A server that serves wrong bytes is as good as a dead one.
-                c.unpack(&packed).map(|_| packed).map_err(|e| format!("{url}: {e}"))
+                c.unpack(&packed).map(|data| (packed, data)).map_err(|e| format!("{url}: {e}"))
             });
             match got {
-                Ok(packed) => {
+                Ok((packed, data)) => {
                     if i != first {
                         tracing::warn!(from = %self.servers[first], to = %self.servers[i], "image transfer moves to another server");
                         preferred.store(i, Ordering::Relaxed);
                     }
-                    return self.cache.put(c, &packed);
+                    // Offered before it is cached: a reader that finds it cached finds no offer left behind.
+                    if let Some(h) = follow {
+                        h.offer(c, data);
+                    }
+                    self.cache.put(c, &packed)?;
+                    if let Some(h) = follow {
+                        h.notify();
+                    }
+                    return Ok(());
                 }
                 Err(e) => why.push(e),
             }
         }
         Err(ImageError::Unreachable { id: c.id.clone(), why: why.join("; ") })
+    }
+}
+
+/// Verified chunks on their way from a transfer to a reader that follows it
+/// in image order. The reader takes a chunk from here when a worker offered
+/// it, else from the cache once it is there; past [`Handoff::HOLD`] bytes
+/// waiting, workers stop offering (the reader then reads those from the
+/// cache), so memory stays bounded however far the reader lags.
+#[derive(Default)]
+pub struct Handoff {
+    state: Mutex<Held>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Held {
+    chunks: HashMap<String, Vec<u8>>,
+    bytes: usize,
+    ended: bool,
+}
+
+impl Handoff {
+    const HOLD: usize = 16 << 20;
+
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn offer(&self, c: &Chunk, data: Vec<u8>) {
+        let mut held = self.lock();
+        if held.bytes + data.len() <= Self::HOLD && !held.chunks.contains_key(&c.id) {
+            held.bytes += data.len();
+            held.chunks.insert(c.id.clone(), data);
+            self.changed.notify_all();
+        }
+    }
+
+    fn notify(&self) {
+        let _held = self.lock();
+        self.changed.notify_all();
+    }
+
+    fn end(&self) {
+        self.lock().ended = true;
+        self.changed.notify_all();
+    }
+
+    /// `c`'s contents, waiting for the transfer to bring it; an error once the
+    /// transfer ended without it (or its cached copy is damaged).
+    pub fn take(&self, cache: &Cache, c: &Chunk) -> Result<Vec<u8>, ImageError> {
+        let mut held = self.lock();
+        loop {
+            if let Some(data) = held.chunks.remove(&c.id) {
+                held.bytes -= data.len();
+                return Ok(data);
+            }
+            if cache.has(c) {
+                drop(held);
+                return cache.read(c);
+            }
+            if held.ended {
+                return Err(ImageError::Chunk { id: c.id.clone(), why: "the transfer ended without it".into() });
+            }
+            held = self.changed.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Ends a [`Handoff`] however the transfer returns.
+struct Ending<'a>(&'a Handoff);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -279,5 +365,57 @@ impl Limiter {
             start - now
         };
         std::thread::sleep(wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::servers::manifest::sha256_hex;
+
+    fn chunk(seed: u8, len: usize) -> (Chunk, Vec<u8>, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let packed = zstd::bulk::compress(&data, 3).unwrap();
+        (Chunk { id: sha256_hex(&data), size: len as u32, packed: packed.len() as u32 }, data, packed)
+    }
+
+    #[test]
+    fn a_follower_gets_each_chunk_from_memory_or_the_cache_and_hears_when_the_transfer_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let h = Handoff::default();
+        let (a, a_data, _) = chunk(3, 1000);
+        let (b, b_data, b_packed) = chunk(5, 2000);
+        let (c, _, _) = chunk(7, 3000);
+        // Offered and never cached: only memory can have it.
+        h.offer(&a, a_data.clone());
+        assert_eq!(h.take(&cache, &a).unwrap(), a_data);
+        // Cached by a worker on another thread while the follower waits for it.
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| h.take(&cache, &b));
+            std::thread::sleep(Duration::from_millis(50));
+            cache.put(&b, &b_packed).unwrap();
+            h.notify();
+            assert_eq!(waiting.join().unwrap().unwrap(), b_data);
+        });
+        h.end();
+        let e = h.take(&cache, &c).unwrap_err().to_string();
+        assert!(e.contains("ended without it"), "{e}");
+    }
+
+    #[test]
+    fn offers_past_the_bound_are_dropped_and_read_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let h = Handoff::default();
+        let big: Vec<_> = (1..=Handoff::HOLD / (256 << 10) + 1).map(|i| chunk(i as u8 * 2 + 1, 256 << 10)).collect();
+        for (c, data, packed) in &big {
+            h.offer(c, data.clone());
+            cache.put(c, packed).unwrap();
+        }
+        assert!(h.lock().bytes <= Handoff::HOLD);
+        let (last, data, _) = big.last().unwrap();
+        assert!(!h.lock().chunks.contains_key(&last.id), "the offer past the bound was kept");
+        assert_eq!(h.take(&cache, last).unwrap(), *data);
     }
 }

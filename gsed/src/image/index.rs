@@ -6,6 +6,7 @@ use std::{
     fs,
     io::{self, Read},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use serde::{Deserialize, Serialize};
@@ -124,30 +125,70 @@ pub fn open_image(path: &Path) -> io::Result<Box<dyn Read>> {
 }
 
 /// Cuts `stream` into chunks, stores each new one under `store` (compressed
-/// at `level`, named by digest; a chunk already there is not written again)
-/// and returns the index.
+/// at `level`, named by digest) and returns the index. A chunk already in the
+/// store is kept when it unpacks to exactly its contents, so a second version
+/// costs only its new chunks. Chunks are compressed on every core.
 pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) -> Result<Index, ImageError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let mut cut = fastcdc::v2020::StreamCDC::new(stream, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
     let mut chunks = Vec::new();
-    let mut size = 0u64;
-    let mut zc = zstd::bulk::Compressor::new(level).map_err(super::io("starting zstd"))?;
-    // A content checksum in every frame: a chunk that rotted in a cache fails
-    // to decompress, without hashing it with sha256 again.
-    zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).map_err(super::io("setting up zstd"))?;
-    for c in fastcdc::v2020::StreamCDC::new(stream, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-        let c = c.map_err(|e| ImageError::Io("reading the image".into(), io::Error::other(e.to_string())))?;
-        let id = sha256_hex(&c.data);
-        let packed = zc.compress(&c.data).map_err(super::io("compressing a chunk"))?;
-        let chunk = Chunk { id, size: c.length as u32, packed: packed.len() as u32 };
-        let path = store.join(chunk.rel_path());
-        if fs::metadata(&path).map(|m| m.len()).ok() != Some(packed.len() as u64)
-            && !(level == LOCAL_LEVEL && path.exists())
-        {
-            place(&path, &packed).map_err(super::io(format!("writing {}", path.display())))?;
+    loop {
+        // One batch in memory at a time: 8 chunks a core, each at most MAX_CHUNK.
+        let batch = cut
+            .by_ref()
+            .take(8 * cores)
+            .map(|c| c.map(|c| c.data))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ImageError::Io("reading the image".into(), io::Error::other(e.to_string())))?;
+        if batch.is_empty() {
+            break;
         }
-        size += c.length as u64;
-        chunks.push(chunk);
+        let next = AtomicUsize::new(0);
+        let stored: Vec<Vec<(usize, Chunk)>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..cores.min(batch.len()))
+                .map(|_| {
+                    s.spawn(|| -> Result<_, ImageError> {
+                        let mut zc = zstd::bulk::Compressor::new(level).map_err(super::io("starting zstd"))?;
+                        // A content checksum in every frame: a chunk that rotted in a cache
+                        // fails to decompress, without hashing it with sha256 again.
+                        zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                            .map_err(super::io("setting up zstd"))?;
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(data) = batch.get(i) else { return Ok(done) };
+                            done.push((i, store_chunk(&mut zc, data, store)?));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(ImageError::Refused("a chunk compressor panicked".into()))))
+                .collect::<Result<_, _>>()
+        })?;
+        let mut ordered: Vec<_> = stored.into_iter().flatten().collect();
+        ordered.sort_unstable_by_key(|(i, _)| *i);
+        chunks.extend(ordered.into_iter().map(|(_, c)| c));
     }
+    let size = chunks.iter().map(|c| u64::from(c.size)).sum();
     Ok(Index { version: version.to_owned(), size, chunks })
+}
+
+/// Names one chunk and makes sure the store has it.
+fn store_chunk(zc: &mut zstd::bulk::Compressor, data: &[u8], store: &Path) -> Result<Chunk, ImageError> {
+    let id = sha256_hex(data);
+    let size = data.len() as u32;
+    let path = store.join(format!("{}/{id}.zst", &id[..2]));
+    if let Ok(held) = fs::read(&path) {
+        let chunk = Chunk { id: id.clone(), size, packed: held.len() as u32 };
+        if chunk.unpack(&held).is_ok() {
+            return Ok(chunk);
+        }
+    }
+    let packed = zc.compress(data).map_err(super::io("compressing a chunk"))?;
+    place(&path, &packed).map_err(super::io(format!("writing {}", path.display())))?;
+    Ok(Chunk { id, size, packed: packed.len() as u32 })
 }
 
 /// Writes a file whole or not at all (temporary name, then rename).
@@ -193,6 +234,20 @@ mod tests {
             .flat_map(|c| c.unpack(&fs::read(dir.path().join(c.rel_path())).unwrap()).unwrap())
             .collect();
         assert_eq!(back, v2);
+    }
+
+    #[test]
+    fn publishing_again_keeps_good_chunks_and_replaces_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample(1 << 20, 3);
+        let first = write_chunks(&data[..], dir.path(), "1", PUBLISH_LEVEL).unwrap();
+        let (good, bad) = (dir.path().join(first.chunks[0].rel_path()), dir.path().join(first.chunks[1].rel_path()));
+        let good_inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&good).unwrap());
+        fs::write(&bad, b"rotten").unwrap();
+        let again = write_chunks(&data[..], dir.path(), "1", PUBLISH_LEVEL).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(&good).unwrap()), good_inode, "rewritten");
+        assert_eq!(again.chunks[1].unpack(&fs::read(&bad).unwrap()).unwrap().len(), again.chunks[1].size as usize);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Writes an image from the chunk cache into a mounted slot. First [`scan`]
-//! reads the whole image once without writing: every chunk whole, every member
-//! inside the slot; then the slot must be big enough. Then the slot's flag goes (an
-//! interrupted install is never trusted), then the old contents, GNU tar
-//! unpacks the stream, and a fresh flag is written last.
+//! (or [`scan_following`], while the download runs) reads the whole image once
+//! without writing: every chunk whole, every member inside the slot; then the
+//! slot must be big enough. Then the slot's flag goes (an interrupted install
+//! is never trusted), then the old contents, GNU tar unpacks the stream, the
+//! slot is flushed, and a fresh flag is written last.
 
 use std::{
     io::{Read, Write},
@@ -10,7 +11,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use super::{Cache, ImageError, Index};
+use super::{Cache, Chunk, ImageError, Index, fetch::Handoff};
 use crate::boot::{
     copy::clear_dir,
     flag::{self, BootFlag, FlagKey},
@@ -34,12 +35,12 @@ pub fn check_fits(dir: &Path, slot: &str, index: &Index) -> Result<(), ImageErro
     Ok(())
 }
 
-/// The image's tar stream, read chunk by chunk from the cache. A damaged chunk
+/// The image's tar stream, chunk by chunk from `take`. A damaged chunk
 /// (removed from the cache by the read) is noted and read as zeros, so one pass
 /// finds every damaged chunk.
 struct ChunkReader<'a> {
-    cache: &'a Cache,
-    chunks: std::slice::Iter<'a, super::Chunk>,
+    take: &'a dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError>,
+    chunks: std::slice::Iter<'a, Chunk>,
     buf: Vec<u8>,
     pos: usize,
     damaged: Vec<String>,
@@ -49,7 +50,7 @@ impl Read for ChunkReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
             let Some(c) = self.chunks.next() else { return Ok(0) };
-            self.buf = self.cache.read(c).unwrap_or_else(|_| {
+            self.buf = (self.take)(c).unwrap_or_else(|_| {
                 self.damaged.push(c.id.clone());
                 vec![0; c.size as usize]
             });
@@ -68,9 +69,20 @@ impl Read for ChunkReader<'_> {
 /// slot. Damaged chunks are removed from the cache and reported together, for
 /// one more fetch.
 pub fn scan(cache: &Cache, index: &Index) -> Result<(), ImageError> {
+    scan_with(index, &|c| cache.read(c))
+}
+
+/// [`scan`] while a transfer brings the chunks: each is read as it arrives
+/// (handed over by the worker that verified it, or from the cache); one
+/// that never arrives counts as damaged.
+pub fn scan_following(cache: &Cache, index: &Index, handoff: &Handoff) -> Result<(), ImageError> {
+    scan_with(index, &|c| handoff.take(cache, c))
+}
+
+fn scan_with(index: &Index, take: &dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError>) -> Result<(), ImageError> {
     let outside = |p: &Path| p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     let mut archive = tar::Archive::new(ChunkReader {
-        cache,
+        take,
         chunks: index.chunks.iter(),
         buf: Vec::new(),
         pos: 0,
@@ -115,11 +127,13 @@ pub fn install(
 ) -> Result<String, ImageError> {
     check_fits(dir, slot, index)?;
     let ctx = |what: &str| super::io(format!("slot {slot}: {what}"));
+    let t0 = std::time::Instant::now();
     match std::fs::remove_file(flag::flag_path(dir)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(ctx("removing the old flag")(e)),
-        _ => nix::unistd::sync(),
+        _ => sync_slot(dir).map_err(ctx("flushing the removed flag"))?,
     }
     clear_dir(dir, &["lost+found"]).map_err(ctx("emptying the slot"))?;
+    tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "slot emptied");
     let mut tar = Command::new("tar")
         .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", "-", "-C"])
         .arg(dir)
@@ -129,28 +143,40 @@ pub fn install(
         .spawn()
         .map_err(ctx("running GNU tar"))?;
     let mut stdin = tar.stdin.take().ok_or_else(|| ImageError::Refused("tar has no stdin".into()))?;
-    let mut written = 0u64;
-    let mut fed = Ok(());
-    for c in &index.chunks {
-        let data = match cache.read(c) {
-            Ok(d) => d,
-            Err(e) => {
-                fed = Err(e);
-                break;
+    // A bigger pipe: fewer switches between gsed and tar per chunk.
+    let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdin), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let stderr = tar.stderr.take();
+    let (fed, err) = std::thread::scope(|s| {
+        // tar's complaints are read as they come: a full stderr pipe would stall it.
+        let err = s.spawn(move || {
+            let mut err = String::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_string(&mut err);
             }
-        };
-        if let Err(e) = stdin.write_all(&data) {
-            fed = Err(ctx("feeding tar")(e));
-            break;
-        }
-        written += data.len() as u64;
-        progress(written, index.size);
-    }
-    drop(stdin);
-    let mut err = String::new();
-    if let Some(mut e) = tar.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+            err
+        });
+        // The next chunks are read and decompressed while tar writes the last ones.
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        s.spawn(move || {
+            for c in &index.chunks {
+                let data = cache.read(c);
+                let failed = data.is_err();
+                if tx.send(data).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut written = 0u64;
+        let fed = rx.into_iter().try_for_each(|data| {
+            let data = data?;
+            stdin.write_all(&data).map_err(ctx("feeding tar"))?;
+            written += data.len() as u64;
+            progress(written, index.size);
+            Ok(())
+        });
+        drop(stdin);
+        (fed, err.join().unwrap_or_default())
+    });
     let status = tar.wait().map_err(ctx("waiting for tar"))?;
     if !status.success() || fed.is_err() {
         let _ = clear_dir(dir, &["lost+found"]);
@@ -161,11 +187,21 @@ pub fn install(
             Ok(()) => ImageError::Refused(format!("slot {slot}: the image does not unpack: {tar_says}")),
         });
     }
+    tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "image unpacked");
+    // The image on the disk before the flag that vouches for it: the flag's own
+    // fsync would not carry the data tar left to delayed allocation.
+    sync_slot(dir).map_err(ctx("flushing the image"))?;
+    tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "image flushed");
     let found = image_version(dir);
     let version = if found == "unknown" { index.version.clone() } else { found };
     BootFlag { slot: slot.to_owned(), image_version: version.clone(), healthy_cycles: 0, last_good: 0 }
         .write(dir, key)
         .map_err(ctx("writing the flag"))?;
-    nix::unistd::sync();
     Ok(version)
+}
+
+/// Flushes the file system of the slot mounted at `dir` (and no other).
+fn sync_slot(dir: &Path) -> std::io::Result<()> {
+    let d = std::fs::File::open(dir)?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(std::io::Error::from)
 }

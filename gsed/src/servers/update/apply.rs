@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::UpdateService;
 use crate::{
     boot::{decide::backup_of, flag::FlagKey, slots::Slots, state::BootState},
-    image::{self, Cache, Fetch, ImageError, Index},
+    image::{self, Cache, Fetch, ImageError, Index, fetch::Handoff},
     paths::Paths,
     servers::{http::Http, manifest::sha256_hex, publish::Channel},
 };
@@ -38,6 +38,7 @@ impl UpdateService {
             })
         };
         step(UpdateState::Downloading, ch.packed);
+        let t0 = std::time::Instant::now();
         let http = Http::new(STALL);
         let index = fetch_index(&http, servers, ch)?;
         let slots = Slots { paths: &self.paths, settings: &settings, device_wait: std::time::Duration::from_secs(5) };
@@ -56,14 +57,22 @@ impl UpdateService {
             progress: &|d, t| progress.call(d, t),
             stop: &self.stop,
         };
-        let stats = fetch.run(&index)?;
-        info!(version = %ch.version, fetched = stats.fetched_bytes, cached = stats.cached_bytes, "image downloaded");
-        // One read-through before any slot is touched; chunks that rotted in
-        // the cache (removed by it) are fetched again, once.
-        match image::install::scan(&cache, &index) {
+        // One read-through of the whole image before any slot is touched,
+        // following the transfer; chunks that rotted in the cache (removed by
+        // it) are fetched again, once.
+        let handoff = Handoff::default();
+        let (stats, scanned) = std::thread::scope(|s| {
+            let scan = s.spawn(|| image::install::scan_following(&cache, &index, &handoff));
+            let stats = fetch.run(&index, Some(&handoff));
+            (stats, scan.join())
+        });
+        let stats = stats?;
+        let secs = t0.elapsed().as_secs_f64();
+        info!(version = %ch.version, fetched = stats.fetched_bytes, cached = stats.cached_bytes, secs, "image downloaded");
+        match scanned.unwrap_or_else(|_| Err(ImageError::Refused("the image check panicked".into()))) {
             Err(ImageError::Damaged(ids)) => {
                 warn!(chunks = ids.len(), "damaged chunks in the cache; fetching them again");
-                fetch.run(&index)?;
+                fetch.run(&index, None)?;
                 image::install::scan(&cache, &index)?;
             }
             other => other?,
@@ -83,6 +92,7 @@ impl UpdateService {
                     .map_err(|e| crate::boot::BootError::Tool(e.to_string()))
             })
             .map_err(|e| ImageError::Refused(e.to_string()))?;
+        info!(version = %ch.version, slot = %target, secs = t0.elapsed().as_secs_f64(), "image installed");
         image::record_slot(&self.paths, &target, &index)?;
         let mut state = BootState::load(&self.paths.boot_state());
         state.trial = Some(crate::boot::state::Trial { slot: target.clone(), version, booted: false });
