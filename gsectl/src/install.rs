@@ -63,7 +63,7 @@ pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure>
         eprintln!("install: slot {slot}: unpacking {}", args.image.display());
         let version = slots
             .with_mounted(slot, true, |dir| {
-                install::install(dir, slot, &index, &cache, &key, &|_, _| {})
+                install::install(dir, slot, &index, &|c| cache.read(c), &key, &|_, _| {})
                     .map_err(|e| gsed::boot::BootError::Tool(e.to_string()))
             })
             .map_err(|e| Failure::Error(format!("install failed: {e}")))?;

@@ -114,14 +114,19 @@ fn scan_with(index: &Index, take: &dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError>
     members
 }
 
-/// Installs `index` from `cache`, which [`scan`] passed, into the slot mounted
-/// at `dir`; returns the version the slot now holds. `progress` gets (bytes
-/// written, image size).
+/// Where [`install`] takes each chunk's contents from: the cache, or a
+/// transfer it follows ([`Handoff::take`]).
+pub type Source<'a> = &'a (dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError> + Sync);
+
+/// Installs `index` into the slot mounted at `dir`, each chunk from `source`
+/// (the cache after [`scan`] passed, or a transfer into a slot that holds
+/// nothing to keep); returns the version the slot now holds. `progress` gets
+/// (bytes written, image size).
 pub fn install(
     dir: &Path,
     slot: &str,
     index: &Index,
-    cache: &Cache,
+    source: Source,
     key: &FlagKey,
     progress: &dyn Fn(u64, u64),
 ) -> Result<String, ImageError> {
@@ -159,7 +164,7 @@ pub fn install(
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         s.spawn(move || {
             for c in &index.chunks {
-                let data = cache.read(c);
+                let data = source(c);
                 let failed = data.is_err();
                 if tx.send(data).is_err() || failed {
                     return;

@@ -6,8 +6,8 @@
 //!
 //! A client keeps the chunks of the images its slots hold in a cache on the
 //! persistent area, so a new version costs only the chunks that changed; every
-//! chunk is verified against the signed index before it is cached, and again
-//! before it is written to a slot.
+//! chunk is verified against the signed index before it is cached or written
+//! to a slot, and a cached chunk is checked again (its zstd checksum) when read.
 
 pub mod fetch;
 pub mod index;

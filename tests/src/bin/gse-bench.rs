@@ -27,8 +27,11 @@
 //! `update`: an image (`GSE_BENCH_IMAGE_MIB`, default 1024 MiB of text-like
 //! files) published as chunks: the bytes a client fetches when 1% of the files
 //! change, the time gsed takes to download and install it in full from nginx
-//! on loopback next to `curl | zstd -d | tar -x` into the same slot, and gsed's
-//! peak RSS meanwhile.
+//! on loopback next to `curl | zstd -d | tar -x` and to `curl -o F && sha256sum
+//! -c && zstd -d < F | tar -x` into the same slot, and gsed's peak RSS
+//! meanwhile. The target slot holds the backup, which gsed keeps until the
+//! whole image is verified; with `GSE_BENCH_BLANK=1` it holds nothing trusted,
+//! and gsed writes it as the chunks arrive.
 //!
 //! `sync`: a config.d sync that finds nothing new (2000 extra files, 54 MB)
 //! next to `wget -N` of the same files, and the bytes gsed wrote meanwhile.
@@ -631,6 +634,11 @@ fn update_bench() {
     );
     c.root.write("usr/share/gse/config.d/controller/update.chk.conf", "policy = \"auto\"\n");
     c.provision();
+    // GSE_BENCH_BLANK=1: slot b holds nothing trusted, so gsed writes it as the chunks arrive.
+    let blank = std::env::var("GSE_BENCH_BLANK").is_ok_and(|v| v == "1");
+    if blank {
+        c.on_slot("b", "rm .gse/bootflag");
+    }
     let bus = TestBus::start();
     let gsed = c.start_gsed(&bus, "bench");
     let pid = gsed.pid();
@@ -649,10 +657,19 @@ fn update_bench() {
     });
     // `gsectl update wait` (one process, on PropertiesChanged) rather than
     // polling: on two cores a poll every 50 ms takes CPU from the update.
+    let cpu = || {
+        // utime + stime of gsed, in clock ticks (100 a second).
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<u64> =
+            stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').filter_map(|f| f.parse().ok()).collect();
+        fields.get(10).zip(fields.get(11)).map_or(0, |(u, s)| u + s) as f64 / 100.0
+    };
+    let cpu0 = cpu();
     let t0 = Instant::now();
     let _ = gse_tests::gsectl(&bus.address, &["update", "check"]);
     let waited = gse_tests::gsectl(&bus.address, &["update", "wait"]);
     let t_gse = t0.elapsed().as_secs_f64();
+    let cpu_gse = cpu() - cpu0;
     if let Some(p) = perf {
         let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
         let _ = p.wait_with_output();
@@ -661,7 +678,14 @@ fn update_bench() {
     assert_eq!(state(), "installed");
     // Where the time went, from gsed's own log.
     let log = fs::read_to_string(c.root.path().join("gsed-bench.log")).unwrap_or_default();
-    let marks = ["image downloaded", "slot emptied", "image unpacked", "image flushed", "image installed"];
+    let marks = [
+        "chunk cache flushed",
+        "image downloaded",
+        "slot emptied",
+        "image unpacked",
+        "image flushed",
+        "image installed",
+    ];
     for l in log.lines().filter(|l| marks.iter().any(|m| l.contains(m))) {
         println!("  gsed: {}", l.split_once(": ").map_or(l, |(_, m)| m).trim());
     }
@@ -692,17 +716,22 @@ fn update_bench() {
         "curl -sf -o {f} {url}; echo '{sum}  {f}' | sha256sum -c --quiet; zstd -dq < {f} | tar -x --numeric-owner -C $M"
     ));
     println!(
-        "full image ({:.0} MiB to fetch, {:.0} MiB unpacked) from nginx on loopback into an ext4 slot: gsed download + install {:.2} s; \
+        "full image ({:.0} MiB to fetch, {:.0} MiB unpacked) from nginx on loopback into an ext4 slot {}: gsed download + install {:.2} s; \
          `curl | zstd -d | tar -x` {:.2} s (ratio {:.2}); `curl -o F && sha256sum -c && zstd -d < F | tar -x` {:.2} s (ratio {:.2})",
         mb(i2.packed_total()),
         mb(i2.size),
+        if blank {
+            "holding nothing trusted (written as it arrives)"
+        } else {
+            "holding the backup (kept until all is verified)"
+        },
         t_gse,
         streamed,
         t_gse / streamed,
         staged,
         t_gse / staged
     );
-    println!("gsed peak RSS (VmHWM) over that update: {hwm}");
+    println!("gsed peak RSS (VmHWM) over that update: {hwm}; gsed's CPU time: {cpu_gse:.2} s");
 }
 
 fn room_bench() {

@@ -9,17 +9,36 @@ use tracing::{info, warn};
 
 use super::UpdateService;
 use crate::{
-    boot::{decide::backup_of, flag::FlagKey, slots::Slots, state::BootState},
+    boot::{
+        decide::backup_of,
+        flag::{self, FlagKey},
+        slots::Slots,
+        state::BootState,
+    },
     image::{self, Cache, Fetch, ImageError, Index, fetch::Handoff},
     paths::Paths,
     servers::{http::Http, manifest::sha256_hex, publish::Channel},
 };
+
+/// One version on its way into one slot.
+struct Job<'a> {
+    target: &'a str,
+    index: &'a Index,
+    fetch: &'a Fetch<'a>,
+    key: &'a FlagKey,
+}
 
 /// A chunk request that makes no progress for this long fails (and goes to the next server).
 const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl UpdateService {
     /// Downloads, verifies and installs `ch` into the slot not running; returns the slot.
+    ///
+    /// A target that holds a trusted system (the backup) is kept until the
+    /// whole download is verified, then replaced (staged). A target that holds
+    /// nothing trusted (no valid flag: a blank or broken slot) is written while
+    /// the chunks arrive (streamed): nothing is lost if the transfer fails, and
+    /// the install takes the download's time rather than adding to it.
     pub(super) fn apply(&self, ch: &Channel, servers: &[String]) -> Result<String, ImageError> {
         let settings = self.config.current().loaded.settings.clone();
         let boot = BootState::load(&self.paths.boot_state());
@@ -31,21 +50,20 @@ impl UpdateService {
         if target == running {
             return Err(ImageError::Refused("boot.conf has a single slot: there is nowhere to install".into()));
         }
-        let step = |state: UpdateState, total: u64| {
-            self.state.send_modify(|s| {
-                (s.state, s.target_slot, s.detail) = (state, target.clone(), String::new());
-                (s.progress, s.bytes_done, s.bytes_total) = (0.0, 0, total);
-            })
-        };
-        step(UpdateState::Downloading, ch.packed);
+        self.step(UpdateState::Downloading, &target, ch.packed);
         let t0 = std::time::Instant::now();
         let http = Http::new(STALL);
         let index = fetch_index(&http, servers, ch)?;
+        let key = FlagKey::load_running(&self.paths)
+            .map_err(image::io(format!("the machine key {}", self.paths.flag_key().display())))?;
         let slots = Slots { paths: &self.paths, settings: &settings, device_wait: std::time::Duration::from_secs(5) };
-        let fits = |dir: &std::path::Path| {
-            image::install::check_fits(dir, &target, &index).map_err(|e| crate::boot::BootError::Tool(e.to_string()))
-        };
-        slots.with_mounted(&target, false, fits).map_err(|e| ImageError::Refused(format!("slot {target}: {e}")))?;
+        let keep = slots
+            .with_mounted(&target, false, |dir| {
+                image::install::check_fits(dir, &target, &index)
+                    .map_err(|e| crate::boot::BootError::Tool(e.to_string()))?;
+                Ok(flag::read(dir, &target, &key).is_valid())
+            })
+            .map_err(|e| ImageError::Refused(format!("slot {target}: {e}")))?;
         let cache = Cache::new(self.paths.chunk_cache());
         let progress = Throttle::new(|done, total| self.progress(done, total));
         let fetch = Fetch {
@@ -57,41 +75,29 @@ impl UpdateService {
             progress: &|d, t| progress.call(d, t),
             stop: &self.stop,
         };
-        // One read-through of the whole image before any slot is touched,
-        // following the transfer; chunks that rotted in the cache (removed by
-        // it) are fetched again, once.
-        let handoff = Handoff::default();
-        let (stats, scanned) = std::thread::scope(|s| {
-            let scan = s.spawn(|| image::install::scan_following(&cache, &index, &handoff));
-            let stats = fetch.run(&index, Some(&handoff));
-            (stats, scan.join())
-        });
-        let stats = stats?;
-        let secs = t0.elapsed().as_secs_f64();
-        info!(version = %ch.version, fetched = stats.fetched_bytes, cached = stats.cached_bytes, secs, "image downloaded");
-        match scanned.unwrap_or_else(|_| Err(ImageError::Refused("the image check panicked".into()))) {
-            Err(ImageError::Damaged(ids)) => {
-                warn!(chunks = ids.len(), "damaged chunks in the cache; fetching them again");
-                fetch.run(&index, None)?;
-                image::install::scan(&cache, &index)?;
-            }
-            other => other?,
+        let job = Job { target: &target, index: &index, fetch: &fetch, key: &key };
+        if keep {
+            self.verify_whole(&job)?;
+            info!(version = %ch.version, secs = t0.elapsed().as_secs_f64(), "image downloaded");
+            self.step(UpdateState::Installing, &target, index.size);
+        } else {
+            info!(slot = %target, "the slot holds no trusted system: the image is written as it arrives");
         }
-
-        step(UpdateState::Installing, index.size);
-        let key = FlagKey::load_running(&self.paths)
-            .map_err(image::io(format!("the machine key {}", self.paths.flag_key().display())))?;
         // The target leaves every plan first: a cut from here on leaves it untrusted, never tried.
         let mut state = BootState::load(&self.paths.boot_state());
         state.trial = None;
         save_state(&self.paths, &state)?;
         let progress = Throttle::new(|done, total| self.progress(done, total));
-        let version = slots
+        let installed = slots
             .with_mounted(&target, true, |dir| {
-                image::install::install(dir, &target, &index, &cache, &key, &|d, t| progress.call(d, t))
-                    .map_err(|e| crate::boot::BootError::Tool(e.to_string()))
+                Ok(if keep {
+                    image::install::install(dir, &target, &index, &|c| cache.read(c), &key, &|d, t| progress.call(d, t))
+                } else {
+                    self.stream(dir, &job)
+                })
             })
             .map_err(|e| ImageError::Refused(e.to_string()))?;
+        let version = installed?;
         info!(version = %ch.version, slot = %target, secs = t0.elapsed().as_secs_f64(), "image installed");
         image::record_slot(&self.paths, &target, &index)?;
         let mut state = BootState::load(&self.paths.boot_state());
@@ -102,6 +108,66 @@ impl UpdateService {
         let held = image::slot_indexes(&self.paths, settings.boot.slots.keys());
         cache.keep_only(&held.iter().collect::<Vec<_>>());
         Ok(target)
+    }
+
+    /// Staged: every chunk fetched and the whole image read once (following
+    /// the transfer) before any slot is touched; chunks that rotted in the
+    /// cache (removed by the read) are fetched again, once.
+    fn verify_whole(&self, job: &Job) -> Result<(), ImageError> {
+        let cache = job.fetch.cache;
+        let handoff = Handoff::default();
+        let (fetched, scanned) = std::thread::scope(|s| {
+            let scan = s.spawn(|| image::install::scan_following(cache, job.index, &handoff));
+            (job.fetch.run(job.index, Some(&handoff)), scan.join())
+        });
+        fetched?;
+        match scanned.unwrap_or_else(|_| Err(ImageError::Refused("the image check panicked".into()))) {
+            Err(ImageError::Damaged(ids)) => {
+                warn!(chunks = ids.len(), "damaged chunks in the cache; fetching them again");
+                job.fetch.run(job.index, None)?;
+                image::install::scan(cache, job.index)
+            }
+            other => other,
+        }
+    }
+
+    /// Streamed into the slot mounted at `dir`: GNU tar unpacks each chunk as
+    /// soon as a worker has verified it (tar itself keeps every member inside
+    /// the slot). A chunk found damaged in the cache is fetched again and the
+    /// install starts over, once.
+    fn stream(&self, dir: &std::path::Path, job: &Job) -> Result<String, ImageError> {
+        let mut attempt = 0;
+        loop {
+            let handoff = Handoff::default();
+            let (fetched, installed) = std::thread::scope(|s| {
+                let fetching = s.spawn(|| {
+                    let r = job.fetch.run(job.index, Some(&handoff));
+                    if r.is_ok() {
+                        self.step(UpdateState::Installing, job.target, job.index.size);
+                    }
+                    r
+                });
+                let take = |c: &image::Chunk| handoff.take(job.fetch.cache, c);
+                let installed = image::install::install(dir, job.target, job.index, &take, job.key, &|_, _| {});
+                (fetching.join(), installed)
+            });
+            // When the transfer failed, its own error says why.
+            fetched.unwrap_or_else(|_| Err(ImageError::Refused("the download panicked".into())))?;
+            match installed {
+                Err(ImageError::Chunk { id, why }) if attempt == 0 => {
+                    warn!(chunk = %id, %why, "a chunk in the cache is damaged; fetching it again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn step(&self, state: UpdateState, target: &str, total: u64) {
+        self.state.send_modify(|s| {
+            (s.state, s.target_slot, s.detail) = (state, target.to_owned(), String::new());
+            (s.progress, s.bytes_done, s.bytes_total) = (0.0, 0, total);
+        })
     }
 
     fn progress(&self, done: u64, total: u64) {
