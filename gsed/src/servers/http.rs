@@ -24,6 +24,9 @@ impl Http {
             .timeout_global(Some(timeout))
             .http_status_as_error(true)
             .max_redirects(0)
+            // An image transfer keeps four connections to a server busy: keep
+            // them all (ureq's default is 3), not a new TCP connection per chunk.
+            .max_idle_connections_per_host(8)
             .user_agent(concat!("gsed/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();

@@ -54,16 +54,16 @@ impl UpdateService {
         let t0 = std::time::Instant::now();
         let http = Http::new(STALL);
         let index = fetch_index(&http, servers, ch)?;
-        let key = FlagKey::load_running(&self.paths)
-            .map_err(image::io(format!("the machine key {}", self.paths.flag_key().display())))?;
+        let key = FlagKey::load_running(&self.paths);
         let slots = Slots { paths: &self.paths, settings: &settings, device_wait: std::time::Duration::from_secs(5) };
         let keep = slots
             .with_mounted(&target, false, |dir| {
                 image::install::check_fits(dir, &target, &index)
                     .map_err(|e| crate::boot::BootError::Tool(e.to_string()))?;
-                Ok(flag::read(dir, &target, &key).is_valid())
+                Ok(key.as_ref().is_ok_and(|key| flag::read(dir, &target, key).is_valid()))
             })
             .map_err(|e| ImageError::Refused(format!("slot {target}: {e}")))?;
+        let key = key.map_err(image::io(format!("the machine key {}", self.paths.flag_key().display())))?;
         let cache = Cache::new(self.paths.chunk_cache());
         let progress = Throttle::new(|done, total| self.progress(done, total));
         let fetch = Fetch {
