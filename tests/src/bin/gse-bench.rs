@@ -658,11 +658,12 @@ fn update_bench() {
     // `gsectl update wait` (one process, on PropertiesChanged) rather than
     // polling: on two cores a poll every 50 ms takes CPU from the update.
     let cpu = || {
-        // utime + stime of gsed, in clock ticks (100 a second).
+        // utime + stime of gsed (fields 14 and 15 of stat, counted after the
+        // command's closing parenthesis from the state field on), in clock ticks (100 a second).
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<u64> =
             stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').filter_map(|f| f.parse().ok()).collect();
-        fields.get(10).zip(fields.get(11)).map_or(0, |(u, s)| u + s) as f64 / 100.0
+        fields.get(11).zip(fields.get(12)).map_or(0, |(u, s)| u + s) as f64 / 100.0
     };
     let cpu0 = cpu();
     let t0 = Instant::now();
