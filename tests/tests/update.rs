@@ -121,6 +121,15 @@ impl Lab {
         serde_json::from_str(&fs::read_to_string(self.www.join("gse1/channels/stable.json")).unwrap()).unwrap()
     }
 
+    /// How many different chunks version `v`'s published index names.
+    fn unique_chunks(&self, v: &str) -> usize {
+        let path = self.www.join(format!("gse1/images/{v}/index.json"));
+        let index: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        let ids: std::collections::HashSet<&str> =
+            index["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"])).collect();
+        ids.len()
+    }
+
     /// Chunk requests served so far, over every server.
     fn chunk_requests(&self) -> usize {
         self.servers.iter().map(|x| x.access_log().lines().filter(|l| l.contains("/gse1/chunks/")).count()).sum()
@@ -278,13 +287,7 @@ fn a_download_resumes_after_kill_9_and_fails_over_when_its_server_dies() {
     let mut lab = Lab::new(2, "auto", Some(256 << 10));
     lab.early_boot();
     lab.publish("2.0", &[("opt/pkg/data", blob(2 << 20, 7))]);
-    let unique = {
-        let index: Value =
-            serde_json::from_str(&fs::read_to_string(lab.www.join("gse1/images/2.0/index.json")).unwrap()).unwrap();
-        let ids: std::collections::HashSet<String> =
-            index["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"]).to_owned()).collect();
-        ids.len()
-    };
+    let unique = lab.unique_chunks("2.0");
     let mut gsed = lab.start_gsed("boot-1");
     wait_for(Duration::from_secs(10), "a current server", || {
         let out = gsectl(&lab.bus.address, &["servers"]);
@@ -703,13 +706,7 @@ fn a_slot_with_nothing_trusted_is_written_as_the_image_arrives_and_a_cut_transfe
     assert_eq!(lab.c.listing("a"), a, "the running slot is untouched");
 
     lab.publish("2.0", &[("opt/pkg/data", blob(2 << 20, 9))]);
-    let unique = {
-        let index: Value =
-            serde_json::from_str(&fs::read_to_string(lab.www.join("gse1/images/2.0/index.json")).unwrap()).unwrap();
-        let ids: std::collections::HashSet<String> =
-            index["chunks"].as_array().unwrap().iter().map(|c| s(&c["id"]).to_owned()).collect();
-        ids.len()
-    };
+    let unique = lab.unique_chunks("2.0");
     let before = lab.chunk_requests();
     assert!(lab.gsectl(&["update", "check"]).0);
     wait_for(Duration::from_secs(20), "a third of the download", || {
