@@ -1,6 +1,7 @@
 //! Applying an approved version: fetch the index and the chunks the cache
-//! lacks, check the cache, then install into the slot this machine is not
-//! running from and record the trial for early boot.
+//! lacks, read the whole image once as they arrive, then install into the slot
+//! this machine is not running from (or, when that slot holds nothing
+//! trusted, install while the chunks arrive) and record the trial for early boot.
 
 use std::sync::Mutex;
 
