@@ -169,9 +169,7 @@ impl Fetch<'_> {
                 });
             }
         });
-        let t = Instant::now();
         durable.now();
-        tracing::debug!(secs = t.elapsed().as_secs_f64(), "chunk cache flushed");
         if let Some(e) = failed.into_inner().ok().flatten() {
             return Err(e);
         }

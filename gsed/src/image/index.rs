@@ -6,7 +6,6 @@ use std::{
     fs,
     io::{self, Read},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use serde::{Deserialize, Serialize};
@@ -143,33 +142,27 @@ pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) 
         if batch.is_empty() {
             break;
         }
-        let next = AtomicUsize::new(0);
-        let stored: Vec<Vec<(usize, Chunk)>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..cores.min(batch.len()))
-                .map(|_| {
-                    s.spawn(|| -> Result<_, ImageError> {
+        // Each core takes a contiguous part, so the results come back in order.
+        let parts = std::thread::scope(|s| {
+            let workers: Vec<_> = batch
+                .chunks(batch.len().div_ceil(cores))
+                .map(|part| {
+                    s.spawn(move || -> Result<Vec<Chunk>, ImageError> {
                         let mut zc = zstd::bulk::Compressor::new(level).map_err(super::io("starting zstd"))?;
                         // A content checksum in every frame: a chunk that rotted in a cache
                         // fails to decompress, without hashing it with sha256 again.
                         zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
                             .map_err(super::io("setting up zstd"))?;
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(data) = batch.get(i) else { return Ok(done) };
-                            done.push((i, store_chunk(&mut zc, data, store)?));
-                        }
+                        part.iter().map(|data| store_chunk(&mut zc, data, store)).collect()
                     })
                 })
                 .collect();
             workers
                 .into_iter()
                 .map(|w| w.join().unwrap_or_else(|_| Err(ImageError::Refused("a chunk compressor panicked".into()))))
-                .collect::<Result<_, _>>()
+                .collect::<Result<Vec<_>, _>>()
         })?;
-        let mut ordered: Vec<_> = stored.into_iter().flatten().collect();
-        ordered.sort_unstable_by_key(|(i, _)| *i);
-        chunks.extend(ordered.into_iter().map(|(_, c)| c));
+        chunks.extend(parts.into_iter().flatten());
     }
     let size = chunks.iter().map(|c| u64::from(c.size)).sum();
     Ok(Index { version: version.to_owned(), size, chunks })
@@ -177,18 +170,18 @@ pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) 
 
 /// Names one chunk and makes sure the store has it.
 fn store_chunk(zc: &mut zstd::bulk::Compressor, data: &[u8], store: &Path) -> Result<Chunk, ImageError> {
-    let id = sha256_hex(data);
-    let size = data.len() as u32;
-    let path = store.join(format!("{}/{id}.zst", &id[..2]));
+    let mut chunk = Chunk { id: sha256_hex(data), size: data.len() as u32, packed: 0 };
+    let path = store.join(chunk.rel_path());
     if let Ok(held) = fs::read(&path) {
-        let chunk = Chunk { id: id.clone(), size, packed: held.len() as u32 };
+        chunk.packed = held.len() as u32;
         if chunk.unpack(&held).is_ok() {
             return Ok(chunk);
         }
     }
     let packed = zc.compress(data).map_err(super::io("compressing a chunk"))?;
     place(&path, &packed).map_err(super::io(format!("writing {}", path.display())))?;
-    Ok(Chunk { id, size, packed: packed.len() as u32 })
+    chunk.packed = packed.len() as u32;
+    Ok(chunk)
 }
 
 /// Writes a file whole or not at all (temporary name, then rename).

@@ -154,11 +154,14 @@ pub fn install(
     let (fed, err) = std::thread::scope(|s| {
         // tar's complaints are read as they come: a full stderr pipe would stall it.
         let err = s.spawn(move || {
-            let mut err = String::new();
+            let mut err = Vec::new();
             if let Some(mut e) = stderr {
-                let _ = e.read_to_string(&mut err);
+                // The first 4 KB for the error message (file names need not be
+                // UTF-8); the rest is read and dropped.
+                let _ = e.by_ref().take(4096).read_to_end(&mut err);
+                let _ = std::io::copy(&mut e, &mut std::io::sink());
             }
-            err
+            String::from_utf8_lossy(&err).into_owned()
         });
         // The next chunks are read and decompressed while tar writes the last ones.
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
@@ -172,9 +175,10 @@ pub fn install(
             }
         });
         let mut written = 0u64;
+        // Err(Some): a chunk could not be had; Err(None): tar stopped reading (it says why).
         let fed = rx.into_iter().try_for_each(|data| {
-            let data = data?;
-            stdin.write_all(&data).map_err(ctx("feeding tar"))?;
+            let data = data.map_err(Some)?;
+            stdin.write_all(&data).map_err(|_| None)?;
             written += data.len() as u64;
             progress(written, index.size);
             Ok(())
@@ -185,11 +189,14 @@ pub fn install(
     let status = tar.wait().map_err(ctx("waiting for tar"))?;
     if !status.success() || fed.is_err() {
         let _ = clear_dir(dir, &["lost+found"]);
-        let tar_says = err.trim();
         return Err(match fed {
-            Err(e) if tar_says.is_empty() => e,
-            Err(e) => ImageError::Refused(format!("slot {slot}: {e} (tar: {tar_says})")),
-            Ok(()) => ImageError::Refused(format!("slot {slot}: the image does not unpack: {tar_says}")),
+            // The stream broke first: tar's complaint about a cut archive follows from it.
+            Err(Some(e)) => e,
+            _ => {
+                let tar_says = err.trim();
+                let tar_says = if tar_says.is_empty() { "tar stopped reading" } else { tar_says };
+                ImageError::Refused(format!("slot {slot}: the image does not unpack: {tar_says}"))
+            }
         });
     }
     tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "image unpacked");

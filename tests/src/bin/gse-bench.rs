@@ -31,7 +31,9 @@
 //! -c && zstd -d < F | tar -x` into the same slot, and gsed's peak RSS
 //! meanwhile. The target slot holds the backup, which gsed keeps until the
 //! whole image is verified; with `GSE_BENCH_BLANK=1` it holds nothing trusted,
-//! and gsed writes it as the chunks arrive.
+//! and gsed writes it as the chunks arrive. `GSE_BENCH_PERF=FILE` records gsed
+//! with `perf record -g` over the update (a release build with
+//! `CARGO_PROFILE_RELEASE_STRIP=false` keeps the symbols).
 //!
 //! `sync`: a config.d sync that finds nothing new (2000 extra files, 54 MB)
 //! next to `wget -N` of the same files, and the bytes gsed wrote meanwhile.
@@ -655,8 +657,6 @@ fn update_bench() {
             .spawn()
             .expect("perf")
     });
-    // `gsectl update wait` (one process, on PropertiesChanged) rather than
-    // polling: on two cores a poll every 50 ms takes CPU from the update.
     let cpu = || {
         // utime + stime of gsed (fields 14 and 15 of stat, counted after the
         // command's closing parenthesis from the state field on), in clock ticks (100 a second).
@@ -666,6 +666,8 @@ fn update_bench() {
         fields.get(11).zip(fields.get(12)).map_or(0, |(u, s)| u + s) as f64 / 100.0
     };
     let cpu0 = cpu();
+    // `gsectl update wait` (one process, on PropertiesChanged) rather than
+    // polling: on two cores a poll every 50 ms takes CPU from the update.
     let t0 = Instant::now();
     let _ = gse_tests::gsectl(&bus.address, &["update", "check"]);
     let waited = gse_tests::gsectl(&bus.address, &["update", "wait"]);
@@ -679,14 +681,7 @@ fn update_bench() {
     assert_eq!(state(), "installed");
     // Where the time went, from gsed's own log.
     let log = fs::read_to_string(c.root.path().join("gsed-bench.log")).unwrap_or_default();
-    let marks = [
-        "chunk cache flushed",
-        "image downloaded",
-        "slot emptied",
-        "image unpacked",
-        "image flushed",
-        "image installed",
-    ];
+    let marks = ["image downloaded", "slot emptied", "image unpacked", "image flushed", "image installed"];
     for l in log.lines().filter(|l| marks.iter().any(|m| l.contains(m))) {
         println!("  gsed: {}", l.split_once(": ").map_or(l, |(_, m)| m).trim());
     }
@@ -820,7 +815,7 @@ fn sync_bench() {
         .collect();
     fs::write(w.join("urls"), urls).expect("urls");
     let wget_dir = w.join("wget");
-    let wget = |_: ()| {
+    let wget = || {
         timed_sh(
             "wget",
             &format!(
@@ -830,7 +825,7 @@ fn sync_bench() {
             ),
         )
     };
-    wget(());
+    wget();
     let files = walk_count(&wget_dir);
     let (mut gse, mut wg, mut wrote) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -839,7 +834,7 @@ fn sync_bench() {
         gse.push(t0.elapsed().as_secs_f64() * 1000.0);
         wrote.push(written_bytes() - b0);
         assert!(r.changed.is_empty());
-        wg.push(wget(()) * 1000.0);
+        wg.push(wget() * 1000.0);
     }
     println!(
         "no-change sync of a {} file config.d (54 MB) from nginx on loopback into ext4: gsed {:.1} ms, `wget -N -i` of the same {files} files {:.1} ms (median of 5): ratio {:.3}; bytes gsed wrote: {}",

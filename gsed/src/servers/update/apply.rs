@@ -134,10 +134,11 @@ impl UpdateService {
 
     /// Streamed into the slot mounted at `dir`: GNU tar unpacks each chunk as
     /// soon as a worker has verified it (tar itself keeps every member inside
-    /// the slot). A chunk found damaged in the cache is fetched again and the
-    /// install starts over, once.
+    /// the slot). A chunk found damaged in the cache (and removed by the read)
+    /// is fetched by the next attempt, which starts the install over; the same
+    /// chunk damaged twice ends it.
     fn stream(&self, dir: &std::path::Path, job: &Job) -> Result<String, ImageError> {
-        let mut attempt = 0;
+        let mut damaged = std::collections::HashSet::new();
         loop {
             let handoff = Handoff::default();
             let (fetched, installed) = std::thread::scope(|s| {
@@ -155,9 +156,8 @@ impl UpdateService {
             // When the transfer failed, its own error says why.
             fetched.unwrap_or_else(|_| Err(ImageError::Refused("the download panicked".into())))?;
             match installed {
-                Err(ImageError::Chunk { id, why }) if attempt == 0 => {
+                Err(ImageError::Chunk { id, why }) if damaged.insert(id.clone()) => {
                     warn!(chunk = %id, %why, "a chunk in the cache is damaged; fetching it again");
-                    attempt += 1;
                 }
                 other => return other,
             }
