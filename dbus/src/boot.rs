@@ -75,6 +75,14 @@ pub struct BootRecord {
     pub warnings: Vec<String>,
     /// Seconds since the epoch.
     pub time: u64,
+    /// The release of the kernel this boot runs.
+    pub kernel: String,
+    /// In `Prepare`'s reply only: the slot runs a kernel of its own, this
+    /// release, which is loaded; the hook releases the disks and starts it
+    /// (`gsectl boot kexec`), and the early boot under it carries this
+    /// decision out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kexec: Option<String>,
 }
 
 #[proxy(interface = "org.gentoo.Gse1.Boot", default_service = "org.gentoo.Gse1", default_path = "/org/gentoo/Gse1")]

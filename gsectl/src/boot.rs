@@ -21,11 +21,21 @@ pub struct BootArgs {
 enum BootAction {
     /// Decide the slot, mount it at SYSROOT with the stateless layout and write
     /// /run/gse/boot.json, through `gsed --early`; then let gsed --early exit.
+    ///
+    /// Exit 0: the new root is mounted at SYSROOT. Exit 4: the slot runs a
+    /// kernel of its own, which is loaded; nothing is mounted, and the hook
+    /// releases the disks and runs `gsectl boot kexec`.
     Prepare {
         #[arg(long)]
         sysroot: PathBuf,
     },
+    /// Start the kernel `boot prepare` loaded (the disks released first).
+    /// Refused under --root: a test never replaces this machine's kernel.
+    Kexec,
 }
+
+/// `gsectl boot prepare`'s exit status when the slot's own kernel is to be started.
+pub const EXIT_KEXEC: u8 = 4;
 
 #[derive(Args, Debug)]
 pub struct ProvisionArgs {
@@ -43,6 +53,10 @@ pub struct ProvisionArgs {
 /// `--bus` for early boot: the early socket under --root unless given.
 pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArgs) -> Result<u8, Failure> {
     let paths = Paths::new(root);
+    let sysroot = match args.action {
+        BootAction::Prepare { sysroot } => sysroot,
+        BootAction::Kexec => return kexec(&paths),
+    };
     let addr =
         bus.cloned().unwrap_or_else(|| BusAddress::Address(format!("unix:path={}", paths.early_socket().display())));
     let conn = addr.connect_peer().await.map_err(|e| {
@@ -52,16 +66,32 @@ pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArg
         .build()
         .await
         .map_err(|e| Failure::from_bus(e.into(), &addr, "reach gsed --early"))?;
-    let BootAction::Prepare { sysroot } = args.action;
     offer_update(&proxy).await;
     let result = proxy.prepare(&sysroot.to_string_lossy()).await;
     let _ = proxy.finish().await;
     let json = result.map_err(|e| Failure::from_bus(e, &addr, "prepare the boot"))?;
     let r: BootRecord = serde_json::from_str(&json)
         .map_err(|e| Failure::Error(format!("gsed --early sent a record this gsectl cannot read: {e}")))?;
-    eprintln!("gse: booting slot {} ({}): {}", r.slot, r.action, r.reason);
     println!("{json}");
+    if let Some(k) = &r.kexec {
+        eprintln!("gse: slot {} ({}) runs its own kernel {k}; starting it: {}", r.slot, r.action, r.reason);
+        return Ok(EXIT_KEXEC);
+    }
+    eprintln!("gse: booting slot {} ({}): {}", r.slot, r.action, r.reason);
     Ok(0)
+}
+
+/// Starts the kernel early boot loaded. Returns only if that fails.
+fn kexec(paths: &Paths) -> Result<u8, Failure> {
+    if !paths.is_real_root() {
+        return Err(Failure::Error(format!(
+            "--root {} is set: not starting another kernel on this machine",
+            paths.root().display()
+        )));
+    }
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_KEXEC);
+    Err(Failure::Error(format!("cannot start the loaded kernel: {e}")))
 }
 
 /// How long the console question about a new version waits for an answer (then: no).

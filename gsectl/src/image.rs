@@ -120,6 +120,7 @@ pub fn build(args: ImageBuildArgs) -> Result<u8, Failure> {
         say(format!("running hook {}", hook.display()));
         run_hook(root, hook, i)?;
     }
+    own_kernel(root, &config)?;
     say("applying the stateless layout");
     stateless(root, &args.version)?;
     clamp_times(root, epoch)?;
@@ -129,6 +130,25 @@ pub fn build(args: ImageBuildArgs) -> Result<u8, Failure> {
     say(format!("{entries} entries"));
     println!("{sha}  {}  {size} bytes", args.out.display());
     Ok(0)
+}
+
+/// The image's own kernel (DESIGN §12) gets the GSE initramfs that early
+/// boot starts it with; a kernel without its modules is refused.
+fn own_kernel(root: &Path, config: &Path) -> Result<(), Failure> {
+    match gsed::boot::kernel::find(root, false) {
+        Err(e) => Err(Failure::Error(format!("{}: {e}", root.display()))),
+        Ok(None) => {
+            say("no kernel in boot/ (boot/vmlinuz-RELEASE): the machines boot whatever kernel their loader starts, \
+                 and `gsectl publish image` takes the image only with --no-kernel");
+            Ok(())
+        }
+        Ok(Some(k)) => {
+            let out = root.join(k.initramfs());
+            say(format!("kernel {}: writing its GSE initramfs /{}", k.release, k.initramfs()));
+            crate::initramfs::write(&k.release, root, config, None, &out)?;
+            Ok(())
+        }
+    }
 }
 
 /// `SOURCE_DATE_EPOCH` when set (the reproducible-builds convention), else the

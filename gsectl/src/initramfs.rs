@@ -30,6 +30,11 @@ pub const MODULES: &[&str] = &[
     "e1000",
     "e1000e",
     "ext4",
+    // ext4 and btrfs checksum metadata with crc32c, which the crypto API asks
+    // for by alias when a filesystem mounts: no modprobe here answers that, so
+    // it is loaded up front (built into some flavours, a module in others).
+    "crc32c_intel",
+    "crc32c_generic",
     "overlay",
     "loop",
 ];
@@ -188,12 +193,28 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     if args.out.exists() && !args.force {
         return Err(Failure::Error(format!("{} exists; pass --force to replace it", args.out.display())));
     }
+    let config = args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d"));
+    let (entries, size) = write(&args.kver, &args.modules_root, &config, args.busybox, &args.out)?;
+    say(format!("wrote {} ({entries} entries, {size} bytes)", args.out.display()));
+    println!("{}  {size} bytes", args.out.display());
+    Ok(0)
+}
+
+/// Writes the initramfs for kernel `kver` (modules from `modules_root`,
+/// config.d from `config`) to `out`, replacing it; returns its entries and bytes.
+pub fn write(
+    kver: &str,
+    modules_root: &Path,
+    config: &Path,
+    busybox: Option<PathBuf>,
+    out: &Path,
+) -> Result<(usize, u64), Failure> {
     let mut tree = Tree::default();
     for d in ["proc", "sys", "dev", "run", "sysroot", "tmp", "user-data", "boot", "etc/gse"] {
         tree.dir(d);
     }
-    add_modules(&mut tree, &args.modules_root, &args.kver)?;
-    let busybox = match args.busybox {
+    add_modules(&mut tree, modules_root, kver)?;
+    let busybox = match busybox {
         Some(b) => b,
         None => which("busybox")
             .ok_or_else(|| Failure::Error("no busybox on PATH (apt-get install busybox-static)".into()))?,
@@ -203,24 +224,20 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
     // In place of busybox's applet: see the script.
     tree.file("bin/modprobe", MODPROBE.to_vec(), 0o755);
     tree.file("usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh").to_vec(), 0o755);
-    add_config(&mut tree, &args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d")))?;
+    add_config(&mut tree, config)?;
 
-    let tmp = args.out.with_file_name(format!(
+    let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",
-        args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         std::process::id()
     ));
-    let written = write_cpio_zst(&tree, &tmp).and_then(|_| {
-        fs::rename(&tmp, &args.out).map_err(|e| Failure::Error(format!("placing {}: {e}", args.out.display())))
-    });
+    let written = write_cpio_zst(&tree, &tmp)
+        .and_then(|_| fs::rename(&tmp, out).map_err(|e| Failure::Error(format!("placing {}: {e}", out.display()))));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     written?;
-    let size = fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
-    say(format!("wrote {} ({} entries, {size} bytes)", args.out.display(), tree.entries.len()));
-    println!("{}  {size} bytes", args.out.display());
-    Ok(0)
+    Ok((tree.entries.len(), fs::metadata(out).map(|m| m.len()).unwrap_or(0)))
 }
 
 /// The modules GSE needs with their dependencies, a `modules.dep` of just

@@ -72,6 +72,10 @@ enum Publish {
         /// Percent of the machines (by a stable per-machine bucket) that take it.
         #[arg(long, default_value_t = 100)]
         rollout: u8,
+        /// Take an image that carries no kernel of its own: its machines boot
+        /// whatever kernel their own boot loader starts (no per-slot kernels).
+        #[arg(long)]
+        no_kernel: bool,
     },
     /// Change the share of machines that take a channel's current version.
     Rollout {
@@ -106,8 +110,8 @@ pub fn publish(args: PublishArgs) -> Result<u8, Failure> {
                 to.join("gse1/config.d").display()
             );
         }
-        Publish::Image { image, version, channel, to, secret, rollout } => {
-            let ch = publish::publish_image(&image, &version, &channel, &to, &secret, rollout)
+        Publish::Image { image, version, channel, to, secret, rollout, no_kernel } => {
+            let ch = publish::publish_image(&image, &version, &channel, &to, &secret, rollout, no_kernel)
                 .map_err(|e| Failure::Error(format!("publish image: {e}")))?;
             eprintln!(
                 "publish: channel {} now offers {} ({} MB unpacked, {} MB to fetch in full) to {}% of the machines",

@@ -97,6 +97,26 @@ impl Paths {
         self.state_dir().join("boot-state.json")
     }
 
+    /// The decision early boot hands to the slot's own kernel (see `boot::kernel`).
+    pub fn kexec_handoff(&self) -> PathBuf {
+        self.state_dir().join("kexec-handoff.json")
+    }
+
+    /// The running kernel's release. The kernel's own file, so not prefixed on a
+    /// real client; under `--root` a plain file there stands in for it.
+    pub fn kernel_release(&self) -> PathBuf {
+        self.kernel_file("/proc/sys/kernel/osrelease")
+    }
+
+    /// The running kernel's command line (prefixed under `--root`, as above).
+    pub fn kernel_cmdline(&self) -> PathBuf {
+        self.kernel_file("/proc/cmdline")
+    }
+
+    fn kernel_file(&self, path: &str) -> PathBuf {
+        if self.is_real_root() { PathBuf::from(path) } else { self.resolve(path) }
+    }
+
     /// The machine key that signs the boot flags, on the boot partition.
     pub fn flag_key(&self) -> PathBuf {
         self.resolve("/boot/gse/flag.key")

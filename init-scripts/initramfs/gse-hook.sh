@@ -151,7 +151,22 @@ until [ -S "$root/run/gse/early.sock" ]; do
 	sleep 0.1
 done
 
-"$GSECTL" --root "$GSE_ROOT" boot prepare --sysroot "$SYSROOT" >/dev/null || fail "gsectl boot prepare failed (see above)"
+"$GSECTL" --root "$GSE_ROOT" boot prepare --sysroot "$SYSROOT" >/dev/null
+case $? in
+0) ;;
+4)
+	# The slot runs a kernel of its own, loaded by gsed: the disks are
+	# released (everything early boot wrote is on them) and that kernel starts
+	# with the decision handed over. It does not return unless it fails.
+	wait "$gsed_pid" 2>/dev/null
+	release_boot
+	release_data
+	sync
+	"$GSECTL" --root "$GSE_ROOT" boot kexec
+	fail "the slot's own kernel could not be started (see above)"
+	;;
+*) fail "gsectl boot prepare failed (see above)" ;;
+esac
 wait "$gsed_pid" 2>/dev/null
 release_boot
 release_data

@@ -348,8 +348,22 @@ pub fn publish_config(from: &Path, to: &Path, secret: &Path) -> Output {
         .expect("gsectl publish")
 }
 
-/// `gsectl publish image --image IMAGE --version V --channel CHANNEL --to TO --secret SECRET`.
+/// `gsectl publish image --image IMAGE --version V --channel CHANNEL --to TO
+/// --secret SECRET --no-kernel`: the integration tests' images are made up
+/// and carry no kernel (a kernel one carries is checked all the same).
 pub fn publish_image(image: &Path, version: &str, channel: &str, to: &Path, secret: &Path) -> Output {
+    publish_image_with(image, version, channel, to, secret, &["--no-kernel"])
+}
+
+/// `gsectl publish image` as an administrator runs it for a bootable image, plus `extra`.
+pub fn publish_image_with(
+    image: &Path,
+    version: &str,
+    channel: &str,
+    to: &Path,
+    secret: &Path,
+    extra: &[&str],
+) -> Output {
     Command::new(bin("gsectl"))
         .args(["publish", "image", "--image"])
         .arg(image)
@@ -357,6 +371,7 @@ pub fn publish_image(image: &Path, version: &str, channel: &str, to: &Path, secr
         .arg(to)
         .arg("--secret")
         .arg(secret)
+        .args(extra)
         .output()
         .expect("gsectl publish image")
 }

@@ -44,6 +44,27 @@ use crate::{
 /// The client root: what `debootstrap` is asked for. A change rebuilds the cache.
 const SUITE: &str = "bookworm";
 const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// The other flavour of the same Debian kernel: an image that boots a kernel
+/// release of its own (DESIGN §12).
+const OTHER_KERNEL_PACKAGE: &str = "linux-image-amd64";
+/// The modules an image carries with its kernel: what GSE's initramfs loads
+/// (see `gsectl/src/initramfs.rs`), the filesystems it loads on demand, and
+/// autofs4, which systemd loads from the root.
+const IMAGE_MODULES: &[&str] = &[
+    "virtio_blk",
+    "virtio_net",
+    "virtio_pci",
+    "e1000",
+    "e1000e",
+    "ext4",
+    "crc32c_intel",
+    "crc32c_generic",
+    "overlay",
+    "loop",
+    "btrfs",
+    "squashfs",
+    "autofs4",
+];
 /// Disk layout of the lab machine in the VM (MiB): boot, a, b, the rest user-data.
 const DISK_MIB: u64 = 1500;
 /// Longest a boot may take under TCG before the test gives up on it.
@@ -223,9 +244,9 @@ fn client_root(cache: &Path, init: Init) -> PathBuf {
     dir
 }
 
-/// Debian's cloud kernel unpacked with its modules (`boot/vmlinuz-*`, `lib/modules/*`).
-fn kernel_root(cache: &Path) -> PathBuf {
-    let dir = cache.join(format!("kernel-{KERNEL_PACKAGE}"));
+/// A Debian kernel unpacked with its modules (`boot/vmlinuz-*`, `lib/modules/*`).
+fn kernel_root(cache: &Path, package: &str) -> PathBuf {
+    let dir = cache.join(format!("kernel-{package}"));
     if dir.join("lib/modules").is_dir() {
         return dir;
     }
@@ -236,7 +257,7 @@ fn kernel_root(cache: &Path) -> PathBuf {
     sh(
         "downloading the kernel package",
         &format!(
-            "cd {debs}; apt-get download -q {KERNEL_PACKAGE}; pkg=$(dpkg-deb -f {KERNEL_PACKAGE}_*.deb Depends | sed 's/[ ,].*//'); apt-get download -q \"$pkg\"; dpkg -x \"$pkg\"_*.deb ..; cd ..; depmod -b . \"$(ls lib/modules)\"",
+            "cd {debs}; apt-get download -q {package}; pkg=$(dpkg-deb -f {package}_*.deb Depends | sed 's/[ ,].*//'); apt-get download -q \"$pkg\"; dpkg -x \"$pkg\"_*.deb ..; cd ..; depmod -b . \"$(ls lib/modules)\"",
             debs = tmp.join("debs").display()
         ),
     );
@@ -262,14 +283,9 @@ impl Kit {
         let (root, kroot) = {
             let _lock = CacheLock::take(&cache);
             remove_dead_runs(&cache);
-            (client_root(&cache, init), kernel_root(&cache))
+            (client_root(&cache, init), kernel_root(&cache, KERNEL_PACKAGE))
         };
-        let kver = fs::read_dir(kroot.join("lib/modules"))
-            .expect("lib/modules")
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .next()
-            .expect("a kernel version");
+        let kver = release_of(&kroot);
         let kernel = kroot.join(format!("boot/vmlinuz-{kver}"));
 
         let run_dir = cache.join(format!("run-{}", std::process::id()));
@@ -315,22 +331,9 @@ impl Kit {
         for f in ["gse-test-report.initd", "gse-test-report.service", "gse-test-report.sh"] {
             fs::copy(data.join(f), rootfs.join("tmp").join(f)).expect("copy the reporter into the root");
         }
-        if init == Init::Systemd {
-            // systemd loads autofs4 itself (the binfmt_misc automount) from the
-            // root, as a root with its kernel installed has it. The image
-            // carries only that module: the kernel stays outside (issue 12).
-            let mods = rootfs.join("lib/modules").join(&kver);
-            fs::create_dir_all(mods.join("kernel/fs")).expect("mkdir lib/modules");
-            let from = kroot.join("lib/modules").join(&kver);
-            run(
-                "copying autofs4 into the root",
-                Command::new("cp").arg("-a").arg(from.join("kernel/fs/autofs")).arg(mods.join("kernel/fs")),
-            );
-            for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
-                fs::copy(from.join(f), mods.join(f)).expect("copy modules.*");
-            }
-            run("depmod", Command::new("depmod").arg("-b").arg(&rootfs).arg(&kver));
-        }
+        // The image carries its kernel, which is also the one qemu starts: its
+        // slots boot without a kernel change.
+        put_kernel(&rootfs, &kroot, &kver);
         let image = dir.join("image.tar.zst");
         run(
             "gsectl image build",
@@ -415,6 +418,50 @@ impl Kit {
         run("cp conf", Command::new("cp").arg("-a").arg(&self.conf).arg(&to));
         to
     }
+}
+
+/// The release of the kernel unpacked at `kroot`.
+fn release_of(kroot: &Path) -> String {
+    fs::read_dir(kroot.join("lib/modules"))
+        .expect("lib/modules")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a kernel version")
+}
+
+/// Debian's other kernel flavour (cached like the kit's): its unpacked root
+/// and its release, for an image that boots a kernel of its own.
+pub fn other_kernel() -> (PathBuf, String) {
+    let cache = cache_dir();
+    let kroot = {
+        let _lock = CacheLock::take(&cache);
+        kernel_root(&cache, OTHER_KERNEL_PACKAGE)
+    };
+    let kver = release_of(&kroot);
+    (kroot, kver)
+}
+
+/// Installs kernel `kver` from `kroot` into the image tree `tree` as an
+/// image builder does: `boot/vmlinuz-KVER` and the modules of
+/// [`IMAGE_MODULES`] with their dependencies under `lib/modules/KVER/`
+/// (indexed by depmod). Any kernel the tree had goes first.
+pub fn put_kernel(tree: &Path, kroot: &Path, kver: &str) {
+    sh(
+        "installing a kernel into the image tree",
+        &format!(
+            "set -e; t={t}; k={k}; v={kver}; rm -f $t/boot/vmlinuz-* $t/boot/gse-initramfs-*; \
+             rm -rf $t/lib/modules; mkdir -p $t/boot $t/lib/modules/$v; cp $k/boot/vmlinuz-$v $t/boot/; \
+             for m in {mods}; do modprobe -d $k -S $v --show-depends $m 2>/dev/null || true; done \
+               | awk '$1 == \"insmod\" {{ print $2 }}' | sort -u | while read -r f; do \
+                 rel=${{f#$k/lib/modules/$v/}}; mkdir -p $t/lib/modules/$v/$(dirname $rel); cp $f $t/lib/modules/$v/$rel; done; \
+             for f in modules.order modules.builtin modules.builtin.modinfo; do cp $k/lib/modules/$v/$f $t/lib/modules/$v/; done; \
+             depmod -b $t $v; test -s $t/lib/modules/$v/modules.dep",
+            t = tree.display(),
+            k = kroot.display(),
+            mods = IMAGE_MODULES.join(" ")
+        ),
+    );
 }
 
 /// Partitions, formats and installs `image` on a new disk `template` the way an
@@ -562,7 +609,7 @@ impl Lab {
     /// Publishes image `image` as `version` on channel stable of every server
     /// (cut into chunks once, then copied), signed with the lab key.
     pub fn publish_image(&self, image: &Path, version: &str) {
-        let out = crate::publish_image(image, version, "stable", &self.www[0], &self.kit.secret);
+        let out = crate::publish_image_with(image, version, "stable", &self.www[0], &self.kit.secret, &[]);
         assert!(out.status.success(), "gsectl publish image: {}", text(&out.stderr));
         for www in &self.www[1..] {
             for d in ["chunks", "images", "channels"] {

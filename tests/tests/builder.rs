@@ -393,8 +393,12 @@ fn a_reader_never_sees_a_partial_channel_file() {
     let d = tempfile::tempdir().unwrap();
     keygen(d.path(), "k");
     let www = d.path().join("www");
-    let image = d.path().join("stage4.tar.zst");
-    fs::write(&image, vec![7u8; 1 << 16]).unwrap();
+    let image = d.path().join("stage4.tar");
+    fs::create_dir_all(d.path().join("tree")).unwrap();
+    fs::write(d.path().join("tree/data"), vec![7u8; 1 << 16]).unwrap();
+    let tar =
+        std::process::Command::new("tar").arg("-cf").arg(&image).arg("-C").arg(d.path().join("tree")).arg(".").status();
+    assert!(tar.unwrap().success());
     let channel = www.join("gse1/channels/stable.json");
     let publish = |v: &str| {
         let out = publish_image(&image, v, "stable", &www, &d.path().join("k.sec"));

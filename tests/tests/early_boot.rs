@@ -555,3 +555,96 @@ fn early_boot_mounts_the_layout_where_every_mount_is_shared() {
     assert_eq!(etc.trim(), "tmpfs", "/etc is in RAM");
     c.power_off();
 }
+
+/// One early boot that stops at `gsectl boot prepare`: its output, and
+/// whether gsed --early then exited cleanly.
+fn prepare(c: &Client) -> std::process::Output {
+    let mut early = c.start_early();
+    let out = c.gsectl(&["boot", "prepare", "--sysroot", c.sysroot.to_str().unwrap()]);
+    let status = early.wait_exit(Duration::from_secs(5)).expect("gsed --early exits after Finish()");
+    assert!(status.success());
+    out
+}
+
+/// Each slot boots its own kernel (DESIGN §12): the early boot under the
+/// kernel the machine started decides and counts the boot, and when the slot
+/// carries another kernel it hands the decision over (nothing mounted, exit
+/// 4); the early boot under the slot's kernel carries the decision out
+/// without counting again. A kernel without its modules is not started.
+#[test]
+fn a_slot_with_its_own_kernel_is_handed_over_and_the_decision_kept() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    c.provision();
+    let kernel = |release: &str, modules: &str| {
+        c.on_slot(
+            "a",
+            &format!(
+                "rm -rf boot lib/modules; mkdir -p boot lib/modules/{modules}; echo kernel > boot/vmlinuz-{release}; \
+                 echo initramfs > boot/gse-initramfs-{release}.img; : > lib/modules/{modules}/modules.dep"
+            ),
+        )
+    };
+    kernel("9.9-slot", "9.9-slot");
+    c.root.write("proc/sys/kernel/osrelease", "9.8-stick\n");
+    c.root.write("proc/cmdline", "console=ttyS0 quiet\n");
+    let state = || -> Value {
+        serde_json::from_slice(&fs::read(c.root.path().join("user-data/persistent/gse/boot-state.json")).unwrap())
+            .unwrap()
+    };
+
+    let out = prepare(&c);
+    assert_eq!(out.status.code(), Some(4), "exit 4: start the slot's kernel; {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("slot a (normal) runs its own kernel 9.9-slot; starting it"),
+        "{}",
+        text(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((s(&r["slot"]), s(&r["kernel"]), s(&r["kexec"])), ("a", "9.8-stick", "9.9-slot"), "{r:#}");
+    let mounts = c.ns.ok("cat /proc/self/mounts");
+    assert!(!mounts.contains(c.sysroot.to_str().unwrap()), "nothing stays mounted for the next kernel:\n{mounts}");
+    assert!(!c.root.path().join("run/gse/boot.json").exists(), "this kernel does not boot the system");
+    assert_eq!(state()["attempts"]["a"], 1, "the boot is counted before the kernel changes");
+    let handoff_file = c.root.path().join("user-data/persistent/gse/kexec-handoff.json");
+    let handoff: Value = serde_json::from_slice(&fs::read(&handoff_file).unwrap()).unwrap();
+    assert_eq!(s(&handoff["release"]), "9.9-slot");
+    // Under --root no kernel is ever started on this machine.
+    let kexec = c.gsectl(&["boot", "kexec"]);
+    assert!(
+        !kexec.status.success() && text(&kexec.stderr).contains("not starting another kernel"),
+        "{}",
+        text(&kexec.stderr)
+    );
+
+    // The slot's kernel, started with the handoff named on its command line.
+    c.root.write("proc/sys/kernel/osrelease", "9.9-slot\n");
+    c.root.write("proc/cmdline", &format!("console=ttyS0 quiet gse.handoff={}\n", s(&handoff["nonce"])));
+    let b = c.early_boot();
+    assert_eq!((s(&b["slot"]), s(&b["action"]), s(&b["kernel"])), ("a", "normal", "9.9-slot"), "{b:#}");
+    assert!(b.get("kexec").is_none(), "{b:#}");
+    assert_eq!(state()["attempts"]["a"], 1, "not counted twice");
+    assert!(!handoff_file.exists(), "a handoff is taken once");
+    c.power_off();
+
+    // Started again by the stick, with a stale handoff word on the command
+    // line: decided (and counted) afresh.
+    c.root.write("proc/sys/kernel/osrelease", "9.8-stick\n");
+    assert_eq!(prepare(&c).status.code(), Some(4));
+    assert_eq!(state()["attempts"]["a"], 2);
+
+    // A kernel whose modules are another release's: not started; the slot
+    // boots on the running kernel, and the record says why.
+    kernel("9.9-slot", "9.7-other");
+    c.root.write("proc/cmdline", "console=ttyS0 quiet\n");
+    let b = c.early_boot();
+    assert_eq!((s(&b["slot"]), s(&b["kernel"])), ("a", "9.8-stick"), "{b:#}");
+    let warnings = b["warnings"].to_string();
+    assert!(
+        warnings.contains("not starting its own kernel")
+            && warnings.contains("lib/modules/9.9-slot/")
+            && warnings.contains("9.7-other"),
+        "{warnings}"
+    );
+    assert!(!handoff_file.exists());
+    c.power_off();
+}

@@ -474,8 +474,13 @@ async fn tampered_or_broken_publishes_change_nothing() {
 #[tokio::test]
 async fn version_check_asks_and_records_the_decision() {
     let room = tokio::task::spawn_blocking(|| Room::new(&[0.1])).await.unwrap();
-    let image = room.docroots.path().join("stage4-2.0.tar.zst");
-    fs::write(&image, b"not really an image, but signed and hashed like one").unwrap();
+    // Not a bootable image (one file), but signed and hashed like one.
+    let image = room.docroots.path().join("stage4-2.0.tar");
+    let tree = room.docroots.path().join("tree-2.0");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("data"), b"not really an image").unwrap();
+    let tar = Command::new("tar").arg("-cf").arg(&image).arg("-C").arg(&tree).arg(".").status();
+    assert!(tar.unwrap().success());
     let out = publish_image(&image, "2.0", "stable", &room.servers[0].docroot, &room.secret("k"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let channel = room.servers[0].docroot.join("gse1/channels/stable.json");
@@ -505,6 +510,10 @@ async fn version_check_asks_and_records_the_decision() {
 
     let denied = gsectl_as_nobody(&room.bus.address, &["update", "approve"]);
     assert!(text(&denied.stderr).contains("permission denied"), "{}", text(&denied.stderr));
+    // The machine key, as provisioning leaves it (the flags of an installed slot need it).
+    let key = room.client.path().join("boot/gse/flag.key");
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    fs::write(&key, [7u8; 32]).unwrap();
     let out = gsectl(&room.bus.address, &["update", "approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // Approved, it goes for the slot that is not running: this room's client

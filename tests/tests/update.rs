@@ -738,3 +738,103 @@ fn a_slot_with_nothing_trusted_is_written_as_the_image_arrives_and_a_cut_transfe
     assert!(total <= unique + 8, "{total} chunk requests for {unique} chunks");
     assert_eq!(lab.early_boot()["action"], "trial");
 }
+
+/// The first bytes of a bzImage whose setup header names kernel `release`.
+fn bzimage(release: &str) -> Vec<u8> {
+    let mut bz = vec![0u8; 0x800];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x20e..0x210].copy_from_slice(&0x400u16.to_le_bytes());
+    let version = format!("{release} (builder@lab) #1 SMP\0");
+    bz[0x600..0x600 + version.len()].copy_from_slice(version.as_bytes());
+    bz
+}
+
+/// Each slot boots its own image's kernel (DESIGN §12), so an image must carry
+/// one that early boot can start: publish refuses one without a kernel (unless
+/// told the machines boot a kernel from elsewhere) or whose kernel has no
+/// modules; a kernel whose header names another release gets past the
+/// names, and the install refuses it before the slot can be tried.
+#[test]
+fn a_kernel_early_boot_could_not_start_is_refused_at_publish_and_at_install() {
+    let lab = Lab::new(1, "auto", None);
+    lab.early_boot();
+    let secret = lab.keys.path().join("k.sec");
+    let tar = |name: &str, files: &[(&str, Vec<u8>)]| -> PathBuf {
+        let tree = lab.work.path().join(name);
+        disk::tiny_root(&tree, name);
+        for (path, data) in files {
+            let p = tree.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, data).unwrap();
+        }
+        let image = lab.work.path().join(format!("{name}.tar.zst"));
+        let out = std::process::Command::new("tar")
+            .args(["--zstd", "--numeric-owner", "-cf"])
+            .arg(&image)
+            .arg("-C")
+            .arg(&tree)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        image
+    };
+    let publish = |image: &PathBuf, v: &str, extra: &[&str]| {
+        let out = publish_image_with(image, v, "stable", &lab.www, &secret, extra);
+        (out.status.success(), text(&out.stderr))
+    };
+
+    let bare = tar("bare", &[]);
+    let (ok, said) = publish(&bare, "3.0", &[]);
+    assert!(!ok && said.contains("carries no kernel") && said.contains("--no-kernel"), "{said}");
+    assert!(!lab.www.join("gse1/channels/stable.json").exists(), "nothing was published");
+    assert!(publish(&bare, "3.0", &["--no-kernel"]).0, "the administrator's word for a kernel from elsewhere");
+
+    let other_modules = tar(
+        "other-modules",
+        &[
+            ("boot/vmlinuz-9.9", bzimage("9.9")),
+            ("boot/gse-initramfs-9.9.img", b"initramfs".to_vec()),
+            ("lib/modules/9.8/modules.dep", Vec::new()),
+        ],
+    );
+    for extra in [&[][..], &["--no-kernel"][..]] {
+        let (ok, said) = publish(&other_modules, "3.1", extra);
+        assert!(!ok && said.contains("lib/modules/9.9/") && said.contains("modules for 9.8"), "{extra:?}: {said}");
+    }
+    let no_initramfs =
+        tar("no-initramfs", &[("boot/vmlinuz-9.9", bzimage("9.9")), ("lib/modules/9.9/modules.dep", Vec::new())]);
+    let (ok, said) = publish(&no_initramfs, "3.1", &[]);
+    assert!(!ok && said.contains("boot/gse-initramfs-9.9.img"), "{said}");
+    // `gsectl image build` refuses the kernel without its modules too.
+    let tree = lab.work.path().join("tree-build");
+    disk::tiny_root(&tree, "3.1");
+    fs::create_dir_all(tree.join("boot")).unwrap();
+    fs::write(tree.join("boot/vmlinuz-9.9"), bzimage("9.9")).unwrap();
+    let out = image_build(&tree, "3.1", &lab.work.path().join("built.tar.zst"), &[]);
+    assert!(!out.status.success() && text(&out.stderr).contains("lib/modules/9.9/"), "{}", text(&out.stderr));
+
+    // Named 9.9, but the header says 9.8: published, then refused at install.
+    let misnamed = tar(
+        "misnamed",
+        &[
+            ("boot/vmlinuz-9.9", bzimage("9.8")),
+            ("boot/gse-initramfs-9.9.img", b"initramfs".to_vec()),
+            ("lib/modules/9.9/modules.dep", Vec::new()),
+        ],
+    );
+    let (ok, said) = publish(&misnamed, "3.2", &[]);
+    assert!(ok, "{said}");
+    let a = lab.c.listing("a");
+    let _gsed = lab.start_gsed("boot-1");
+    let u = wait_for(Duration::from_secs(30), "the update to end", || {
+        let u = lab.update();
+        (s(&u["available_version"]) == "3.2" && matches!(s(&u["state"]), "error" | "installed" | "failed")).then_some(u)
+    });
+    assert_eq!(s(&u["state"]), "error", "{u:#}");
+    assert!(s(&u["detail"]).contains("boot/vmlinuz-9.9 is kernel 9.8"), "{}", s(&u["detail"]));
+    assert_eq!(lab.c.listing("a"), a, "the running slot is untouched");
+    let b_flag = lab.c.on_slot("b", "test -e .gse/bootflag && echo flag || echo none");
+    assert_eq!(b_flag.trim(), "none", "b holds nothing early boot would try");
+    assert!(lab.boot_state()["trial"].is_null(), "no trial: {}", lab.boot_state());
+}

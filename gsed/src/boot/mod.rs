@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod decide;
 pub mod flag;
+pub mod kernel;
 pub mod layout;
 pub mod mount;
 pub mod provision;
@@ -28,6 +29,7 @@ use crate::{
 };
 use decide::decide;
 use flag::{FlagKey, FlagState};
+use kernel::Handoff;
 use mount::{MountError, Mounts};
 use slots::Slots;
 use state::BootState;
@@ -60,6 +62,7 @@ pub struct BootService {
     online: tokio::sync::OnceCell<Online>,
     /// The servers picked while going online, for an update offer.
     servers: std::sync::Mutex<Option<Arc<ServersService>>>,
+    handoff: std::sync::OnceLock<Option<Handoff>>,
 }
 
 /// What the network and sync steps of early boot found.
@@ -80,6 +83,7 @@ impl BootService {
             device_wait: Duration::from_secs(10),
             online: tokio::sync::OnceCell::new(),
             servers: std::sync::Mutex::new(None),
+            handoff: std::sync::OnceLock::new(),
         })
     }
 
@@ -92,6 +96,10 @@ impl BootService {
     }
 
     async fn connect(&self) -> Online {
+        if let Some(h) = self.handoff() {
+            // The early boot before the kernel change went online already.
+            return Online { network: h.record.network.clone(), sync: h.record.sync.clone() };
+        }
         let settings = self.config.current().loaded.settings.clone();
         if settings.servers.server.is_empty() {
             return Online { network: "not needed: no server is configured".into(), sync: None };
@@ -153,6 +161,9 @@ impl BootService {
     pub async fn offer_update(&self) -> Option<(String, u64)> {
         // The sync may bring the setting: online first (Prepare would go anyway).
         self.go_online().await;
+        if self.handoff().is_some() {
+            return None; // asked (or not) before the kernel change
+        }
         let update = self.config.current().loaded.settings.update.clone();
         if !update.prompt_at_boot || update.policy != crate::config::UpdatePolicy::Ask {
             return None;
@@ -181,7 +192,15 @@ impl BootService {
         Some(self.servers.lock().ok()?.as_ref()?.update.snapshot())
     }
 
-    /// The whole early-boot sequence for the new root at `sysroot`.
+    /// The decision this early boot was handed by the one before it, under
+    /// another kernel (see [`kernel`]); taken once per early boot.
+    fn handoff(&self) -> Option<&Handoff> {
+        self.handoff.get_or_init(|| Handoff::take(&self.paths)).as_ref()
+    }
+
+    /// The whole early-boot sequence for the new root at `sysroot`. When the
+    /// slot runs a kernel of its own, the reply names it in `kexec` and
+    /// nothing stays mounted: the hook starts that kernel.
     pub fn prepare(&self, sysroot: &Path, online: Online) -> Result<BootRecord, BootError> {
         let cfg = self.config.current();
         for e in &cfg.errors {
@@ -199,38 +218,64 @@ impl BootService {
         }) {
             warn!(error = %e, "cannot hand the machine key to the running system; updates will need /boot mounted");
         }
+        let slots = Slots { paths: &self.paths, settings, device_wait: self.device_wait };
+        let running = kernel::running_release(&self.paths);
+        let (mut record, may_kexec) = match self.handoff() {
+            Some(h) => {
+                info!(slot = %h.record.slot, action = %h.record.action, kernel = %running, "carrying out the decision handed over");
+                (h.record.clone(), false)
+            }
+            None => {
+                Handoff::clear(&self.paths);
+                let mut r = self.decide(&slots, &key)?;
+                (r.network, r.sync) = (online.network, online.sync);
+                (r, true)
+            }
+        };
+        record.kernel = running;
+
+        let mut mounts = Mounts::new();
+        slots.mount(&mut mounts, &record.slot, sysroot, false)?;
+        if may_kexec && self.hand_over(sysroot, &mut record) {
+            return Ok(record); // `mounts` goes: the slot is released for the next kernel
+        }
+        record.warnings.extend(layout::mount_layout(&mut mounts, settings, &self.paths, sysroot)?);
+        let json = serde_json::to_vec_pretty(&record).expect("record serialises");
+        let path = self.paths.boot_json();
+        write_atomic(&path, &json, 0o644).map_err(|e| BootError::Io(format!("writing {}", path.display()), e))?;
+        mounts.keep();
+        Ok(record)
+    }
+
+    /// Decides the slot from the journal, the state and the flags, counts the
+    /// boot, repairs and renews flags as decided (DESIGN §5).
+    fn decide(&self, slots: &Slots, key: &FlagKey) -> Result<BootRecord, BootError> {
         let (journal, _) = Journal::open(&self.paths.health_journal())?;
         let state_path = self.paths.boot_state();
         let old = BootState::load(&state_path);
-        let slots = Slots { paths: &self.paths, settings, device_wait: self.device_wait };
-
-        let flags = slots.read_flags(&key);
+        let flags = slots.read_flags(key);
         let now = journal::now();
-        let d = decide(&settings.boot, journal.records(), &old, &flags, now);
+        let d = decide(&slots.settings.boot, journal.records(), &old, &flags, now);
         info!(slot = %d.slot, action = ?d.action, reason = %d.reason, "boot decision");
 
         let save = |s: &BootState| {
             s.save(&state_path).map_err(|e| BootError::Io(format!("saving {}", state_path.display()), e))
         };
-        // Counting this boot comes first: a boot that dies later must still count.
+        // Counting this boot comes first: a boot that dies later (a kernel
+        // that panics included) must still count.
         save(&d.state)?;
         if let Some(m) = &d.repair {
             let fresh = d.write_flags.get(&m.target).cloned().expect("a repair carries a fresh flag");
             info!(target = %m.target, source = %m.source, "repairing");
-            slots.repair(&m.target, &m.source, &fresh, &key)?;
+            slots.repair(&m.target, &m.source, &fresh, key)?;
             save(&BootState { repair: None, ..d.state.clone() })?;
         }
         for (slot, f) in d.write_flags.iter().filter(|(s, _)| d.repair.as_ref().is_none_or(|m| m.target != **s)) {
-            slots.write_flag(slot, f, &key)?;
+            slots.write_flag(slot, f, key)?;
         }
-
-        let mut mounts = Mounts::new();
-        slots.mount(&mut mounts, &d.slot, sysroot, false)?;
-        let warnings = layout::mount_layout(&mut mounts, settings, &self.paths, sysroot)?;
-
         let booted =
             d.write_flags.get(&d.slot).cloned().or_else(|| flags.get(&d.slot).and_then(FlagState::flag).cloned());
-        let record = BootRecord {
+        Ok(BootRecord {
             slot: d.slot.clone(),
             action: d.action,
             reason: d.reason.clone(),
@@ -240,15 +285,42 @@ impl BootService {
             image_version: booted.map(|f| f.image_version).unwrap_or_default(),
             attempts: d.state.attempts.clone(),
             previous: d.last_boot.as_ref().map(|l| l.verdict),
-            network: online.network,
-            sync: online.sync,
-            warnings,
             time: now,
+            ..BootRecord::default()
+        })
+    }
+
+    /// When the slot mounted at `sysroot` carries a kernel other than the
+    /// running one: writes the handoff, loads that kernel and notes it in
+    /// `record.kexec` (true). A kernel that cannot be started is refused with
+    /// a warning, and the slot boots on the running kernel (false).
+    fn hand_over(&self, sysroot: &Path, record: &mut BootRecord) -> bool {
+        let k = match kernel::find(sysroot, true) {
+            Ok(Some(k)) if k.release != record.kernel => k,
+            Ok(_) => return false,
+            Err(e) => {
+                warn!(slot = %record.slot, error = %e, "not starting the slot's own kernel");
+                record.warnings.push(format!("slot {}: not starting its own kernel: {e}", record.slot));
+                return false;
+            }
         };
-        let json = serde_json::to_vec_pretty(&record).expect("record serialises");
-        let path = self.paths.boot_json();
-        write_atomic(&path, &json, 0o644).map_err(|e| BootError::Io(format!("writing {}", path.display()), e))?;
-        mounts.keep();
-        Ok(record)
+        let h = Handoff { nonce: self.boot_id.clone(), release: k.release.clone(), record: record.clone() };
+        let loaded = h.save(&self.paths).and_then(|()| {
+            if !self.paths.is_real_root() {
+                info!(kernel = %k.release, "--root: the slot's kernel is not loaded into this machine's");
+                return Ok(());
+            }
+            let cmdline = std::fs::read_to_string(self.paths.kernel_cmdline()).unwrap_or_default();
+            kernel::load(sysroot, &k, &kernel::next_cmdline(&cmdline, &h.nonce))
+        });
+        if let Err(e) = loaded {
+            Handoff::clear(&self.paths);
+            warn!(slot = %record.slot, error = %e, "cannot load the slot's own kernel");
+            record.warnings.push(format!("slot {}: cannot load its own kernel {}: {e}", record.slot, k.release));
+            return false;
+        }
+        info!(slot = %record.slot, from = %record.kernel, to = %k.release, "the slot runs its own kernel: handing over");
+        record.kexec = Some(k.release);
+        true
     }
 }

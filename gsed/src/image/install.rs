@@ -3,7 +3,8 @@
 //! without writing: every chunk whole, every member inside the slot; then the
 //! slot must be big enough. Then the slot's flag goes (an interrupted install
 //! is never trusted), then the old contents, GNU tar unpacks the stream, the
-//! slot is flushed, and a fresh flag is written last.
+//! image's own kernel is checked, the slot is flushed, and a fresh flag is
+//! written last.
 
 use std::{
     io::{Read, Write},
@@ -200,6 +201,12 @@ pub fn install(
         });
     }
     tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "image unpacked");
+    // A kernel early boot would refuse to start is refused now, before the
+    // slot can be tried (publish checks it too; an older gsectl may not have).
+    if let Err(e) = crate::boot::kernel::find(dir, true) {
+        let _ = clear_dir(dir, &["lost+found"]);
+        return Err(ImageError::Refused(format!("slot {slot}: image {}: {e}; the slot was left empty", index.version)));
+    }
     // The image on the disk before the flag that vouches for it: the flag's own
     // fsync would not carry the data tar left to delayed allocation.
     sync_slot(dir).map_err(ctx("flushing the image"))?;

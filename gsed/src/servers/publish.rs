@@ -140,12 +140,14 @@ pub fn publish_image(
     tree: &Path,
     secret: &Path,
     rollout: u8,
+    without_kernel: bool,
 ) -> Result<Channel, PublishError> {
     valid_name(version, "version", "._-")?;
     valid_name(name, "channel name", "-")?;
     check_rollout(rollout)?;
     // A bad key fails here, before the (long) chunking writes anything.
     sign(secret, b"probe", "gse key check")?;
+    check_kernel(image, without_kernel)?;
     let gse1 = tree.join("gse1");
     let stream = open_image(image).map_err(io(format!("reading {}", image.display())))?;
     let index = write_chunks(stream, &gse1.join("chunks"), version, PUBLISH_LEVEL)
@@ -166,6 +168,37 @@ pub fn publish_image(
         rollout,
     };
     write_channel(tree, channel, secret)
+}
+
+/// Each slot boots the kernel of its own image (DESIGN §12): an image must
+/// carry one, with its modules and GSE initramfs, unless the administrator
+/// says its machines boot a kernel from elsewhere (`without_kernel`); one it
+/// carries is checked either way.
+fn check_kernel(image: &Path, without_kernel: bool) -> Result<(), PublishError> {
+    let unreadable =
+        |e: io::Error| PublishError::Refused(format!("{}: not a readable tar stream: {e}", image.display()));
+    let mut archive = tar::Archive::new(open_image(image).map_err(io(format!("reading {}", image.display())))?);
+    let mut names = Vec::new();
+    for entry in archive.entries().map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let path = entry.path().map_err(unreadable)?;
+        let name = path.to_string_lossy();
+        let name = name.trim_start_matches("./");
+        if name.starts_with("boot/") || (name.contains("lib/modules/") && name.ends_with("/modules.dep")) {
+            names.push(name.to_owned());
+        }
+    }
+    let refused = |why: String| PublishError::Refused(format!("{}: {why}; nothing was published", image.display()));
+    match crate::boot::kernel::from_names(names.iter().map(String::as_str), true) {
+        Err(e) => Err(refused(e.to_string())),
+        Ok(None) if !without_kernel => Err(refused(
+            "the image carries no kernel (boot/vmlinuz-RELEASE with lib/modules/RELEASE/), so its slot \
+             would boot another image's kernel; build it with its kernel, or pass --no-kernel when the \
+             machines' own boot loader starts a kernel from elsewhere"
+                .into(),
+        )),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Changes the share of machines that take channel `name`'s current version.

@@ -23,6 +23,7 @@ done
 say "GSE-HEALTH-JSON: $h"
 say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
 say "GSE-MOTD: $(head -n 1 /etc/motd)"
+say "GSE-UNAME: $(uname -r)"
 say "GSE-FILESYSTEMS: $(awk '{ print $NF }' /proc/filesystems | paste -sd, -)"
 as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
 say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"
