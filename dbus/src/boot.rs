@@ -89,7 +89,9 @@ pub struct BootRecord {
 pub trait Boot {
     /// Decides the slot, acts on the failure policy, mounts the new root at
     /// `sysroot` with the stateless layout and writes /run/gse/boot.json.
-    /// Returns the boot record as JSON.
+    /// Returns the boot record as JSON. When the slot carries a kernel of its
+    /// own, the record names it in `kexec`: that kernel is loaded, nothing is
+    /// mounted, and the hook starts it.
     fn prepare(&self, sysroot: &str) -> Result<String, DBusError>;
 
     /// With `prompt_at_boot` under policy `ask`: the version that may be

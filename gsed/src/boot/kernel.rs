@@ -13,11 +13,7 @@
 //! that panics therefore counts as a boot that never reached gsed, and the
 //! next power-on rolls back like any red trial.
 
-use std::{
-    fs, io,
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-};
+use std::{fs, io, os::fd::AsRawFd, path::Path};
 
 use gse_dbus::boot::BootRecord;
 use serde::{Deserialize, Serialize};
@@ -179,15 +175,15 @@ impl Handoff {
         let path = paths.kexec_handoff();
         let found = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Handoff>(&b).ok());
         let _ = fs::remove_file(&path);
-        let h = found.filter(|h| h.nonce == nonce);
-        match &h {
-            Some(h) if h.release != running_release(paths) => {
-                tracing::warn!(wanted = %h.release, running = %running_release(paths), "a handoff for another kernel; deciding again");
+        let running = running_release(paths);
+        match found.filter(|h| h.nonce == nonce) {
+            Some(h) if h.release != running => {
+                tracing::warn!(wanted = %h.release, %running, "a handoff for another kernel; deciding again");
                 None
             }
-            Some(_) => h,
+            Some(h) => Some(h),
             None => {
-                tracing::warn!(%nonce, "the command line names a handoff that is not there; deciding again");
+                tracing::warn!(%nonce, "the handoff the command line names is missing, unreadable or another boot's; deciding again");
                 None
             }
         }
@@ -216,13 +212,12 @@ pub fn next_cmdline(current: &str, nonce: &str) -> String {
 /// the running kernel (kexec_file_load), to be started by `gsectl boot kexec`
 /// once the hook has released the disks.
 pub fn load(root: &Path, kernel: &Kernel, cmdline: &str) -> io::Result<()> {
-    let open = |rel: String| -> io::Result<(PathBuf, fs::File)> {
-        let p = root.join(&rel);
-        let f = fs::File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
-        Ok((p, f))
+    let open = |rel: String| {
+        let p = root.join(rel);
+        fs::File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
     };
-    let (_, image) = open(kernel.vmlinuz())?;
-    let (_, initrd) = open(kernel.initramfs())?;
+    let image = open(kernel.vmlinuz())?;
+    let initrd = open(kernel.initramfs())?;
     let line = std::ffi::CString::new(cmdline)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the kernel command line"))?;
     let len = line.as_bytes_with_nul().len();
