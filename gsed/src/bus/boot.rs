@@ -34,6 +34,8 @@ impl From<BootError> for DBusError {
 impl BootObject {
     /// Decide the slot, act on the failure policy, mount the new root at sysroot with the
     /// stateless layout and write /run/gse/boot.json; returns the boot record as JSON.
+    /// When the slot carries a kernel of its own, the record names it in "kexec":
+    /// that kernel is loaded, nothing is mounted, and the hook starts it.
     async fn prepare(&self, sysroot: String) -> Result<String, DBusError> {
         super::bounded("sysroot", &sysroot, super::limits::PATH)?;
         if !sysroot.starts_with('/') {
