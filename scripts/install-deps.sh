@@ -16,7 +16,7 @@ test="$build
   iproute2 dnsmasq
   shellcheck
   prometheus prometheus-node-exporter chromium curl wget polkitd
-  debootstrap debian-archive-keyring qemu-system-x86 kmod
+  debootstrap debian-archive-keyring qemu-system-x86 kmod grub-pc-bin
 "
 
 set_name="test"

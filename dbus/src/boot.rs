@@ -25,6 +25,8 @@ wire_enum!(
         Trial = "trial",
         /// The trial failed; the slot that was good before boots.
         Rollback = "rollback",
+        /// No GSE system on the disks: the server's image runs from RAM (DESIGN §12).
+        Diskless = "diskless",
     }
 );
 
@@ -93,6 +95,17 @@ pub trait Boot {
     /// own, the record names it in `kexec`: that kernel is loaded, nothing is
     /// mounted, and the hook starts it.
     fn prepare(&self, sysroot: &str) -> Result<String, DBusError>;
+
+    /// On a machine with no GSE system (DESIGN §12): lays out the disk of
+    /// drives.conf (one that holds data only with `wipe = true` or `force`),
+    /// installs the server's image into every slot and writes the boot
+    /// loader. Returns one line saying what was done.
+    fn install(&self, force: bool) -> Result<String, DBusError>;
+
+    /// Diskless (`gse.install=diskless`): unpacks the server's image into RAM
+    /// at `sysroot` with the stateless layout and writes /run/gse/boot.json.
+    /// Returns the boot record as JSON.
+    fn prepare_diskless(&self, sysroot: &str) -> Result<String, DBusError>;
 
     /// With `prompt_at_boot` under policy `ask`: the version that may be
     /// installed now, as JSON `{"version", "bytes"}`, or an empty string.

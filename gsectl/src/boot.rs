@@ -28,6 +28,25 @@ enum BootAction {
     Prepare {
         #[arg(long)]
         sysroot: PathBuf,
+        /// No GSE system on the disks (gse.install=diskless): run the server's
+        /// image from RAM.
+        #[arg(long)]
+        diskless: bool,
+    },
+    /// On a machine with no GSE system (gse.install=auto|ask): lay out the disk
+    /// of drives.conf, install the server's image into every slot and write the
+    /// boot loader, through `gsed --early`; progress on stderr.
+    Install {
+        /// Erase a disk that holds data even if drives.conf says wipe = false.
+        #[arg(long)]
+        force: bool,
+    },
+    /// What an install would do to this machine's disk, from the config.d
+    /// under --root; no change is made.
+    Plan {
+        /// config.d to read drives.conf from (default: the layers under --root).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Start the kernel `boot prepare` loaded (the disks released first).
     /// Refused under --root: a test never replaces this machine's kernel.
@@ -53,21 +72,23 @@ pub struct ProvisionArgs {
 /// `--bus` for early boot: the early socket under --root unless given.
 pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArgs) -> Result<u8, Failure> {
     let paths = Paths::new(root);
-    let sysroot = match args.action {
-        BootAction::Prepare { sysroot } => sysroot,
+    let (sysroot, diskless) = match args.action {
+        BootAction::Prepare { sysroot, diskless } => (sysroot, diskless),
+        BootAction::Install { force } => return install(bus, &paths, force).await,
+        BootAction::Plan { config } => return plan(&paths, config.as_deref()),
         BootAction::Kexec => return kexec(&paths),
     };
-    let addr =
-        bus.cloned().unwrap_or_else(|| BusAddress::Address(format!("unix:path={}", paths.early_socket().display())));
-    let conn = addr.connect_peer().await.map_err(|e| {
-        Failure::Unreachable(format!("gsed --early is not answering on {addr} ({e}); the initramfs hook starts it"))
-    })?;
+    let (addr, conn) = connect(bus, &paths).await?;
     let proxy = BootProxy::builder(&conn)
         .build()
         .await
         .map_err(|e| Failure::from_bus(e.into(), &addr, "reach gsed --early"))?;
-    offer_update(&proxy).await;
-    let result = proxy.prepare(&sysroot.to_string_lossy()).await;
+    let result = if diskless {
+        follow(&proxy, proxy.prepare_diskless(&sysroot.to_string_lossy())).await
+    } else {
+        offer_update(&proxy).await;
+        proxy.prepare(&sysroot.to_string_lossy()).await
+    };
     let _ = proxy.finish().await;
     let json = result.map_err(|e| Failure::from_bus(e, &addr, "prepare the boot"))?;
     let r: BootRecord = serde_json::from_str(&json)
@@ -78,6 +99,76 @@ pub async fn run(bus: Option<&BusAddress>, root: &std::path::Path, args: BootArg
         return Ok(EXIT_KEXEC);
     }
     eprintln!("gse: booting slot {} ({}): {}", r.slot, r.action, r.reason);
+    Ok(0)
+}
+
+async fn connect(bus: Option<&BusAddress>, paths: &Paths) -> Result<(BusAddress, zbus::Connection), Failure> {
+    let addr =
+        bus.cloned().unwrap_or_else(|| BusAddress::Address(format!("unix:path={}", paths.early_socket().display())));
+    let conn = addr.connect_peer().await.map_err(|e| {
+        Failure::Unreachable(format!("gsed --early is not answering on {addr} ({e}); the initramfs hook starts it"))
+    })?;
+    Ok((addr, conn))
+}
+
+/// Installs this blank machine through gsed --early (which stays up: the
+/// hook restarts the machine afterwards).
+async fn install(bus: Option<&BusAddress>, paths: &Paths, force: bool) -> Result<u8, Failure> {
+    let (addr, conn) = connect(bus, paths).await?;
+    let proxy = BootProxy::builder(&conn)
+        .build()
+        .await
+        .map_err(|e| Failure::from_bus(e.into(), &addr, "reach gsed --early"))?;
+    let done = follow(&proxy, proxy.install(force)).await.map_err(|e| Failure::from_bus(e, &addr, "install"))?;
+    eprintln!("gse: installed: {done}");
+    Ok(0)
+}
+
+/// Waits for `call` while printing the download's progress on the console.
+async fn follow<T>(proxy: &BootProxy<'_>, call: impl std::future::Future<Output = T>) -> T {
+    let progress = async {
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let Ok(u) = proxy.update_status().await else { continue };
+            let Ok(u) = serde_json::from_str::<serde_json::Value>(&u) else { continue };
+            let line = format!(
+                "gse: {} {} {:>3.0}% ({} of {} MB)",
+                u["available_version"].as_str().unwrap_or(""),
+                u["state"].as_str().unwrap_or(""),
+                (u["progress"].as_f64().unwrap_or(0.0) * 10.0).floor() * 10.0,
+                u["bytes_done"].as_u64().unwrap_or(0) >> 20,
+                u["bytes_total"].as_u64().unwrap_or(0) >> 20
+            );
+            if line.split(" (").next() != last.split(" (").next() {
+                eprintln!("{line}");
+            }
+            last = line;
+        }
+    };
+    tokio::select! {
+        r = call => r,
+        _ = progress => unreachable!("the progress loop never ends"),
+    }
+}
+
+/// `gsectl boot plan`: the disk drives.conf names, what it holds now, and
+/// the layout an install would give it.
+fn plan(paths: &Paths, config: Option<&std::path::Path>) -> Result<u8, Failure> {
+    let loaded = crate::offline_config(paths, config)?;
+    let d = &loaded.settings.drives;
+    let layout: Vec<String> = d.partition.iter().map(|p| format!("{} {} {}", p.name, p.size, p.fstype)).collect();
+    println!("disk {} ({}): {}; boot loader: {}", d.device, d.table, layout.join(", "), d.loader);
+    if !std::path::Path::new(&d.device).exists() {
+        println!("there is no disk {}; this machine has: {}", d.device, provision::disks().join(", "));
+        return Ok(1);
+    }
+    let found = provision::signatures(&d.device).map_err(|e| Failure::Error(e.to_string()))?;
+    if found.is_empty() {
+        println!("{} is blank: nothing is erased", d.device);
+    } else {
+        println!("{} holds {}: ALL OF IT IS ERASED", d.device, found.join(", "));
+    }
     Ok(0)
 }
 
@@ -156,7 +247,8 @@ pub fn provision(root: &std::path::Path, args: ProvisionArgs) -> Result<u8, Fail
     let paths = Paths::new(root);
     let loaded = crate::offline_config(&paths, args.config.as_deref())?;
     let opts = provision::Options { format: args.format, force: args.force };
-    provision::provision(&paths, &loaded.settings, &opts, &mut |line| eprintln!("provision: {line}"))
+    let mut mounts = gsed::boot::mount::Mounts::new();
+    provision::provision(&paths, &loaded.settings, &opts, &mut mounts, &mut |line| eprintln!("provision: {line}"))
         .map_err(|e| Failure::Error(format!("provisioning failed: {e}")))?;
     eprintln!("provision: done");
     Ok(0)

@@ -145,7 +145,7 @@ fn own_kernel(root: &Path, config: &Path) -> Result<(), Failure> {
         Ok(Some(k)) => {
             let out = root.join(k.initramfs());
             say(format!("kernel {}: writing its GSE initramfs /{}", k.release, k.initramfs()));
-            crate::initramfs::write(&k.release, root, config, None, &out)?;
+            crate::initramfs::write(&k.release, root, config, None, false, &out)?;
             Ok(())
         }
     }

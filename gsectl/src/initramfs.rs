@@ -64,6 +64,12 @@ pub struct InitramfsBuildArgs {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    /// The installer ("controller", DESIGN §12): also lays out and installs a
+    /// blank machine, or runs it diskless. Carries sfdisk, wipefs, partx and
+    /// the mkfs tools drives.conf needs, and GRUB's BIOS images made here by
+    /// grub-mkimage when drives.conf says loader = "grub".
+    #[arg(long)]
+    controller: bool,
 }
 
 fn say(s: impl AsRef<str>) {
@@ -194,7 +200,7 @@ pub fn build(args: InitramfsBuildArgs) -> Result<u8, Failure> {
         return Err(Failure::Error(format!("{} exists; pass --force to replace it", args.out.display())));
     }
     let config = args.config.unwrap_or_else(|| PathBuf::from("/usr/share/gse/config.d"));
-    let (entries, size) = write(&args.kver, &args.modules_root, &config, args.busybox, &args.out)?;
+    let (entries, size) = write(&args.kver, &args.modules_root, &config, args.busybox, args.controller, &args.out)?;
     say(format!("wrote {} ({entries} entries, {size} bytes)", args.out.display()));
     println!("{}  {size} bytes", args.out.display());
     Ok(0)
@@ -207,6 +213,7 @@ pub fn write(
     modules_root: &Path,
     config: &Path,
     busybox: Option<PathBuf>,
+    controller: bool,
     out: &Path,
 ) -> Result<(usize, u64), Failure> {
     let mut tree = Tree::default();
@@ -225,6 +232,9 @@ pub fn write(
     tree.file("bin/modprobe", MODPROBE.to_vec(), 0o755);
     tree.file("usr/lib/gse/gse-hook.sh", include_bytes!("../../init-scripts/initramfs/gse-hook.sh").to_vec(), 0o755);
     add_config(&mut tree, config)?;
+    if controller {
+        add_installer(&mut tree, config)?;
+    }
 
     let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",
@@ -313,6 +323,112 @@ fn add_programs(tree: &mut Tree, busybox: &Path) -> Result<(), Failure> {
     }
     tree.link("sbin", "bin");
     Ok(())
+}
+
+/// GRUB modules in the core image: the disk, both partition tables, every
+/// filesystem drives.conf may give the boot partition, and what grub.cfg uses.
+const GRUB_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "part_msdos",
+    "ext2",
+    "fat",
+    "xfs",
+    "btrfs",
+    "search",
+    "search_fs_file",
+    "normal",
+    "linux",
+    "configfile",
+    "echo",
+    "test",
+];
+
+/// What a blank machine's install runs: the partitioning and mkfs tools for
+/// the filesystems of the carried drives.conf, and GRUB's boot.img and a
+/// core.img that finds the boot partition by its grub.cfg.
+fn add_installer(tree: &mut Tree, config: &Path) -> Result<(), Failure> {
+    let loaded = gsed::config::load(&[config.to_path_buf()]).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        Failure::Error(format!("{}: {}", config.display(), list.join("; ")))
+    })?;
+    let drives = &loaded.settings.drives;
+    let mut tools = vec!["sfdisk", "wipefs", "partx"];
+    for p in &drives.partition {
+        tools.extend_from_slice(match p.fstype.as_str() {
+            "ext4" => &["mkfs.ext4", "mke2fs"][..],
+            "btrfs" => &["mkfs.btrfs", "btrfs"],
+            "xfs" => &["mkfs.xfs"],
+            "vfat" => &["mkfs.vfat"],
+            "swap" => &["mkswap"],
+            _ => &[],
+        });
+    }
+    tools.sort_unstable();
+    tools.dedup();
+    let mut libs = BTreeSet::new();
+    for t in &tools {
+        let host = which(t).ok_or_else(|| {
+            Failure::Error(format!("the installer needs {t} (util-linux, e2fsprogs or the filesystem's tools) on PATH"))
+        })?;
+        let data = fs::read(&host).map_err(|e| Failure::Error(format!("reading {}: {e}", host.display())))?;
+        tree.file(&format!("usr/sbin/{t}"), data, 0o755);
+        libs.extend(libraries(&host)?);
+    }
+    for lib in &libs {
+        tree.host_file(lib)?;
+    }
+    if Path::new("/etc/mke2fs.conf").is_file() {
+        tree.host_file(Path::new("/etc/mke2fs.conf"))?;
+    }
+    let mut carried = tools.join(", ");
+    if drives.loader == "grub" {
+        let dir = Path::new("/usr/lib/grub/i386-pc");
+        let missing = || {
+            Failure::Error(format!(
+                "drives.conf says loader = \"grub\": the installer needs GRUB's BIOS files in {} and grub-mkimage \
+                 (Debian: grub-pc-bin; Gentoo: sys-boot/grub with GRUB_PLATFORMS=pc)",
+                dir.display()
+            ))
+        };
+        let boot = fs::read(dir.join("boot.img")).map_err(|_| missing())?;
+        let tmp = std::env::temp_dir().join(format!("gse-grub-{}", std::process::id()));
+        fs::create_dir_all(&tmp).map_err(|e| Failure::Error(format!("creating {}: {e}", tmp.display())))?;
+        let made = grub_core(dir, &tmp);
+        let _ = fs::remove_dir_all(&tmp);
+        let core = made?;
+        let grub = gsed::boot::loader::GRUB_DIR;
+        tree.file(&format!("{grub}/boot.img"), boot, 0o644);
+        tree.file(&format!("{grub}/core.img"), core, 0o644);
+        carried.push_str(", GRUB (BIOS)");
+    }
+    say(format!("installer: {carried} and {} shared libraries", libs.len()));
+    Ok(())
+}
+
+/// GRUB's core image from the modules in `dir`, made in `tmp`: it finds the
+/// boot partition by the grub.cfg GSE writes there and reads it.
+fn grub_core(dir: &Path, tmp: &Path) -> Result<Vec<u8>, Failure> {
+    let early = tmp.join("early.cfg");
+    let (cfg, core) = (gsed::boot::loader::CONFIG, tmp.join("core.img"));
+    let prefix = Path::new(cfg).parent().map(|p| p.display().to_string()).unwrap_or_default();
+    fs::write(&early, format!("search --no-floppy --file --set=root /{cfg}\nset prefix=($root)/{prefix}\n"))
+        .map_err(|e| Failure::Error(format!("writing {}: {e}", early.display())))?;
+    let out = Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-d"])
+        .arg(dir)
+        .arg("-o")
+        .arg(&core)
+        .arg("-c")
+        .arg(&early)
+        .args(["-p", &format!("/{prefix}")])
+        .args(GRUB_MODULES)
+        .output()
+        .map_err(|e| Failure::Error(format!("cannot run grub-mkimage: {e}")))?;
+    if !out.status.success() {
+        return Err(Failure::Error(format!("grub-mkimage: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    fs::read(&core).map_err(|e| Failure::Error(format!("reading {}: {e}", core.display())))
 }
 
 /// A copy of `config` (checked first) as early boot's image defaults.

@@ -77,13 +77,22 @@ pub fn install(root: &std::path::Path, args: InstallArgs) -> Result<u8, Failure>
     for t in &targets {
         state.attempts.remove(t);
     }
-    // A machine installed whole starts from boot.conf's primary, with no update pending.
-    if settings.boot.slots.keys().all(|s| targets.contains(s)) {
+    // A machine installed whole starts from boot.conf's primary, with no update
+    // pending, and is a system to boot (provision marked it unfinished).
+    let whole = settings.boot.slots.keys().all(|s| targets.contains(s));
+    if whole {
         (state.primary, state.trial, state.failed) = (None, None, None);
     }
     if state.repair.as_ref().is_some_and(|m| targets.contains(&m.target)) {
         state.repair = None;
     }
     state.save(&state_path).map_err(|e| Failure::Error(format!("saving {}: {e}", state_path.display())))?;
+    let marker = paths.install_unfinished();
+    if whole
+        && let Err(e) = std::fs::remove_file(&marker)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(Failure::Error(format!("removing {}: {e}", marker.display())));
+    }
     Ok(0)
 }

@@ -122,6 +122,12 @@ impl Paths {
         self.resolve("/boot/gse/flag.key")
     }
 
+    /// On the boot partition while a blank machine installs itself (DESIGN
+    /// §12): a disk with it is an install to start again, not a system.
+    pub fn install_unfinished(&self) -> PathBuf {
+        self.resolve("/boot/gse/install-unfinished")
+    }
+
     /// Early boot's copy of the machine key for the running gsed (which installs
     /// updates and signs their flags) when the boot partition is not mounted.
     pub fn run_flag_key(&self) -> PathBuf {

@@ -159,6 +159,8 @@ pub struct Kit {
     pub dracut: Option<Dracut>,
     /// The template of a machine whose slots are btrfs subvolumes (made on first use).
     btrfs: OnceLock<PathBuf>,
+    /// The installer's initramfs (`--controller`; made on first use).
+    controller: OnceLock<PathBuf>,
 }
 
 static KITS: [OnceLock<Kit>; 2] = [OnceLock::new(), OnceLock::new()];
@@ -361,7 +363,21 @@ impl Kit {
             if dracut.is_some() { ", dracut's initrds" } else { "" },
             started.elapsed().as_secs_f64()
         );
-        Kit { init, kernel, initrd, conf, secret, image, template, dir, kroot, kver, dracut, btrfs: OnceLock::new() }
+        Kit {
+            init,
+            kernel,
+            initrd,
+            conf,
+            secret,
+            image,
+            template,
+            dir,
+            kroot,
+            kver,
+            dracut,
+            btrfs: OnceLock::new(),
+            controller: OnceLock::new(),
+        }
     }
 
     /// A new version of the kit's image: its tree, changed by `change`, built
@@ -409,6 +425,32 @@ impl Kit {
             let template = self.dir.join("template-btrfs.img");
             lay_out(&self.dir, &conf, &self.image, &template);
             template
+        })
+    }
+
+    /// The kit's image (version vm-1), to publish.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// The installer a blank machine boots (from a USB stick, by `-kernel`,
+    /// or PXE): the kit's kernel with a `--controller` initramfs of the kit's
+    /// config.d (GRUB included; grub-pc-bin is needed).
+    pub fn controller(&self) -> &Path {
+        self.controller.get_or_init(|| {
+            require_tool("grub-mkimage", "grub-pc-bin");
+            let out = self.dir.join("controller.img");
+            run(
+                "gsectl initramfs build --controller",
+                Command::new(release_bin("gsectl"))
+                    .args(["initramfs", "build", "--controller", "--force", "--kver", &self.kver, "--modules-root"])
+                    .arg(&self.kroot)
+                    .arg("--out")
+                    .arg(&out)
+                    .arg("--config")
+                    .arg(&self.conf),
+            );
+            out
         })
     }
 
@@ -481,28 +523,38 @@ fn lay_out(dir: &Path, conf: &Path, image: &Path, template: &Path) {
     // Slots and user-data by this loop device's partitions, never by label:
     // another kit may be laying out a disk with the same labels right now.
     let dev = &lo.dev;
+    let n = |name: &str| part_number(conf, name);
     let slots = if drives.contains("\"btrfs\"") {
+        let r = n("root");
         format!(
-            "[slots.a]\ndevice = \"{dev}p2\"\nfstype = \"btrfs\"\nsubvol = \"@a\"\n[slots.b]\ndevice = \"{dev}p2\"\nfstype = \"btrfs\"\nsubvol = \"@b\"\n"
+            "[slots.a]\ndevice = \"{dev}p{r}\"\nfstype = \"btrfs\"\nsubvol = \"@a\"\n[slots.b]\ndevice = \"{dev}p{r}\"\nfstype = \"btrfs\"\nsubvol = \"@b\"\n"
         )
     } else {
+        let (a, b) = (n("a"), n("b"));
         format!(
-            "[slots.a]\ndevice = \"{dev}p2\"\nfstype = \"ext4\"\n[slots.b]\ndevice = \"{dev}p3\"\nfstype = \"ext4\"\n"
+            "[slots.a]\ndevice = \"{dev}p{a}\"\nfstype = \"ext4\"\n[slots.b]\ndevice = \"{dev}p{b}\"\nfstype = \"ext4\"\n"
         )
     };
     let cboot = prov.join("controller/cboot.conf");
     let kept: String =
         fs::read_to_string(&cboot).unwrap_or_default().split("[slots.").next().unwrap_or_default().to_owned();
     fs::write(&cboot, format!("{kept}\n{slots}")).unwrap();
-    let data = drives.matches("[[partition]]").count();
+    let (boot, data) = (n("boot"), n("user-data"));
     let r = dir.join("r");
     let g = gsectl.display();
     ns.ok(&format!(
-        "set -e; {g} --root {r} provision --format --config {prov}; mount {dev}p1 {r}/boot; mount {dev}p{data} {r}/user-data; {g} --root {r} install --image {image} --config {prov} 2>&1; umount {r}/boot {r}/user-data",
+        "set -e; {g} --root {r} provision --format --config {prov}; mount {dev}p{boot} {r}/boot; mount {dev}p{data} {r}/user-data; {g} --root {r} install --image {image} --config {prov} 2>&1; umount {r}/boot {r}/user-data",
         r = r.display(),
         prov = prov.display(),
         image = image.display(),
     ));
+}
+
+/// The number of the partition drives.conf in `conf` calls `name`.
+pub fn part_number(conf: &Path, name: &str) -> u32 {
+    let loaded = gsed::config::load(&[conf.to_path_buf()]).unwrap_or_else(|e| panic!("{}: {e:?}", conf.display()));
+    let i = loaded.settings.drives.partition.iter().position(|p| p.name == name);
+    i.map(|i| i as u32 + 1).unwrap_or_else(|| panic!("{}: drives.conf has no partition {name}", conf.display()))
 }
 
 /// Makes the config.d `conf` describe a machine whose slots a and b are the
@@ -511,7 +563,7 @@ fn lay_out(dir: &Path, conf: &Path, image: &Path, template: &Path) {
 pub fn btrfs_conf(conf: &Path) {
     fs::write(
         conf.join("controller/drives.conf"),
-        "device = \"/dev/vda\"\ntable = \"gpt\"\nwipe = false\n\
+        "device = \"/dev/vda\"\ntable = \"gpt\"\nwipe = false\nloader = \"none\"\n\
          [[partition]]\nname = \"boot\"\nsize = \"64M\"\nfstype = \"ext4\"\nlabel = \"gse-boot\"\n\
          [[partition]]\nname = \"root\"\nsize = \"1100M\"\nfstype = \"btrfs\"\nlabel = \"gse-root\"\nsubvolumes = [\"@a\", \"@b\"]\n\
          [[partition]]\nname = \"user-data\"\nsize = \"rest\"\nfstype = \"ext4\"\nlabel = \"gse-data\"\n",
@@ -572,6 +624,8 @@ pub struct Lab {
     _dnsmasq: ProcessGuard,
     pub ns: String,
     pub www: Vec<PathBuf>,
+    /// dnsmasq's TFTP root (served in a [`Lab::pxe`] only).
+    tftp: PathBuf,
     _dir: tempfile::TempDir,
     // Last: the namespace goes after what runs inside it.
     _netns: Netns,
@@ -583,8 +637,19 @@ impl Lab {
         Lab::of(kit(), name)
     }
 
+    /// The lab of OpenRC machines, whose DHCP server also answers network
+    /// boots: dnsmasq's TFTP hands qemu's iPXE the script `gse.ipxe`, which
+    /// [`Vm::start_pxe`] writes.
+    pub fn pxe(name: &str) -> Lab {
+        Lab::with(kit(), name, true)
+    }
+
     /// A lab whose servers publish for machines of `k`'s kind.
     pub fn of(k: &'static Kit, name: &str) -> Lab {
+        Lab::with(k, name, false)
+    }
+
+    fn with(k: &'static Kit, name: &str, pxe: bool) -> Lab {
         let ns = format!("gse-vm-{name}-{:x}", std::process::id() & 0xffff);
         let netns = Netns::add(&ns);
         let dir = tempfile::Builder::new().prefix("gse-vmlab-").tempdir().expect("tempdir");
@@ -594,7 +659,11 @@ impl Lab {
             ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "tap0"]);
         }
         ip(&["-n", &ns, "link", "set", "tap0", "up"]);
-        let dhcp = dnsmasq(&ns, "tap0", dir.path(), &["--no-ping"]);
+        let tftp = dir.path().join("tftp");
+        fs::create_dir_all(&tftp).unwrap();
+        let root = format!("--tftp-root={}", tftp.display());
+        let boot: &[&str] = if pxe { &["--enable-tftp", &root, "--dhcp-boot=gse.ipxe"] } else { &[] };
+        let dhcp = dnsmasq(&ns, "tap0", dir.path(), &[&["--no-ping"][..], boot].concat());
         let mut nginx = Vec::new();
         let mut www = Vec::new();
         for (name, addr) in SERVERS {
@@ -603,7 +672,7 @@ impl Lab {
             nginx.push(Nginx::start_in(&ns, &format!("{addr}:80"), &root));
             www.push(root);
         }
-        Lab { kit: k, nginx, _dnsmasq: dhcp, ns, www, _dir: dir, _netns: netns }
+        Lab { kit: k, nginx, _dnsmasq: dhcp, ns, www, tftp, _dir: dir, _netns: netns }
     }
 
     /// Publishes image `image` as `version` on channel stable of every server
@@ -635,6 +704,8 @@ impl Lab {
 pub struct Vm {
     pub kit: &'static Kit,
     pub scenario: String,
+    /// A second disk, attached after the first at every start (see [`Vm::blank`]).
+    pub second: Option<PathBuf>,
     /// Slots a and b as subvolumes @a and @b of partition 2 (else partitions 2 and 3).
     btrfs: bool,
     pub disk: PathBuf,
@@ -647,6 +718,8 @@ pub struct Vm {
 pub enum Disk {
     Virtio,
     Nvme,
+    /// No disk at all (a diskless machine).
+    None,
 }
 
 /// What one finished boot showed.
@@ -657,6 +730,8 @@ pub struct Boot {
     pub to_report: Duration,
     /// qemu start to OpenRC starting its default runlevel.
     pub to_runlevel: Option<Duration>,
+    /// qemu start to GSE's initramfs running (firmware, loader or PXE, kernel).
+    pub to_initramfs: Option<Duration>,
     /// qemu start to its exit (power off, or the power pulled).
     pub total: Duration,
     pub health: Value,
@@ -684,13 +759,13 @@ impl Boot {
 }
 
 /// Console markers whose first arrival is timed.
-pub const TIMED: [&str; 2] = ["GSE-HEALTH-JSON:", "Starting default runlevel"];
+pub const TIMED: [&str; 3] = ["GSE-HEALTH-JSON:", "Starting default runlevel", "gse: initramfs for kernel"];
 
 /// What the guest printed so far, and when each of [`TIMED`] first arrived.
 #[derive(Default)]
 struct Console {
     text: String,
-    seen: [Option<Duration>; 2],
+    seen: [Option<Duration>; TIMED.len()],
 }
 
 /// A guest that is running.
@@ -724,11 +799,81 @@ impl Vm {
         Vm::from_template(k, scenario, &k.template)
     }
 
+    /// The number of partition `name` (drives.conf's names) on this machine's disk.
+    pub fn part(&self, name: &str) -> u32 {
+        let conf = if self.btrfs { self.kit.dir.join("conf-btrfs") } else { self.kit.conf.clone() };
+        part_number(&conf, name)
+    }
+
+    /// A second blank disk (64 MiB of zeros), attached after the first.
+    pub fn with_second_disk(mut self) -> Vm {
+        let second = self.dir.path().join("second.img");
+        fs::File::create(&second).and_then(|f| f.set_len(64 << 20)).expect("second disk");
+        self.second = Some(second);
+        self
+    }
+
+    /// A new lab machine whose disk is blank (all zeros): nothing installed.
+    pub fn blank(scenario: &str) -> Vm {
+        let k = kit();
+        let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
+        let disk = dir.path().join("disk.img");
+        fs::File::create(&disk).and_then(|f| f.set_len(DISK_MIB << 20)).expect("blank disk");
+        Vm {
+            kit: k,
+            scenario: scenario.to_owned(),
+            second: None,
+            btrfs: false,
+            disk,
+            dir,
+            logs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Powers on the installer (`-kernel` and the controller initramfs, as a
+    /// USB stick would start it) with `gse.test=MODE` and `extra` on the
+    /// kernel command line.
+    pub fn start_installer<'a>(&'a self, lab: &Lab, mode: &str, extra: &str, disk: Disk) -> Running<'a> {
+        let cmdline = format!("{} {extra}", self.cmdline(mode));
+        self.power_on(lab, Some((Some(self.kit.controller()), &cmdline)), disk)
+    }
+
+    /// Powers on a machine with no disk that boots from the network (a
+    /// [`Lab::pxe`]): qemu's iPXE gets `gse.ipxe` by TFTP, which fetches the
+    /// installer's kernel and initramfs from server s1 over HTTP and starts
+    /// them with `gse.test=MODE` and `extra`.
+    pub fn start_pxe<'a>(&'a self, lab: &Lab, mode: &str, extra: &str) -> Running<'a> {
+        // Under gse1/, which the shipped nginx server block serves.
+        let pxe = lab.www[0].join("gse1/boot");
+        fs::create_dir_all(&pxe).unwrap();
+        fs::copy(&self.kit.kernel, pxe.join("vmlinuz")).expect("kernel for PXE");
+        fs::copy(self.kit.controller(), pxe.join("controller.img")).expect("initramfs for PXE");
+        let url = format!("http://{}/gse1/boot", SERVERS[0].1);
+        let script =
+            format!("#!ipxe\nkernel {url}/vmlinuz {} {extra}\ninitrd {url}/controller.img\nboot\n", self.cmdline(mode));
+        fs::write(lab.tftp.join("gse.ipxe"), script).unwrap();
+        self.power_on(lab, None, Disk::None)
+    }
+
+    /// Powers on with no kernel given: the firmware boots the disk (SeaBIOS,
+    /// then whatever boot loader the disk has).
+    pub fn start_from_disk<'a>(&'a self, lab: &Lab) -> Running<'a> {
+        self.power_on(lab, None, Disk::Virtio)
+    }
+
     fn from_template(k: &'static Kit, scenario: &str, template: &Path) -> Vm {
         let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
         let disk = dir.path().join("disk.img");
         run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(template).arg(&disk));
-        Vm { kit: k, scenario: scenario.to_owned(), btrfs: false, disk, dir, logs: Mutex::new(Vec::new()) }
+        Vm {
+            kit: k,
+            scenario: scenario.to_owned(),
+            second: None,
+            btrfs: false,
+            disk,
+            dir,
+            logs: Mutex::new(Vec::new()),
+        }
     }
 
     /// The kernel command line of a GSE boot with `gse.test=MODE`.
@@ -741,7 +886,7 @@ impl Vm {
 
     /// Powers the machine on with `gse.test=MODE` on the kernel command line.
     pub fn start<'a>(&'a self, lab: &Lab, mode: &str) -> Running<'a> {
-        self.power_on(lab, Some(&self.kit.initrd), &self.cmdline(mode), Disk::Virtio)
+        self.power_on(lab, Some((Some(&self.kit.initrd), &self.cmdline(mode))), Disk::Virtio)
     }
 
     /// The same kernel and root with no initramfs at all: slot a mounted by the
@@ -750,35 +895,48 @@ impl Vm {
     pub fn start_plain<'a>(&'a self, lab: &Lab) -> Running<'a> {
         let cmdline =
             "console=ttyS0 root=/dev/nvme0n1p2 rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold";
-        self.power_on(lab, None, cmdline, Disk::Nvme)
+        self.power_on(lab, Some((None, cmdline)), Disk::Nvme)
     }
 
     /// One reporting boot through `initrd` from a disk of the given kind.
     pub fn boot_on(&self, lab: &Lab, disk: Disk, initrd: &Path) -> Boot {
-        let mut r = self.power_on(lab, Some(initrd), &self.cmdline("report"), disk);
+        let mut r = self.power_on(lab, Some((Some(initrd), &self.cmdline("report"))), disk);
         r.wait_line("GSE-HEALTH-JSON:", BOOT_TIMEOUT);
         r.wait_off(Duration::from_secs(120))
     }
 
-    fn power_on<'a>(&'a self, lab: &Lab, initrd: Option<&Path>, cmdline: &str, disk: Disk) -> Running<'a> {
+    /// Starts qemu: with `kernel` (an initramfs or none, and the command
+    /// line) the kit's kernel is started directly, without it the firmware
+    /// boots the disk.
+    fn power_on<'a>(&'a self, lab: &Lab, kernel: Option<(Option<&Path>, &str)>, disk: Disk) -> Running<'a> {
         let k = self.kit;
         // A machine keeps its MAC across boots (each lab is a network of its own).
         let mac = "52:54:00:47:53:01";
         let mut qemu = Command::new("ip");
         qemu.args(["netns", "exec", &lab.ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
-            .args(["-nographic", "-no-reboot", "-kernel"])
-            .arg(&k.kernel);
-        if let Some(initrd) = initrd {
-            qemu.arg("-initrd").arg(initrd);
+            .args(["-nographic", "-no-reboot"]);
+        if kernel.is_none() && disk == Disk::None {
+            qemu.args(["-boot", "n"]);
         }
-        qemu.arg("-append").arg(cmdline);
+        if let Some((initrd, cmdline)) = kernel {
+            qemu.arg("-kernel").arg(&k.kernel);
+            if let Some(initrd) = initrd {
+                qemu.arg("-initrd").arg(initrd);
+            }
+            qemu.arg("-append").arg(cmdline);
+        }
         match disk {
+            Disk::None => &mut qemu,
             Disk::Virtio => qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio", self.disk.display())),
             Disk::Nvme => qemu
                 .arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
                 .args(["-device", "nvme,drive=d0,serial=gse"]),
         };
+        // After the first: the guest sees it as the second disk (vdb).
+        if let Some(second) = self.second.as_ref().filter(|_| disk != Disk::None) {
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio", second.display()));
+        }
         let mut child = qemu
             .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device"])
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
@@ -831,8 +989,8 @@ impl Vm {
         self.boot_on(lab, Disk::Virtio, &self.kit.initrd)
     }
 
-    /// Runs `script` on the powered-off disk with partition `part` (1 boot, 2 a,
-    /// 3 b, 4 user-data) mounted at $M, read-write; returns its output.
+    /// Runs `script` on the powered-off disk with partition `part` (see
+    /// [`Vm::part`]) mounted at $M, read-write; returns its output.
     pub fn on_disk(&self, part: u32, script: &str) -> String {
         let lo = Loop::attach(&self.disk);
         let ns = MountNs::new();
@@ -856,18 +1014,18 @@ impl Vm {
         )
     }
 
-    /// The user-data partition: after boot, a and b, or after boot and the btrfs one.
+    /// The user-data partition.
     pub fn data_part(&self) -> u32 {
-        if self.btrfs { 3 } else { 4 }
+        self.part("user-data")
     }
 
     /// Runs `script` in slot `slot` (a or b) of the powered-off disk, whatever
     /// the layout; returns its output.
     pub fn on_slot(&self, slot: &str, script: &str) -> String {
-        match (self.btrfs, slot) {
-            (true, _) => self.on_disk(2, &format!("cd @{slot}; {script}")),
-            (false, "a") => self.on_disk(2, script),
-            (false, _) => self.on_disk(3, script),
+        if self.btrfs {
+            self.on_disk(self.part("root"), &format!("cd @{slot}; {script}"))
+        } else {
+            self.on_disk(self.part(slot), script)
         }
     }
 
@@ -1009,6 +1167,7 @@ impl Running<'_> {
             n,
             to_report: self.seen(0).unwrap_or(total),
             to_runlevel: self.seen(1),
+            to_initramfs: self.seen(2),
             total,
             health: json("GSE-HEALTH-JSON:"),
             boot: json("GSE-BOOT-JSON:"),

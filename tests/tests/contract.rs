@@ -153,6 +153,20 @@ async fn early_boot_interface_matches_and_finish_ends_gsed() {
         Err(DBusError::NotPossible(m)) => assert!(m.contains("no machine key"), "{m}"),
         other => panic!("expected NotPossible, got {other:?}"),
     }
+    // No server is configured: nothing to install from, nothing to run diskless.
+    for r in [boot.install(false).await, boot.prepare_diskless(root.path().join("sysroot").to_str().unwrap()).await] {
+        match r {
+            Err(DBusError::Failed(m)) => assert!(m.contains("no server to install from"), "{m}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+    assert!(
+        !root.path().join("sysroot").exists() || fs::read_dir(root.path().join("sysroot")).unwrap().next().is_none()
+    );
+    match boot.prepare_diskless("relative").await {
+        Err(DBusError::InvalidArgs(m)) => assert!(m.contains("must be an absolute path"), "{m}"),
+        other => panic!("expected InvalidArgs, got {other:?}"),
+    }
     boot.finish().await.unwrap();
     let status = early.wait_exit(Duration::from_secs(5)).expect("gsed --early exits after Finish()");
     assert!(status.success());

@@ -6,6 +6,7 @@ use std::{fs, time::Duration};
 
 use gse_tests::{
     client::Client,
+    disk::Loop,
     disk::{self, *},
     *,
 };
@@ -250,8 +251,14 @@ fn hook(c: &Client, gsed: &std::path::Path) -> std::process::Output {
 }
 
 fn hook_cmd(c: &Client, gsed: &std::path::Path) -> std::process::Command {
-    let mut cmd = c.ns.command("sh");
-    cmd.arg(repo().join("init-scripts/initramfs/gse-hook.sh"))
+    hook_in(c, gsed, &["sh"])
+}
+
+/// The hook under `shell` (e.g. `busybox sh`, the initramfs's).
+fn hook_in(c: &Client, gsed: &std::path::Path, shell: &[&str]) -> std::process::Command {
+    let mut cmd = c.ns.command(shell[0]);
+    cmd.args(&shell[1..])
+        .arg(repo().join("init-scripts/initramfs/gse-hook.sh"))
         .arg(&c.sysroot)
         .env("GSE_ROOT", c.root.path())
         .env("GSED", gsed)
@@ -337,6 +344,81 @@ fn early_boot_reports_clear_errors_and_leaves_nothing_mounted() {
     assert_eq!(left, "", "nothing is left mounted");
 }
 
+/// A machine with no GSE boot partition (DESIGN §12): the hook says so, and
+/// without gse.install boots no further; an install with no server to ask is
+/// tried GSE_INSTALL_TRIES times and then given up loudly; a mode it does not
+/// know is named.
+#[test]
+fn a_machine_without_gse_says_so_and_gives_up_on_a_silent_server() {
+    let c = Client::new(false, "[health]\ninit = \"none\"\n");
+    let missing = format!("LABEL=gse-none-{:x}", std::process::id());
+    let run = |install: &str| {
+        let out = hook_cmd(&c, &bin("gsed"))
+            .env("GSE_BOOT_DEV", &missing)
+            .env("GSE_DEVICE_WAIT", "0")
+            .env("GSE_INSTALL", install)
+            .env("GSE_INSTALL_TRIES", "2")
+            .env("GSE_RETRY_WAIT", "0")
+            .output()
+            .unwrap();
+        c.power_off();
+        text(&out.stderr)
+    };
+    let err = run("");
+    assert!(err.contains(&format!("no GSE system is found locally: no {missing} after 0 s")), "{err}");
+    assert!(err.contains("boot with gse.install=auto (install it), ask (a menu) or diskless (run from RAM)"), "{err}");
+
+    for mode in ["auto", "diskless"] {
+        let err = run(mode);
+        assert!(err.contains("no server to install from (network: not needed: no server is configured"), "{err}");
+        assert!(err.contains("trying again in 0 s (attempt 2 of 2)"), "{err}");
+        assert!(err.contains("EARLY BOOT FAILED: gave up after 2 attempts (see above)"), "{err}");
+        assert!(!err.contains("attempt 3"), "{err}");
+    }
+    let err = run("sometimes");
+    assert!(err.contains("gse.install=sometimes is not auto, ask or diskless"), "{err}");
+
+    // gse.install=ask, under the initramfs's shell (busybox: `read -t`): the
+    // menu names what the disk holds; installing over data needs "erase"
+    // typed, anything else erases nothing; no answer runs diskless.
+    let dir = tempfile::Builder::new().prefix("gse-ask-").tempdir().unwrap();
+    let disk = Loop::new(dir.path(), "disk", 64);
+    disk.mkfs_ext4("gse-old-data", None);
+    c.root.write(
+        "usr/share/gse/config.d/controller/drives.conf",
+        &format!(
+            "device = \"{}\"\nloader = \"none\"\n[[partition]]\nname = \"all\"\nsize = \"rest\"\nfstype = \"ext4\"\nlabel = \"x\"\n",
+            disk.dev
+        ),
+    );
+    let ask = |typed: &str| {
+        let mut child = hook_in(&c, &bin("gsed"), &["busybox", "sh"])
+            .env("GSE_BOOT_DEV", &missing)
+            .env("GSE_DEVICE_WAIT", "0")
+            .env("GSE_INSTALL", "ask")
+            .env("GSE_CONSOLE", "-")
+            .env("GSE_ASK_WAIT", "5")
+            .env("GSE_INSTALL_TRIES", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), typed.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        c.power_off();
+        text(&out.stderr)
+    };
+    let err = ask("i\nno\n");
+    assert!(err.contains(&format!("{} holds ext4: ALL OF IT IS ERASED", disk.dev)), "{err}");
+    assert!(err.contains("type erase to confirm that everything on the disk is lost"), "{err}");
+    assert!(err.contains("EARLY BOOT FAILED: not confirmed: nothing was erased"), "{err}");
+    assert_eq!(c.ns.ok(&format!("blkid -o value -s LABEL {}", disk.dev)).trim(), "gse-old-data", "untouched");
+    let err = ask("");
+    assert!(err.contains("your choice [i/d/s] (diskless in 5 s)"), "{err}");
+    assert!(err.contains("no server to install from"), "diskless was tried: {err}");
+}
+
 #[test]
 fn provision_format_refuses_data_then_lays_out_the_disk() {
     let ns = MountNs::new();
@@ -353,7 +435,7 @@ fn provision_format_refuses_data_then_lays_out_the_disk() {
     w(
         "controller/drives.conf",
         &format!(
-            "device = \"{d}\"\n[[partition]]\nname = \"boot\"\nsize = \"32M\"\nfstype = \"ext4\"\nlabel = \"gb-{tag}\"\n\
+            "device = \"{d}\"\nloader = \"none\"\n[[partition]]\nname = \"boot\"\nsize = \"32M\"\nfstype = \"ext4\"\nlabel = \"gb-{tag}\"\n\
              [[partition]]\nname = \"root\"\nsize = \"180M\"\nfstype = \"btrfs\"\nlabel = \"gr-{tag}\"\nsubvolumes = [\"@a\", \"@b\"]\n\
              [[partition]]\nname = \"data\"\nsize = \"rest\"\nfstype = \"ext4\"\nlabel = \"gd-{tag}\"\n",
             d = disk.dev
@@ -382,6 +464,46 @@ fn provision_format_refuses_data_then_lays_out_the_disk() {
         c.output().unwrap()
     };
 
+    let plan = || {
+        let out = ns
+            .command(bin("gsectl"))
+            .arg("--root")
+            .arg(root.path())
+            .args(["boot", "plan", "--config"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let p = plan();
+    assert!(
+        p.contains(&format!(
+            "disk {} (gpt): boot 32M ext4, root 180M btrfs, data rest ext4; boot loader: none",
+            disk.dev
+        )),
+        "{p}"
+    );
+    assert!(p.contains(&format!("{} holds ext4: ALL OF IT IS ERASED", disk.dev)), "{p}");
+
+    // A disk drives.conf names that this machine does not have.
+    let absent = dir.path().join("absent.d");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&conf).arg(&absent).status().unwrap().success());
+    let drives = fs::read_to_string(conf.join("controller/drives.conf")).unwrap();
+    fs::write(absent.join("controller/drives.conf"), drives.replace(&disk.dev, "/dev/gse-no-such-disk")).unwrap();
+    let out = ns
+        .command(bin("gsectl"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["provision", "--format", "--config"])
+        .arg(&absent)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no disk /dev/gse-no-such-disk (controller/drives.conf device); this machine has: /dev/"),
+        "{err}"
+    );
+
     let out = provision(false);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -400,16 +522,17 @@ fn provision_format_refuses_data_then_lays_out_the_disk() {
     );
     let d = &disk.dev;
     let check = ns.ok(&format!(
-        "set -e; m=$(mktemp -d); mount {d}p1 $m; stat -c %a $m/gse/flag.key; umount $m; \
+        "set -e; m=$(mktemp -d); mount {d}p1 $m; stat -c %a $m/gse/flag.key; ls $m/gse/install-unfinished; umount $m; \
          mount {d}p3 $m; ls $m/persistent | tr '\\n' ' '; echo; ls $m/persistent/local | tr '\\n' ' '; echo; umount $m; \
          mount {d}p2 $m; btrfs subvolume list $m | awk '{{print $NF}}' | tr '\\n' ' '; echo; head -2 $m/@a/.gse/bootflag | tail -1; head -2 $m/@b/.gse/bootflag | tail -1; umount $m"
     ));
     let lines: Vec<&str> = check.lines().collect();
     assert_eq!(lines[0], "600", "the flag key is private");
-    assert_eq!(lines[1].trim(), "config.d gse local logs overlays");
-    assert_eq!(lines[2].trim(), "home root");
-    assert_eq!(lines[3].trim(), "@a @b");
-    assert_eq!(&lines[4..6], ["slot=a", "slot=b"]);
+    assert!(lines[1].ends_with("gse/install-unfinished"), "no system until an install: {}", lines[1]);
+    assert_eq!(lines[2].trim(), "config.d gse local logs overlays");
+    assert_eq!(lines[3].trim(), "home root");
+    assert_eq!(lines[4].trim(), "@a @b");
+    assert_eq!(&lines[5..7], ["slot=a", "slot=b"]);
     assert_eq!(ns.ok(&format!("awk '$1 ~ \"^{d}\"' /proc/self/mounts")), "", "provision unmounts what it mounted");
 }
 
@@ -508,9 +631,16 @@ fn an_image_installed_into_both_slots_boots() {
     let out = image_build(&tree, "2.0", &image, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // As `provision --format` leaves a new disk: no system until every slot is installed.
+    let marker = c.root.path().join("boot/gse/install-unfinished");
+    fs::write(&marker, "laid out\n").unwrap();
+    let out = c.gsectl(&["install", "--image", image.to_str().unwrap(), "--slot", "b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(marker.exists(), "one slot of two is not a whole install");
     let out = c.gsectl(&["install", "--image", image.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("install: slot b: image 2.0 installed"), "{}", text(&out.stderr));
+    assert!(!marker.exists(), "a whole install makes the disk a system");
     c.assert_same_tree("a", "b");
     let b = c.early_boot();
     assert_eq!(

@@ -3,11 +3,13 @@
 //! (bailout or repair), mount the chosen slot with the stateless layout and write
 //! `/run/gse/boot.json` for the running system.
 
+pub mod blank;
 pub mod copy;
 pub mod decide;
 pub mod flag;
 pub mod kernel;
 pub mod layout;
+pub mod loader;
 pub mod mount;
 pub mod provision;
 pub mod slots;
@@ -210,14 +212,7 @@ impl BootService {
         let key_path = self.paths.flag_key();
         let key = FlagKey::load(&key_path)
             .map_err(|source| BootError::NoKey { path: key_path.display().to_string(), source })?;
-        // The running system may not mount /boot; its gsed signs the flags of
-        // the updates it installs with this copy (RAM only, root only).
-        if let Err(e) = std::fs::read(&key_path).and_then(|k| {
-            let mut f = crate::fsutil::create_private(&self.paths.run_flag_key(), 0o600)?;
-            std::io::Write::write_all(&mut f, &k)
-        }) {
-            warn!(error = %e, "cannot hand the machine key to the running system; updates will need /boot mounted");
-        }
+        self.hand_key_to_system();
         let slots = Slots { paths: &self.paths, settings, device_wait: self.device_wait };
         let running = kernel::running_release(&self.paths);
         let (mut record, may_kexec) = match self.handoff() {
@@ -245,6 +240,17 @@ impl BootService {
         write_atomic(&path, &json, 0o644).map_err(|e| BootError::Io(format!("writing {}", path.display()), e))?;
         mounts.keep();
         Ok(record)
+    }
+
+    /// The running system may not mount /boot; its gsed signs the flags of
+    /// the updates it installs with this copy (RAM only, root only).
+    fn hand_key_to_system(&self) {
+        if let Err(e) = std::fs::read(self.paths.flag_key()).and_then(|k| {
+            let mut f = crate::fsutil::create_private(&self.paths.run_flag_key(), 0o600)?;
+            std::io::Write::write_all(&mut f, &k)
+        }) {
+            warn!(error = %e, "cannot hand the machine key to the running system; updates will need /boot mounted");
+        }
     }
 
     /// Decides the slot from the journal, the state and the flags, counts the

@@ -1,6 +1,8 @@
 //! `gsectl provision [--format]`: prepares a client's disk for GSE — partitions
 //! and filesystems from drives.conf (with `--format`), the user-data tree, the
-//! machine key that signs boot flags, and a first flag in each slot.
+//! machine key that signs boot flags, and a first flag in each slot. A disk it
+//! formats carries the "install unfinished" mark until an install of every
+//! slot removes it.
 
 use std::{
     fs,
@@ -18,7 +20,7 @@ use super::{
     slots::Slots,
 };
 use crate::{
-    config::{DrivesConf, Partition, Settings, values::PartSize},
+    config::{DrivesConf, Partition, Settings, drives::BIOS_BOOT, values::PartSize},
     paths::Paths,
 };
 
@@ -29,16 +31,19 @@ pub struct Options {
     pub force: bool,
 }
 
-/// Progress goes to `say`, one line a step.
+/// Progress goes to `say`, one line a step. With `format`, the new boot and
+/// user-data filesystems stay mounted through `mounts` (where fstab.conf puts
+/// them), and the partitions are returned in drives.conf's order.
 pub fn provision(
     paths: &Paths,
     settings: &Settings,
     opts: &Options,
+    mounts: &mut Mounts,
     say: &mut dyn FnMut(String),
-) -> Result<(), BootError> {
-    let mut mounts = Mounts::new();
+) -> Result<Vec<PathBuf>, BootError> {
+    let mut parts = Vec::new();
     if opts.format {
-        let parts = format_disk(&settings.drives, opts.force, say)?;
+        parts = format_disk(&settings.drives, opts.force, say)?;
         // The new boot and user-data filesystems, where fstab.conf puts them.
         for at in ["/boot", "/user-data"] {
             if let Some(m) = settings.fstab.mount.get(at) {
@@ -55,6 +60,12 @@ pub fn provision(
                 )?;
             }
         }
+        // A new disk holds no system until an install has filled every slot
+        // (`gsectl install`, or a blank machine's own); until then early boot
+        // treats it as blank, never as a system to boot.
+        let marker = paths.install_unfinished();
+        crate::fsutil::write_atomic(&marker, b"this disk was laid out; no install has finished on it\n", 0o644)
+            .map_err(|e| BootError::Io(format!("writing {}", marker.display()), e))?;
     }
 
     let persistent = paths.persistent();
@@ -95,7 +106,7 @@ pub fn provision(
         let _ = fs::remove_file(paths.boot_state());
     }
     nix::unistd::sync();
-    Ok(())
+    Ok(parts)
 }
 
 /// `VERSION=` from the image's `/etc/gse-release`, or `unknown`.
@@ -123,11 +134,17 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, BootError> {
 /// Partitions and formats the disk; returns the partition devices in order.
 pub fn format_disk(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)) -> Result<Vec<PathBuf>, BootError> {
     let dev = &drives.device;
+    if !Path::new(dev).exists() {
+        return Err(BootError::Tool(format!(
+            "no disk {dev} (controller/drives.conf device); this machine has: {}",
+            disks().join(", ")
+        )));
+    }
     refuse_or_wipe(drives, force, say)?;
     say(format!("partitioning {dev} ({}, {} partitions)", drives.table, drives.partition.len()));
     partition(drives)?;
     let parts: Vec<PathBuf> = (1..=drives.partition.len()).map(|n| partition_node(dev, n)).collect::<Result<_, _>>()?;
-    for (p, node) in drives.partition.iter().zip(&parts) {
+    for (p, node) in drives.partition.iter().zip(&parts).filter(|(p, _)| p.fstype != BIOS_BOOT) {
         say(format!("formatting {} as {} ({}, label {})", node.display(), p.fstype, p.name, p.label));
         mkfs(p, node)?;
         if !p.subvolumes.is_empty() {
@@ -145,6 +162,28 @@ pub fn format_disk(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)
     Ok(parts)
 }
 
+/// The whole disks this machine has (no partitions, no loop or RAM devices), or "none".
+pub fn disks() -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir("/sys/block")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    found.retain(|d| !["loop", "ram", "zram", "sr", "fd"].iter().any(|p| d.starts_with(p)));
+    found.sort();
+    if found.is_empty() {
+        return vec!["none".into()];
+    }
+    found.iter().map(|d| format!("/dev/{d}")).collect()
+}
+
+/// What a disk holds now, as wipefs names it (partition tables, filesystems); empty when blank.
+pub fn signatures(dev: &str) -> Result<Vec<String>, BootError> {
+    let out = run(
+        Command::new("wipefs").args(["--no-act", "--noheadings", "--output", "TYPE", dev]),
+        &format!("inspecting {dev}"),
+    )?;
+    Ok(out.split_whitespace().map(String::from).collect())
+}
+
 /// Never formats a mounted disk; a disk that holds data is wiped only when
 /// drives.conf says `wipe = true` or the administrator passed `--force`.
 fn refuse_or_wipe(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String)) -> Result<(), BootError> {
@@ -153,11 +192,7 @@ fn refuse_or_wipe(drives: &DrivesConf, force: bool, say: &mut dyn FnMut(String))
     if mounted.lines().any(|l| l.split_whitespace().next().is_some_and(|d| d.starts_with(dev.as_str()))) {
         return Err(BootError::Tool(format!("refusing to format {dev}: it or one of its partitions is mounted")));
     }
-    let signatures = run(
-        Command::new("wipefs").args(["--no-act", "--noheadings", "--output", "TYPE", dev]),
-        &format!("inspecting {dev}"),
-    )?;
-    let found: Vec<&str> = signatures.split_whitespace().collect();
+    let found = signatures(dev)?;
     if !(found.is_empty() || force || drives.wipe) {
         return Err(BootError::Tool(format!(
             "refusing to format {dev}: it holds data ({}); set wipe = true in controller/drives.conf or pass --force",
@@ -181,7 +216,11 @@ fn partition(drives: &DrivesConf) -> Result<(), BootError> {
             PartSize::Rest => String::new(),
         };
         let name = if drives.table == "gpt" { format!(", name={}", p.label) } else { String::new() };
-        let ty = if p.fstype == "swap" { "S" } else { "L" };
+        let ty = match p.fstype.as_str() {
+            "swap" => "S",
+            BIOS_BOOT => "21686148-6449-6E6F-744E-656564454649",
+            _ => "L",
+        };
         script.push_str(&format!("{size}type={ty}{name}\n"));
     }
     let mut child = Command::new("sfdisk")

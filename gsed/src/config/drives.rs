@@ -1,5 +1,6 @@
-//! `controller/drives.conf`: how `gsectl provision --format` partitions and formats
-//! a client's disk.
+//! `controller/drives.conf`: how `gsectl provision --format` (and a blank
+//! machine installing itself, DESIGN §12) partitions and formats a client's
+//! disk, and which boot loader the install puts on it.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +18,14 @@ pub struct DrivesConf {
     pub table: String,
     /// Allow `provision --format` to overwrite a disk that already holds data.
     pub wipe: bool,
+    /// The boot loader a blank machine's install writes: "grub" (BIOS) or
+    /// "none" (the administrator's own loader starts GSE's kernel).
+    pub loader: String,
     pub partition: Vec<Partition>,
 }
+
+/// The partition type that holds GRUB's core image on a gpt disk (no filesystem).
+pub const BIOS_BOOT: &str = "bios-boot";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +53,15 @@ impl Default for DrivesConf {
             device: "/dev/sda".into(),
             table: "gpt".into(),
             wipe: false,
+            loader: "grub".into(),
             partition: vec![
+                Partition {
+                    name: "bios".into(),
+                    size: PartSize::Fixed("1M".parse().expect("built-in size")),
+                    fstype: BIOS_BOOT.into(),
+                    label: "gse-bios".into(),
+                    subvolumes: Vec::new(),
+                },
                 part("boot", "1G", "gse-boot"),
                 part("a", "30G", "gse-a"),
                 part("b", "30G", "gse-b"),
@@ -89,16 +104,38 @@ impl Validate for DrivesConf {
             if matches!(p.size, PartSize::Fixed(s) if s.0 < 1 << 20) {
                 out.push(Invalid::new(key("size"), "must be at least 1M".into()));
             }
-            if !["ext4", "btrfs", "xfs", "vfat", "swap"].contains(&p.fstype.as_str()) {
+            if !["ext4", "btrfs", "xfs", "vfat", "swap", BIOS_BOOT].contains(&p.fstype.as_str()) {
                 out.push(Invalid::new(
                     key("fstype"),
-                    format!("'{}' is not supported: expected ext4, btrfs, xfs, vfat or swap", p.fstype),
+                    format!("'{}' is not supported: expected ext4, btrfs, xfs, vfat, swap or bios-boot", p.fstype),
                 ));
+            }
+            if p.fstype == BIOS_BOOT && self.table != "gpt" {
+                let why = "a bios-boot partition belongs on a gpt disk (on dos, GRUB uses the gap after the MBR)";
+                out.push(Invalid::new(key("fstype"), why.into()));
             }
             if !p.subvolumes.is_empty() && p.fstype != "btrfs" {
                 out.push(Invalid::new(key("subvolumes"), "subvolumes need fstype = \"btrfs\"".into()));
             }
         }
+        if !["grub", "none"].contains(&self.loader.as_str()) {
+            out.push(Invalid::new(
+                "loader",
+                format!("'{}' is not supported: expected \"grub\" or \"none\"", self.loader),
+            ));
+        }
+        if self.loader == "grub" && self.table == "gpt" && !self.partition.iter().any(|p| p.fstype == BIOS_BOOT) {
+            let why =
+                "GRUB on a gpt disk needs a partition with fstype = \"bios-boot\" (1M is plenty), or loader = \"none\"";
+            out.push(Invalid::new("loader", why.into()));
+        }
         out
+    }
+}
+
+impl DrivesConf {
+    /// The partitions that get a filesystem (all but the bios-boot one).
+    pub fn with_filesystem(&self) -> impl Iterator<Item = (usize, &Partition)> {
+        self.partition.iter().enumerate().filter(|(_, p)| p.fstype != BIOS_BOOT)
     }
 }

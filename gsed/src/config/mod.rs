@@ -12,7 +12,7 @@
 //! Any error rejects the whole load; the caller keeps its last good [`Settings`].
 
 mod boot;
-mod drives;
+pub mod drives;
 mod duration;
 mod keys;
 mod layer;

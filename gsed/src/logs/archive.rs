@@ -74,7 +74,8 @@ mod running {
 impl BootMeta {
     /// Boots whose logs outlive normal ones when the budget is tight.
     pub fn notable(&self) -> bool {
-        matches!(self.verdict, Some(Verdict::Red | Verdict::Incomplete)) || self.action != Action::Normal
+        matches!(self.verdict, Some(Verdict::Red | Verdict::Incomplete))
+            || !matches!(self.action, Action::Normal | Action::Diskless)
     }
 }
 

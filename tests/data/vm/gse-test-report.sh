@@ -24,6 +24,7 @@ say "GSE-HEALTH-JSON: $h"
 say "GSE-BOOT-JSON: $(tr -d '\n' </run/gse/boot.json)"
 say "GSE-MOTD: $(head -n 1 /etc/motd)"
 say "GSE-UNAME: $(uname -r)"
+say "GSE-ROOTFS: / $(awk '$2 == "/" { t = $3 } END { print t }' /proc/mounts), /user-data $(awk '$2 == "/user-data" { t = $3 } END { print t }' /proc/mounts)"
 say "GSE-FILESYSTEMS: $(awk '{ print $NF }' /proc/filesystems | paste -sd, -)"
 as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups "$@" >/dev/null 2>&1; echo $?; }
 say "GSE-POLICY: student-read=$(as student gsectl servers) student-unpin=$(as student gsectl servers unpin) labadmin-unpin=$(as labadmin gsectl servers unpin)"

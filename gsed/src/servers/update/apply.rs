@@ -47,6 +47,9 @@ impl UpdateService {
             .map(|b| b.slot)
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| boot.primary(&settings.boot).to_owned());
+        if running == crate::boot::blank::RAM_SLOT {
+            return Err(ImageError::Refused("diskless: the next boot runs the newest version from the server".into()));
+        }
         let target = backup_of(&settings.boot, &running).to_owned();
         if target == running {
             return Err(ImageError::Refused("boot.conf has a single slot: there is nowhere to install".into()));
@@ -109,6 +112,43 @@ impl UpdateService {
         let held = image::slot_indexes(&self.paths, settings.boot.slots.keys());
         cache.keep_only(&held.iter().collect::<Vec<_>>());
         Ok(target)
+    }
+
+    /// For a machine with nothing installed (DESIGN §12): the channel's
+    /// version and its index, from the first of `servers` that has them.
+    pub fn latest(&self, servers: &[String]) -> Result<(Channel, Index), ImageError> {
+        let settings = self.config.current().loaded.settings.clone();
+        let ch = super::read_channel(&self.paths, &settings, servers).map_err(ImageError::Index)?;
+        let index = fetch_index(&Http::new(STALL), servers, &ch)?;
+        Ok((ch, index))
+    }
+
+    /// Writes the version of `index` into `dir`, slot `slot`, which holds
+    /// nothing, as its chunks arrive from `servers` (the chunk cache keeps
+    /// them); with a fresh flag signed by `key`. Returns the version.
+    pub fn install_fresh(
+        &self,
+        dir: &std::path::Path,
+        slot: &str,
+        index: &Index,
+        servers: &[String],
+        key: &FlagKey,
+    ) -> Result<String, ImageError> {
+        let settings = self.config.current().loaded.settings.clone();
+        let cache = Cache::new(self.paths.chunk_cache());
+        self.step(UpdateState::Downloading, slot, index.chunks.iter().map(|c| u64::from(c.packed)).sum());
+        self.state.send_modify(|s| s.available_version = index.version.clone());
+        let progress = Throttle::new(|done, total| self.progress(done, total));
+        let fetch = Fetch {
+            servers: servers.to_vec(),
+            http: Http::new(STALL),
+            cache: &cache,
+            max_rate: settings.update.max_rate.map(|r| r.0),
+            workers: 4,
+            progress: &|d, t| progress.call(d, t),
+            stop: &self.stop,
+        };
+        self.stream(dir, &Job { target: slot, index, fetch: &fetch, key })
     }
 
     /// Staged: every chunk fetched and the whole image read once (following

@@ -130,31 +130,10 @@ impl UpdateService {
     pub async fn check(self: &Arc<Self>, servers: Vec<String>) {
         let _one = self.checking.lock().await;
         let settings = self.config.current().loaded.settings.clone();
-        let (channel, key) = (settings.update.channel.clone(), settings.servers.public_key.clone());
-        let http = Http::new(settings.servers.probe_timeout.get().max(std::time::Duration::from_secs(5)));
         let (paths, list) = (self.paths.clone(), servers.clone());
-        let fetched = tokio::task::spawn_blocking(move || -> Result<Channel, String> {
-            let mut why = Vec::new();
-            for base in &list {
-                let url = format!("{}/gse1/channels/{channel}.json", base.trim_end_matches('/'));
-                let got =
-                    http.get(&url, 1 << 20).and_then(|json| Ok((http.get(&format!("{url}.minisig"), 64 << 10)?, json)));
-                match got {
-                    Ok((sig, json)) => {
-                        verify(&key, &json, &String::from_utf8_lossy(&sig))
-                            .map_err(|e| format!("channel {channel}: {e}"))?;
-                        let ch: Channel =
-                            serde_json::from_slice(&json).map_err(|e| format!("channel {channel}: {e}"))?;
-                        channel::accept_channel(&paths, &channel, &ch)?;
-                        return Ok(ch);
-                    }
-                    Err(e) => why.push(e.to_string()),
-                }
-            }
-            Err(if why.is_empty() { "no server to ask".into() } else { why.join("; ") })
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        let fetched = tokio::task::spawn_blocking(move || read_channel(&paths, &settings, &list))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
         match fetched {
             Ok(ch) => {
                 if let Ok(mut o) = self.offer.lock() {
@@ -330,4 +309,27 @@ impl UpdateService {
             warn!(file = %path.display(), error = %e, "cannot record the update decision");
         }
     }
+}
+
+/// The signed channel file update.chk.conf names, from the first of `servers`
+/// that has it; verified with the servers' key and never older than one taken
+/// before.
+fn read_channel(paths: &Paths, settings: &crate::config::Settings, servers: &[String]) -> Result<Channel, String> {
+    let (channel, key) = (&settings.update.channel, &settings.servers.public_key);
+    let http = Http::new(settings.servers.probe_timeout.get().max(std::time::Duration::from_secs(5)));
+    let mut why = Vec::new();
+    for base in servers {
+        let url = format!("{}/gse1/channels/{channel}.json", base.trim_end_matches('/'));
+        let got = http.get(&url, 1 << 20).and_then(|json| Ok((http.get(&format!("{url}.minisig"), 64 << 10)?, json)));
+        match got {
+            Ok((sig, json)) => {
+                verify(key, &json, &String::from_utf8_lossy(&sig)).map_err(|e| format!("channel {channel}: {e}"))?;
+                let ch: Channel = serde_json::from_slice(&json).map_err(|e| format!("channel {channel}: {e}"))?;
+                channel::accept_channel(paths, channel, &ch)?;
+                return Ok(ch);
+            }
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(if why.is_empty() { "no server to ask".into() } else { why.join("; ") })
 }
