@@ -97,9 +97,10 @@ pub trait Boot {
     fn prepare(&self, sysroot: &str) -> Result<String, DBusError>;
 
     /// On a machine with no GSE system (DESIGN §12): lays out the disk of
-    /// drives.conf (one that holds data only with `wipe = true` or `force`),
-    /// installs the server's image into every slot and writes the boot
-    /// loader. Returns one line saying what was done.
+    /// drives.conf (one that holds data only with `wipe = true`, `force`, or
+    /// this machine's own unfinished install; never a GSE system), installs
+    /// the server's image into every slot and writes the boot loader.
+    /// Returns one line saying what was done.
     fn install(&self, force: bool) -> Result<String, DBusError>;
 
     /// Diskless (`gse.install=diskless`): unpacks the server's image into RAM

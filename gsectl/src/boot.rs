@@ -1,4 +1,6 @@
-//! `gsectl boot prepare` (the initramfs hook's driver) and `gsectl provision`.
+//! `gsectl boot` (the initramfs hook's driver: prepare, a blank machine's
+//! install or diskless boot, the kexec into a slot's own kernel, the install
+//! plan) and `gsectl provision`.
 
 use std::path::PathBuf;
 
@@ -124,31 +126,38 @@ async fn install(bus: Option<&BusAddress>, paths: &Paths, force: bool) -> Result
     Ok(0)
 }
 
-/// Waits for `call` while printing the download's progress on the console.
+/// The update's state as gsed --early reports it (`UpdateStatus`).
+async fn update_status(proxy: &BootProxy<'_>) -> Option<serde_json::Value> {
+    serde_json::from_str(&proxy.update_status().await.ok()?).ok()
+}
+
+/// Waits for `call` while printing the download's progress on the console:
+/// a line whenever the state or the tenth of the step changes, and the state
+/// it ended in.
 async fn follow<T>(proxy: &BootProxy<'_>, call: impl std::future::Future<Output = T>) -> T {
-    let progress = async {
-        let mut last = String::new();
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            let Ok(u) = proxy.update_status().await else { continue };
-            let Ok(u) = serde_json::from_str::<serde_json::Value>(&u) else { continue };
-            let line = format!(
-                "gse: {} {} {:>3.0}% ({} of {} MB)",
-                u["available_version"].as_str().unwrap_or(""),
+    tokio::pin!(call);
+    let mut last = String::new();
+    loop {
+        let done = tokio::select! {
+            r = &mut call => Some(r),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => None,
+        };
+        if let Some(u) = update_status(proxy).await {
+            let step = format!(
+                "gse: {} {:>3.0}%",
                 u["state"].as_str().unwrap_or(""),
-                (u["progress"].as_f64().unwrap_or(0.0) * 10.0).floor() * 10.0,
-                u["bytes_done"].as_u64().unwrap_or(0) >> 20,
-                u["bytes_total"].as_u64().unwrap_or(0) >> 20
+                (u["progress"].as_f64().unwrap_or(0.0) * 10.0).floor() * 10.0
             );
-            if line.split(" (").next() != last.split(" (").next() {
-                eprintln!("{line}");
+            if step != last {
+                let mb = |k: &str| u[k].as_u64().unwrap_or(0) >> 20;
+                let version = u["available_version"].as_str().unwrap_or("");
+                eprintln!("{step} ({} of {} MB of version {version})", mb("bytes_done"), mb("bytes_total"));
+                last = step;
             }
-            last = line;
         }
-    };
-    tokio::select! {
-        r = call => r,
-        _ = progress => unreachable!("the progress loop never ends"),
+        if let Some(r) = done {
+            return r;
+        }
     }
 }
 
@@ -204,27 +213,22 @@ async fn offer_update(proxy: &BootProxy<'_>) {
         eprintln!("gse: cannot install: {e}");
         return;
     }
-    let mut last = String::new();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let Ok(s) = proxy.update_status().await else { return };
-        let Ok(u) = serde_json::from_str::<serde_json::Value>(&s) else { return };
-        let state = u["state"].as_str().unwrap_or("").to_owned();
-        let line = format!(
-            "gse: {state} {:>3.0}% ({} of {} MB)",
-            u["progress"].as_f64().unwrap_or(0.0) * 100.0,
-            u["bytes_done"].as_u64().unwrap_or(0) >> 20,
-            u["bytes_total"].as_u64().unwrap_or(0) >> 20
-        );
-        if line != last {
-            eprintln!("{line}");
-            last = line;
+    // Settled when installed or failed; `follow` prints the steps meanwhile.
+    let settled = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            match update_status(proxy).await {
+                None => return None,
+                Some(u) if matches!(u["state"].as_str(), Some("installed" | "error" | "failed")) => return Some(u),
+                Some(_) => {}
+            }
         }
-        match state.as_str() {
-            "installed" => return eprintln!("gse: version {version} installed; booting it as a trial"),
-            "error" | "failed" => return eprintln!("gse: the install failed: {}", u["detail"].as_str().unwrap_or("")),
-            _ => {}
-        }
+    };
+    let Some(u) = follow(proxy, settled).await else { return };
+    if u["state"] == "installed" {
+        eprintln!("gse: version {version} installed; booting it as a trial");
+    } else {
+        eprintln!("gse: the install failed: {}", u["detail"].as_str().unwrap_or(""));
     }
 }
 

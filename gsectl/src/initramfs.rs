@@ -2,8 +2,10 @@
 //! loads the kernel modules GSE needs, runs the early-boot hook and switches root.
 //! It carries gsectl (which is gsed too, under that name) and every shared
 //! library `ldd` names for it, a busybox for the shell and tools, the modules
-//! with their dependencies from `modules.dep`, and a copy of config.d. Entries are sorted with fixed times and
-//! owners, so the same inputs give the same bytes.
+//! with their dependencies from `modules.dep`, and a copy of config.d; with
+//! `--controller`, also what a blank machine's install runs (DESIGN §12).
+//! Entries are sorted with fixed times and owners, so the same inputs give the
+//! same bytes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -222,6 +222,13 @@ blank_machine() { # WHY
 	mkdir -p "$root/user-data"
 	mount -t tmpfs -o mode=0755 tmpfs "$root/user-data" || fail "cannot mount a tmpfs at $root/user-data"
 	GSE_DATA_DEV=tmpfs
+	case "$GSE_SERVER" in
+	"" | http://* | https://*) ;;
+	*) fail "gse.server=$GSE_SERVER is not an http:// or https:// URL" ;;
+	esac
+	case "$GSE_SERVER" in
+	*[\"\\]*) fail "gse.server=$GSE_SERVER: quotes and backslashes have no place in a server URL" ;;
+	esac
 	if [ -n "$GSE_SERVER" ]; then
 		# Replaces the carried config's server list until the first sync
 		# brings the server's own (the key that checks it stays the carried one).

@@ -815,19 +815,9 @@ impl Vm {
 
     /// A new lab machine whose disk is blank (all zeros): nothing installed.
     pub fn blank(scenario: &str) -> Vm {
-        let k = kit();
-        let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
-        let disk = dir.path().join("disk.img");
-        fs::File::create(&disk).and_then(|f| f.set_len(DISK_MIB << 20)).expect("blank disk");
-        Vm {
-            kit: k,
-            scenario: scenario.to_owned(),
-            second: None,
-            btrfs: false,
-            disk,
-            dir,
-            logs: Mutex::new(Vec::new()),
-        }
+        Vm::with_disk(kit(), scenario, |disk| {
+            fs::File::create(disk).and_then(|f| f.set_len(DISK_MIB << 20)).expect("blank disk");
+        })
     }
 
     /// Powers on the installer (`-kernel` and the controller initramfs, as a
@@ -862,18 +852,18 @@ impl Vm {
     }
 
     fn from_template(k: &'static Kit, scenario: &str, template: &Path) -> Vm {
+        Vm::with_disk(k, scenario, |disk| {
+            run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(template).arg(disk));
+        })
+    }
+
+    /// A machine of `k`'s kind whose disk `make` writes.
+    fn with_disk(k: &'static Kit, scenario: &str, make: impl FnOnce(&Path)) -> Vm {
         let dir = tempfile::Builder::new().prefix(&format!("vm-{scenario}-")).tempdir_in(&k.dir).expect("tempdir");
         let disk = dir.path().join("disk.img");
-        run("copying the template disk", Command::new("cp").arg("--sparse=always").arg(template).arg(&disk));
-        Vm {
-            kit: k,
-            scenario: scenario.to_owned(),
-            second: None,
-            btrfs: false,
-            disk,
-            dir,
-            logs: Mutex::new(Vec::new()),
-        }
+        make(&disk);
+        let logs = Mutex::new(Vec::new());
+        Vm { kit: k, scenario: scenario.to_owned(), second: None, btrfs: false, disk, dir, logs }
     }
 
     /// The kernel command line of a GSE boot with `gse.test=MODE`.

@@ -377,6 +377,21 @@ fn a_machine_without_gse_says_so_and_gives_up_on_a_silent_server() {
     }
     let err = run("sometimes");
     assert!(err.contains("gse.install=sometimes is not auto, ask or diskless"), "{err}");
+    for (url, why) in
+        [("ftp://192.0.2.1", "is not an http:// or https:// URL"), ("http://x\"y", "quotes and backslashes")]
+    {
+        let out = hook_cmd(&c, &bin("gsed"))
+            .env("GSE_BOOT_DEV", &missing)
+            .env("GSE_DEVICE_WAIT", "0")
+            .env("GSE_INSTALL", "auto")
+            .env("GSE_SERVER", url)
+            .output()
+            .unwrap();
+        c.power_off();
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("gse.server={url}")) && err.contains(why), "{err}");
+        assert!(!err.contains("gsed --early ready"), "refused before anything started: {err}");
+    }
 
     // gse.install=ask, under the initramfs's shell (busybox: `read -t`): the
     // menu names what the disk holds; installing over data needs "erase"

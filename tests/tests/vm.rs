@@ -645,7 +645,7 @@ fn vm_blank_machine_installs_itself_and_boots_from_its_disk() {
     let mut r = vm.start_installer(&lab, "report", &install, Disk::Virtio);
     r.wait_line("no GSE system is found locally", gse_tests::vm::BOOT_TIMEOUT);
     loop {
-        let line = r.wait_nth("gse: vm-1 downloading", r.log().matches("gse: vm-1 downloading").count() + 1, T_INSTALL);
+        let line = r.wait_nth("gse: downloading", r.log().matches("gse: downloading").count() + 1, T_INSTALL);
         let pct: u32 = line.split('%').next().and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0);
         if pct >= 20 {
             break;

@@ -19,7 +19,7 @@ use nix::mount::MsFlags;
 use tracing::{info, warn};
 
 use super::{
-    BootError, BootService, Online, copy, kernel, layout,
+    BootError, BootService, Online, copy, kernel,
     loader::{self, GRUB_DIR},
     mount::Mounts,
     provision::{self, Options},
@@ -27,10 +27,17 @@ use super::{
     state::BootState,
 };
 use crate::{
-    fsutil::write_atomic,
     image::{self, Cache},
     servers::ServersService,
 };
+
+/// What is found where fstab.conf puts the boot partition.
+enum BootPartition {
+    /// This machine's own install, cut short.
+    Unfinished,
+    /// A GSE system on that device.
+    System(PathBuf),
+}
 
 /// The slot name a diskless boot reports: the image lives in RAM.
 pub const RAM_SLOT: &str = "ram";
@@ -50,8 +57,8 @@ impl BootService {
     }
 
     /// Installs this blank machine: partitions and filesystems from
-    /// drives.conf (a disk that holds data only with `wipe = true` or
-    /// `force`), what early boot synced into RAM moved onto the new user-data
+    /// drives.conf (a disk that holds data only with `wipe = true`, `force`
+    /// or this machine's own unfinished install), what early boot synced into RAM moved onto the new user-data
     /// area, the channel's version into every slot (the primary written as
     /// its chunks arrive, the others from the cache), and the boot loader.
     /// The mark provision leaves on the boot partition stays until the loader
@@ -59,25 +66,24 @@ impl BootService {
     /// Returns one line for the console.
     pub fn install(&self, online: &Online, force: bool) -> Result<String, BootError> {
         let (servers, urls) = self.picked(online)?;
-        let cfg = self.config.current();
+        let cfg = self.config_now();
         let settings = &cfg.loaded.settings;
         // This machine's own install that did not finish (a power cut, a
         // server lost half way) is laid out again; any other boot partition
         // here (a slow disk the hook gave up on) is a system, never a blank disk.
-        let ours = !force && self.unfinished_install(settings);
-        if ours {
-            info!("install: the disk holds an install of this machine that did not finish: laying it out again");
-        }
-        let force = force || ours;
-        if let Some(m) = settings.fstab.mount.get("/boot").filter(|_| !force)
-            && let Ok(dev) = super::mount::resolve_device(&m.device, Duration::ZERO)
-        {
-            return Err(BootError::Tool(format!(
-                "{} is here after all ({}): this machine has a GSE system; not installing over it",
-                m.device,
-                dev.display()
-            )));
-        }
+        let force = match self.boot_partition(settings) {
+            Some(BootPartition::Unfinished) => {
+                info!("install: the disk holds an install of this machine that did not finish: laying it out again");
+                true
+            }
+            Some(BootPartition::System(dev)) if !force => {
+                return Err(BootError::Tool(format!(
+                    "{} is here after all: this machine has a GSE system; not installing over it",
+                    dev.display()
+                )));
+            }
+            _ => force,
+        };
         let mut say = |line: String| info!("install: {line}");
         // What early boot wrote in RAM (config.d, the accepted manifest) goes onto the disk.
         let ram = self.paths.resolve("/run/gse/install-persistent");
@@ -127,28 +133,20 @@ impl BootService {
         Ok(format!("version {} installed in slots {}; {loader}", ch.version, join(&order)))
     }
 
-    /// Whether the boot partition fstab.conf names is here and carries the
-    /// mark provision leaves until an install has finished.
-    fn unfinished_install(&self, settings: &crate::config::Settings) -> bool {
-        let Some(m) = settings.fstab.mount.get("/boot") else { return false };
-        let Ok(dev) = super::mount::resolve_device(&m.device, Duration::ZERO) else { return false };
-        let Ok(mark) = self.paths.install_unfinished().strip_prefix(self.paths.resolve("/boot")).map(Path::to_owned)
-        else {
-            return false;
-        };
+    /// The boot partition fstab.conf names, if it is here: this machine's own
+    /// unfinished install (the mark provision leaves) or a system.
+    fn boot_partition(&self, settings: &crate::config::Settings) -> Option<BootPartition> {
+        let m = settings.fstab.mount.get("/boot")?;
+        let dev = super::mount::resolve_device(&m.device, Duration::ZERO).ok()?;
+        let mark = self.paths.install_unfinished();
+        let mark = mark.strip_prefix(self.paths.resolve("/boot")).ok()?;
         let at = self.paths.resolve("/run/gse/install-check");
         let mut mounts = Mounts::new();
-        let mounted = mounts.mount(
-            "looking for an unfinished install",
-            &dev.to_string_lossy(),
-            &at,
-            &m.fstype,
-            MsFlags::MS_RDONLY,
-            "",
-        );
-        let marked = mounted.is_ok() && at.join(mark).exists();
+        let step = "looking for an unfinished install";
+        let mounted = mounts.mount(step, &dev.to_string_lossy(), &at, &m.fstype, MsFlags::MS_RDONLY, "");
+        let unfinished = mounted.is_ok() && at.join(mark).exists();
         mounts.unwind();
-        marked
+        Some(if unfinished { BootPartition::Unfinished } else { BootPartition::System(dev) })
     }
 
     /// The kernel and GSE initramfs of the slot mounted at `slot_dir` onto the
@@ -194,7 +192,7 @@ impl BootService {
     /// kernel: a kernel change would lose the RAM.
     pub fn prepare_diskless(&self, sysroot: &Path, online: Online) -> Result<BootRecord, BootError> {
         let (servers, urls) = self.picked(&online)?;
-        let cfg = self.config.current();
+        let cfg = self.config_now();
         let settings = &cfg.loaded.settings;
         let key_path = self.paths.flag_key();
         let key = match super::FlagKey::load(&key_path) {
@@ -240,12 +238,7 @@ impl BootService {
         let on_disk =
             |d: &str| ["LABEL=", "UUID=", "PARTLABEL=", "PARTUUID=", "/dev/"].iter().any(|p| d.starts_with(p));
         settings.fstab.mount.retain(|_, m| !on_disk(&m.device));
-        record.warnings.extend(layout::mount_layout(&mut mounts, &settings, &self.paths, sysroot)?);
-        let json = serde_json::to_vec_pretty(&record).expect("record serialises");
-        let path = self.paths.boot_json();
-        write_atomic(&path, &json, 0o644).map_err(|e| BootError::Io(format!("writing {}", path.display()), e))?;
-        mounts.keep();
-        Ok(record)
+        self.finish(mounts, &settings, sysroot, record)
     }
 }
 

@@ -195,17 +195,21 @@ impl Handoff {
     }
 }
 
+/// The words of `cmdline` that do not start with any of `drop`.
+pub fn cmdline_without<'a>(cmdline: &'a str, drop: &'a [&str]) -> impl Iterator<Item = &'a str> {
+    cmdline.split_whitespace().filter(move |w| !drop.iter().any(|d| w.starts_with(d)))
+}
+
+/// What a boot loader adds to the command line of the kernel it starts.
+pub const LOADER_WORDS: [&str; 2] = ["BOOT_IMAGE=", "initrd="];
+
 /// The command line for the slot's kernel: this boot's, with the handoff's
 /// nonce in place of any earlier one (and without the boot loader's words).
 pub fn next_cmdline(current: &str, nonce: &str) -> String {
-    current
-        .split_whitespace()
-        .filter(|w| {
-            !w.starts_with(&format!("{CMDLINE_KEY}=")) && !w.starts_with("BOOT_IMAGE=") && !w.starts_with("initrd=")
-        })
-        .chain(std::iter::once(format!("{CMDLINE_KEY}={nonce}").as_str()))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let key = format!("{CMDLINE_KEY}=");
+    let drop = [key.as_str(), LOADER_WORDS[0], LOADER_WORDS[1]];
+    let next = format!("{key}{nonce}");
+    cmdline_without(current, &drop).chain([next.as_str()]).collect::<Vec<_>>().join(" ")
 }
 
 /// Loads `kernel` of the slot mounted at `root` with its GSE initramfs into

@@ -18,6 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::kernel::LOADER_WORDS;
 use crate::{
     config::{DrivesConf, drives::BIOS_BOOT},
     fsutil::write_atomic,
@@ -158,11 +159,20 @@ fn grub_cfg(cmdline: &str) -> String {
 /// The command line an installed machine boots with: the installer's, less
 /// what only the installer means (the install mode, the server for a
 /// machine without config, a handover, the loader's own words).
+///
+/// Words GRUB would expand or split (quotes, `$`, `;`, `\`) are left out
+/// too, each with a warning.
 pub fn installed_cmdline(installer: &str) -> String {
-    const DROP: [&str; 5] = ["gse.install=", "gse.server=", "gse.handoff=", "BOOT_IMAGE=", "initrd="];
-    installer
-        .split_whitespace()
-        .filter(|w| !DROP.iter().any(|d| w.starts_with(d)) && !w.contains(['"', '\'', '$', ';', '\\']))
+    let handoff = format!("{}=", super::kernel::CMDLINE_KEY);
+    let drop = ["gse.install=", "gse.server=", handoff.as_str(), LOADER_WORDS[0], LOADER_WORDS[1]];
+    super::kernel::cmdline_without(installer, &drop)
+        .filter(|w| {
+            let plain = !w.contains(['"', '\'', '$', ';', '\\']);
+            if !plain {
+                tracing::warn!(word = %w, "left out of the installed command line: GRUB would expand or split it");
+            }
+            plain
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

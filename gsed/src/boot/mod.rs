@@ -204,10 +204,7 @@ impl BootService {
     /// slot runs a kernel of its own, the reply names it in `kexec` and
     /// nothing stays mounted: the hook starts that kernel.
     pub fn prepare(&self, sysroot: &Path, online: Online) -> Result<BootRecord, BootError> {
-        let cfg = self.config.current();
-        for e in &cfg.errors {
-            warn!("config: {e}");
-        }
+        let cfg = self.config_now();
         let settings = &cfg.loaded.settings;
         let key_path = self.paths.flag_key();
         let key = FlagKey::load(&key_path)
@@ -234,12 +231,34 @@ impl BootService {
         if may_kexec && self.hand_over(sysroot, &mut record) {
             return Ok(record); // `mounts` goes: the slot is released for the next kernel
         }
+        self.finish(mounts, settings, sysroot, record)
+    }
+
+    /// The stateless layout below the slot mounted at `sysroot`, then
+    /// `/run/gse/boot.json`; everything stays mounted for the new root.
+    fn finish(
+        &self,
+        mut mounts: Mounts,
+        settings: &crate::config::Settings,
+        sysroot: &Path,
+        mut record: BootRecord,
+    ) -> Result<BootRecord, BootError> {
         record.warnings.extend(layout::mount_layout(&mut mounts, settings, &self.paths, sysroot)?);
         let json = serde_json::to_vec_pretty(&record).expect("record serialises");
         let path = self.paths.boot_json();
         write_atomic(&path, &json, 0o644).map_err(|e| BootError::Io(format!("writing {}", path.display()), e))?;
         mounts.keep();
         Ok(record)
+    }
+
+    /// The configuration in force; what is wrong with it goes to the console
+    /// (the last good value of each file stays).
+    fn config_now(&self) -> Arc<crate::config::live::ConfigState> {
+        let cfg = self.config.current();
+        for e in &cfg.errors {
+            warn!("config: {e}");
+        }
+        cfg
     }
 
     /// The running system may not mount /boot; its gsed signs the flags of

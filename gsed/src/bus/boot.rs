@@ -68,9 +68,10 @@ impl BootObject {
         json(&self.online_then(move |svc, online| svc.prepare(&sysroot, online)).await?)
     }
 
-    /// On a machine with no GSE system (DESIGN §12): lay out the disk of drives.conf
-    /// (one that holds data only with wipe = true or force), install the server's image
-    /// into every slot and write the boot loader; returns one line saying what was done.
+    /// On a machine with no GSE system (DESIGN §12): lay out the disk of drives.conf (one
+    /// that holds data only with wipe = true, force, or this machine's own unfinished
+    /// install; never a GSE system), install the server's image into every slot and write
+    /// the boot loader; returns one line saying what was done.
     async fn install(&self, force: bool) -> Result<String, DBusError> {
         self.online_then(move |svc, online| svc.install(&online, force)).await
     }
