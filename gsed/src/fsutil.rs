@@ -100,6 +100,13 @@ pub fn create_private(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(path)
 }
 
+/// Flushes the file system that holds `dir`, and no other: a `sync(2)` would
+/// also wait for everything the rest of the machine has written.
+pub fn syncfs(dir: &Path) -> std::io::Result<()> {
+    let d = std::fs::File::open(dir)?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,7 @@ pub fn versions(image_bytes: u64, changed: f64, seed: u64) -> (Index, Index) {
     while total < image_bytes {
         // Packed sizes around 32 KiB (64 KiB chunks, compressed by half).
         let packed = rng.u32(8 << 10..56 << 10);
-        chunks.push(Chunk { id: id(&mut rng), size: packed * 2, packed });
+        chunks.push(Chunk { id: id(&mut rng), size: packed * 2, packed, packed_sha256: None });
         total += u64::from(packed);
     }
     let size = chunks.iter().map(|c| u64::from(c.size)).sum();

@@ -73,7 +73,10 @@ impl Slots<'_> {
         let mut mounts = Mounts::new();
         self.mount(&mut mounts, slot, &at, rw)?;
         let out = f(&at);
-        nix::unistd::sync();
+        // What was written is on the disk even if the unmount has to detach.
+        if rw {
+            let _ = crate::fsutil::syncfs(&at);
+        }
         mounts.unwind();
         out
     }
@@ -122,7 +125,7 @@ impl Slots<'_> {
                 move |e| BootError::Io(what, e)
             };
             match std::fs::remove_file(flag::flag_path(dst)) {
-                Ok(()) => nix::unistd::sync(),
+                Ok(()) => crate::fsutil::syncfs(dst).map_err(io("flushing the removed flag"))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io("removing the old flag")(e)),
             }

@@ -54,7 +54,7 @@ impl Cache {
     pub fn read(&self, c: &Chunk) -> Result<Vec<u8>, ImageError> {
         let path = self.path(c);
         let packed = fs::read(&path).map_err(super::io(format!("reading cached chunk {}", path.display())))?;
-        let data = zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress(&packed, c.size as usize));
+        let data = super::index::decompress(&packed, c.size as usize);
         match data {
             Ok(d) if d.len() == c.size as usize => Ok(d),
             // Damaged: gone from the cache, so the next transfer fetches it again.
@@ -376,7 +376,13 @@ mod tests {
     fn chunk(seed: u8, len: usize) -> (Chunk, Vec<u8>, Vec<u8>) {
         let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
         let packed = zstd::bulk::compress(&data, 3).unwrap();
-        (Chunk { id: sha256_hex(&data), size: len as u32, packed: packed.len() as u32 }, data, packed)
+        let c = Chunk {
+            id: sha256_hex(&data),
+            size: len as u32,
+            packed: packed.len() as u32,
+            packed_sha256: Some(sha256_hex(&packed)),
+        };
+        (c, data, packed)
     }
 
     #[test]

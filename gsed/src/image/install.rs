@@ -136,7 +136,7 @@ pub fn install(
     let t0 = std::time::Instant::now();
     match std::fs::remove_file(flag::flag_path(dir)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(ctx("removing the old flag")(e)),
-        _ => sync_slot(dir).map_err(ctx("flushing the removed flag"))?,
+        _ => crate::fsutil::syncfs(dir).map_err(ctx("flushing the removed flag"))?,
     }
     clear_dir(dir, &["lost+found"]).map_err(ctx("emptying the slot"))?;
     tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "slot emptied");
@@ -209,7 +209,7 @@ pub fn install(
     }
     // The image on the disk before the flag that vouches for it: the flag's own
     // fsync would not carry the data tar left to delayed allocation.
-    sync_slot(dir).map_err(ctx("flushing the image"))?;
+    crate::fsutil::syncfs(dir).map_err(ctx("flushing the image"))?;
     tracing::debug!(slot, secs = t0.elapsed().as_secs_f64(), "image flushed");
     let found = image_version(dir);
     let version = if found == "unknown" { index.version.clone() } else { found };
@@ -217,10 +217,4 @@ pub fn install(
         .write(dir, key)
         .map_err(ctx("writing the flag"))?;
     Ok(version)
-}
-
-/// Flushes the file system of the slot mounted at `dir` (and no other).
-fn sync_slot(dir: &Path) -> std::io::Result<()> {
-    let d = std::fs::File::open(dir)?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(std::io::Error::from)
 }

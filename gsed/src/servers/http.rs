@@ -1,7 +1,16 @@
 //! A small blocking HTTP client for probes and downloads (plain HTTP: what is
 //! fetched is verified by signature and digest, not by the transport).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ureq::unversioned::{
+    resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver},
+    transport::{DefaultConnector, NextTimeout},
+};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{url}: {why}")]
@@ -20,7 +29,7 @@ pub struct Http {
 impl Http {
     /// Every request, connection and body included, ends within `timeout`.
     pub fn new(timeout: Duration) -> Http {
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(true)
             .max_redirects(0)
@@ -28,8 +37,8 @@ impl Http {
             // them all (ureq's default is 3), not a new TCP connection per chunk.
             .max_idle_connections_per_host(8)
             .user_agent(concat!("gsed/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), OnceResolver::default());
         Http { agent, deadline: None }
     }
 
@@ -70,6 +79,34 @@ impl Http {
             .and_then(|v| v.get("load").and_then(|l| l.as_f64()))
             .unwrap_or(0.0);
         Ok(Probe { latency_ms, load })
+    }
+}
+
+/// Resolves each server's name once per client. With a timeout set, ureq's
+/// own resolver starts a thread for every request, even to an address or over
+/// a kept-alive connection: a thread per image chunk.
+#[derive(Debug, Default)]
+struct OnceResolver {
+    inner: DefaultResolver,
+    known: Mutex<HashMap<String, ResolvedSocketAddrs>>,
+}
+
+impl Resolver for OnceResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!("{}://{}", uri.scheme_str().unwrap_or(""), uri.authority().map_or("", |a| a.as_str()));
+        if let Some(known) = self.known.lock().ok().and_then(|k| k.get(&key).cloned()) {
+            return Ok(known);
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(key, addrs.clone());
+        }
+        Ok(addrs)
     }
 }
 

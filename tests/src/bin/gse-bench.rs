@@ -28,11 +28,15 @@
 //! files) published as chunks: the bytes a client fetches when 1% of the files
 //! change, the time gsed takes to download and install it in full from nginx
 //! on loopback next to `curl | zstd -d | tar -x` and to `curl -o F && sha256sum
-//! -c && zstd -d < F | tar -x` into the same slot, and gsed's peak RSS
+//! -c && zstd -d < F | tar -x` into the same slot (each timed from the slot
+//! unmounted to the image on its disk and the slot unmounted again, as gsed
+//! does it), and gsed's peak RSS
 //! meanwhile. The target slot holds the backup, which gsed keeps until the
 //! whole image is verified; with `GSE_BENCH_BLANK=1` it holds nothing trusted,
-//! and gsed writes it as the chunks arrive. `GSE_BENCH_PERF=FILE` records gsed
-//! with `perf record -g` over the update (a release build with
+//! and gsed writes it as the chunks arrive. The chunk cache is on an ext4 of
+//! its own, as on a client's user-data partition. `GSE_BENCH_PERF=FILE` records the
+//! whole machine (gsed, tar, nginx, the kernel's writeback) with `perf record
+//! -a -g` over the update (a release build with
 //! `CARGO_PROFILE_RELEASE_STRIP=false` keeps the symbols).
 //!
 //! `sync`: a config.d sync that finds nothing new (2000 extra files, 54 MB)
@@ -629,7 +633,13 @@ fn update_bench() {
     fs::copy(&v2, www.join("gse1/v2.tar.zst")).expect("copy");
     let nginx = Nginx::start("127.0.0.61", &www);
     let slot_mib = (size_mib as u64 * 13 / 10).max(256);
+    // The persistent area (and the chunk cache on it) on its own ext4, as on a
+    // lab machine's user-data partition, not on the host's aged file system.
+    // Declared before the client: detached after the client's mount namespace is gone.
+    let data = gse_tests::disk::Loop::new(w, "user-data", slot_mib);
+    data.mkfs_ext4("gse-bench-data", None);
     let c = Client::new_sized(false, "[health]\ninit = \"none\"\n", slot_mib);
+    c.ns.ok(&format!("mkdir -p {r}/user-data && mount {} {r}/user-data", data.dev, r = c.root.path().display()));
     c.root.write(
         "usr/share/gse/config.d/controller/server/server.info.conf",
         &format!("public_key = \"{key}\"\n[[server]]\nname = \"s\"\nurl = \"{}\"\n", nginx.url()),
@@ -651,18 +661,16 @@ fn update_bench() {
             .unwrap_or("")
             .to_owned()
     };
-    let perf = std::env::var("GSE_BENCH_PERF").ok().map(|out| {
-        std::process::Command::new("perf")
-            .args(["record", "-g", "-o", &out, "-p", &pid.to_string()])
-            .spawn()
-            .expect("perf")
-    });
+    let perf = std::env::var("GSE_BENCH_PERF")
+        .ok()
+        .map(|out| std::process::Command::new("perf").args(["record", "-a", "-g", "-o", &out]).spawn().expect("perf"));
     let cpu = || {
         // utime + stime of gsed (fields 14 and 15 of stat, counted after the
         // command's closing parenthesis from the state field on), in clock ticks (100 a second).
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Every field kept in place (the state is a letter): utime is the 12th from there.
         let fields: Vec<u64> =
-            stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').filter_map(|f| f.parse().ok()).collect();
+            stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').map(|f| f.parse().unwrap_or(0)).collect();
         fields.get(11).zip(fields.get(12)).map_or(0, |(u, s)| u + s) as f64 / 100.0
     };
     let cpu0 = cpu();
@@ -694,19 +702,22 @@ fn update_bench() {
     // Two anchors into the same slot: the stream, which writes while it
     // downloads, and by hand what gsed promises (nothing written before the
     // whole download is verified), the file kept next to gsed's chunk cache.
+    // Each is timed as gsed is, from an unmounted slot to the image on the
+    // disk and the slot unmounted again (the unmount drops the new files'
+    // pages: a tenth to half a second for 2000 files).
     let dev = &c.slot_dev[1];
     let anchor = |timed: &str| {
         let script = format!(
-            "set -e; M=$(mktemp -d); mount {dev} $M; find $M -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +; sync; \
-             t0=$(date +%s%N); {timed}; sync; t1=$(date +%s%N); umount $M; rm -f {file}; echo $(( (t1 - t0) / 1000000 ))",
-            file = c.root.path().join("v2.tar.zst").display()
+            "set -e; M=$(mktemp -d); mount {dev} $M; find $M -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +; umount $M; sync; \
+             t0=$(date +%s%N); mount {dev} $M; {timed}; sync; umount $M; t1=$(date +%s%N); rm -f {file}; echo $(( (t1 - t0) / 1000000 ))",
+            file = c.root.path().join("user-data/v2.tar.zst").display()
         );
         c.ns.ok(&script).trim().parse::<f64>().expect("ms") / 1000.0
     };
     let url = format!("{}/gse1/v2.tar.zst", nginx.url());
     let streamed = anchor(&format!("curl -sf {url} | zstd -dq | tar -x --numeric-owner -C $M"));
     let sum = gsed::servers::manifest::sha256_hex(&fs::read(&v2).expect("v2"));
-    let f = c.root.path().join("v2.tar.zst");
+    let f = c.root.path().join("user-data/v2.tar.zst");
     let f = f.display();
     let staged = anchor(&format!(
         "curl -sf -o {f} {url}; echo '{sum}  {f}' | sha256sum -c --quiet; zstd -dq < {f} | tar -x --numeric-owner -C $M"

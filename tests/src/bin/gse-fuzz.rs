@@ -410,7 +410,12 @@ fn write_seeds(ctx: &Ctx) {
     put("channel", "seed-1", &serde_json::to_vec_pretty(&ch).unwrap());
     let data = b"a chunk of an image".repeat(100);
     let packed = zstd::bulk::compress(&data, 3).unwrap();
-    let chunk = Chunk { id: manifest::sha256_hex(&data), size: data.len() as u32, packed: packed.len() as u32 };
+    let chunk = Chunk {
+        id: manifest::sha256_hex(&data),
+        size: data.len() as u32,
+        packed: packed.len() as u32,
+        packed_sha256: Some(manifest::sha256_hex(&packed)),
+    };
     let index = Index { version: "2026.12".into(), size: data.len() as u64, chunks: vec![chunk] };
     put("index", "seed-1", &serde_json::to_vec(&index).unwrap());
     let f =
