@@ -664,15 +664,8 @@ fn update_bench() {
     let perf = std::env::var("GSE_BENCH_PERF")
         .ok()
         .map(|out| std::process::Command::new("perf").args(["record", "-a", "-g", "-o", &out]).spawn().expect("perf"));
-    let cpu = || {
-        // utime + stime of gsed (fields 14 and 15 of stat, counted after the
-        // command's closing parenthesis from the state field on), in clock ticks (100 a second).
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Every field kept in place (the state is a letter): utime is the 12th from there.
-        let fields: Vec<u64> =
-            stat.rsplit_once(") ").map_or("", |(_, r)| r).split(' ').map(|f| f.parse().unwrap_or(0)).collect();
-        fields.get(11).zip(fields.get(12)).map_or(0, |(u, s)| u + s) as f64 / 100.0
-    };
+    // In clock ticks, 100 a second.
+    let cpu = || cpu_ticks(pid) as f64 / 100.0;
     let cpu0 = cpu();
     // `gsectl update wait` (one process, on PropertiesChanged) rather than
     // polling: on two cores a poll every 50 ms takes CPU from the update.
