@@ -470,27 +470,22 @@ fn provision_format_refuses_data_then_lays_out_the_disk() {
         ),
     );
     let root = TestRoot::new();
-    let provision = |force: bool| {
-        let mut c = ns.command(bin("gsectl"));
-        c.arg("--root").arg(root.path()).args(["provision", "--format", "--config"]).arg(&conf);
-        if force {
-            c.arg("--force");
-        }
-        c.output().unwrap()
-    };
-
-    let plan = || {
-        let out = ns
-            .command(bin("gsectl"))
+    // gsectl on this root with `config` as its config.d.
+    let gsectl = |args: &[&str], config: &std::path::Path| {
+        ns.command(bin("gsectl"))
             .arg("--root")
             .arg(root.path())
-            .args(["boot", "plan", "--config"])
-            .arg(&conf)
+            .args(args)
+            .arg("--config")
+            .arg(config)
             .output()
-            .unwrap();
-        text(&out.stdout)
+            .unwrap()
     };
-    let p = plan();
+    let provision = |force: bool| {
+        gsectl(if force { &["provision", "--format", "--force"] } else { &["provision", "--format"] }, &conf)
+    };
+
+    let p = text(&gsectl(&["boot", "plan"], &conf).stdout);
     assert!(
         p.contains(&format!(
             "disk {} (gpt): boot 32M ext4, root 180M btrfs, data rest ext4; boot loader: none",
@@ -505,15 +500,7 @@ fn provision_format_refuses_data_then_lays_out_the_disk() {
     assert!(std::process::Command::new("cp").arg("-a").arg(&conf).arg(&absent).status().unwrap().success());
     let drives = fs::read_to_string(conf.join("controller/drives.conf")).unwrap();
     fs::write(absent.join("controller/drives.conf"), drives.replace(&disk.dev, "/dev/gse-no-such-disk")).unwrap();
-    let out = ns
-        .command(bin("gsectl"))
-        .arg("--root")
-        .arg(root.path())
-        .args(["provision", "--format", "--config"])
-        .arg(&absent)
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
+    let err = text(&gsectl(&["provision", "--format"], &absent).stderr);
     assert!(
         err.contains("no disk /dev/gse-no-such-disk (controller/drives.conf device); this machine has: /dev/"),
         "{err}"
