@@ -60,8 +60,9 @@ pub fn versions(image_bytes: u64, changed: f64, seed: u64) -> (Index, Index) {
     let mut total = 0u64;
     let id = |rng: &mut fastrand::Rng| (0..32).map(|_| format!("{:02x}", rng.u8(..))).collect::<String>();
     while total < image_bytes {
-        // Packed sizes around 32 KiB (64 KiB chunks, compressed by half).
-        let packed = rng.u32(8 << 10..56 << 10);
+        // Packed sizes around half a chunk's (compressed by half).
+        let avg = gsed::image::index::AVG_CHUNK / 2;
+        let packed = rng.u32(avg / 4..avg * 7 / 4);
         chunks.push(Chunk { id: id(&mut rng), size: packed * 2, packed, packed_sha256: None });
         total += u64::from(packed);
     }

@@ -168,8 +168,8 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     assert_eq!((s(&first["slot"]), s(&first["action"])), ("a", "normal"));
     let a_before = lab.c.listing("a");
 
-    // v2 adds a package; the running gsed takes it into slot b by itself.
-    lab.publish("2.0", &[("opt/pkg/data", blob(600 << 10, 1))]);
+    // v2 adds a package (a dozen chunks); the running gsed takes it into slot b by itself.
+    lab.publish("2.0", &[("opt/pkg/data", blob(3 << 20, 1))]);
     let gsed = lab.start_gsed("boot-1");
     let (ok, said) = lab.gsectl(&["update", "check"]);
     assert!(ok, "{said}{}", fs::read_to_string(lab.c.root.path().join("gsed-boot-1.log")).unwrap_or_default());
@@ -178,7 +178,7 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     let u = lab.update();
     assert_eq!((s(&u["state"]), s(&u["available_version"]), s(&u["target_slot"])), ("installed", "2.0", "b"), "{u:#}");
     assert_eq!(lab.c.listing("a"), a_before, "the running slot is untouched");
-    assert!(lab.c.on_slot("b", "cat etc/gse-release; wc -c < opt/pkg/data").contains("VERSION=2.0\n614400"));
+    assert!(lab.c.on_slot("b", "cat etc/gse-release; wc -c < opt/pkg/data").contains("VERSION=2.0\n3145728"));
     // A check while it waits for the reboot does not start it again.
     let before = lab.chunk_requests();
     assert!(lab.gsectl(&["update", "check"]).1.contains("installed"));
@@ -206,7 +206,7 @@ fn a_published_version_is_installed_tried_committed_and_a_failed_trial_rolls_bac
     assert_eq!((s(&third["slot"]), s(&third["action"])), ("b", "normal"), "{third:#}");
 
     // v3 changes one small file: only its chunks travel, into slot a (now the backup).
-    lab.publish("3.0", &[("opt/pkg/data", blob(600 << 10, 1)), ("opt/pkg/NEWS", b"3.0\n".to_vec())]);
+    lab.publish("3.0", &[("opt/pkg/data", blob(3 << 20, 1)), ("opt/pkg/NEWS", b"3.0\n".to_vec())]);
     let before = lab.chunk_requests();
     let gsed = lab.start_gsed("boot-3");
     assert!(lab.gsectl(&["update", "check"]).0);
@@ -358,7 +358,6 @@ fn bad_input_is_refused_before_any_slot_is_touched() {
     let lab = Lab::new(1, "auto", None);
     lab.early_boot();
     lab.publish("2.0", &[("opt/pkg/data", blob(300 << 10, 3))]);
-    let _gsed = lab.start_gsed("boot-1");
     let index_path = lab.www.join("gse1/images/2.0/index.json");
     let index: Value = serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
     let chunk = |i: usize| {
@@ -375,6 +374,8 @@ fn bad_input_is_refused_before_any_slot_is_touched() {
     let mid = bad.len() / 2;
     bad[mid] ^= 0x55;
     fs::write(chunk(big), &bad).unwrap();
+    // Started only now: under `auto` gsed checks the channel as it starts.
+    let _gsed = lab.start_gsed("boot-1");
     refused(&lab, "no server could deliver chunk");
     // A truncated chunk.
     fs::write(chunk(big), &good[..good.len() - 10]).unwrap();

@@ -7,7 +7,8 @@
 //! fetched again. Every request has its own time limit ("no progress for that
 //! long"), the transfer as a whole has none. A reader can follow the transfer in
 //! image order ([`Handoff`]): the check before install runs while chunks
-//! arrive, on the chunks the workers have just verified.
+//! arrive, on the chunks the workers have just verified, and workers stay a
+//! bounded stretch of the image ahead of it, so each chunk is decompressed once.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -122,16 +123,24 @@ impl Fetch<'_> {
     pub fn run(&self, index: &Index, follow: Option<&Handoff>) -> Result<FetchStats, ImageError> {
         let _end = follow.map(Ending);
         let mut stats = FetchStats::default();
+        // Each chunk once, in first-use order, with where the image first needs it.
         let mut missing = Vec::new();
-        for c in index.unique() {
+        let mut seen = HashSet::new();
+        let mut at = 0u64;
+        for c in &index.chunks {
+            let start = at;
+            at += u64::from(c.size);
+            if !seen.insert(c.id.as_str()) {
+                continue;
+            }
             if self.cache.has(c) {
                 stats.cached += 1;
                 stats.cached_bytes += u64::from(c.packed);
             } else {
-                missing.push(c);
+                missing.push((c, start));
             }
         }
-        let total: u64 = missing.iter().map(|c| u64::from(c.packed)).sum();
+        let total: u64 = missing.iter().map(|(c, _)| u64::from(c.packed)).sum();
         if self.servers.is_empty() && !missing.is_empty() {
             return Err(ImageError::Refused("no server to fetch the image from".into()));
         }
@@ -146,11 +155,15 @@ impl Fetch<'_> {
         std::thread::scope(|s| {
             for _ in 0..self.workers.max(1).min(missing.len().max(1)) {
                 s.spawn(|| {
+                    let give_up = || self.stop.load(Ordering::Relaxed) || failed.lock().is_ok_and(|f| f.is_some());
                     loop {
-                        if self.stop.load(Ordering::Relaxed) || failed.lock().is_ok_and(|f| f.is_some()) {
+                        if give_up() {
                             return;
                         }
-                        let Some(c) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                        let Some(&(c, start)) = missing.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                        if let Some(h) = follow {
+                            h.wait_for_reader(start, &give_up);
+                        }
                         limiter.take(u64::from(c.packed));
                         match self.one(c, &preferred, follow) {
                             Ok(()) => {
@@ -238,9 +251,10 @@ impl Fetch<'_> {
 
 /// Verified chunks on their way from a transfer to a reader that follows it
 /// in image order. The reader takes a chunk from here when a worker offered
-/// it, else from the cache once it is there; past [`Handoff::HOLD`] bytes
-/// waiting, workers stop offering (the reader then reads those from the
-/// cache), so memory stays bounded however far the reader lags.
+/// it, else from the cache once it is there. Workers fetch no chunk that
+/// starts more than [`Handoff::HOLD`] bytes of the image past the reader, so
+/// memory stays bounded and no offer is dropped: a dropped one would be
+/// decompressed a second time, from the cache, by a reader that already lags.
 #[derive(Default)]
 pub struct Handoff {
     state: Mutex<Held>,
@@ -251,7 +265,12 @@ pub struct Handoff {
 struct Held {
     chunks: HashMap<String, Vec<u8>>,
     bytes: usize,
+    /// Bytes of the image the reader has taken: where it reads next.
+    taken: u64,
+    /// The transfer ended.
     ended: bool,
+    /// The reader is gone (done, failed): nothing waits for it.
+    left: bool,
 }
 
 impl Handoff {
@@ -261,9 +280,25 @@ impl Handoff {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Waits until the reader is close enough to a chunk that starts `start`
+    /// bytes into the image (or is gone, or `give_up` says so). The chunk the
+    /// reader waits for is always claimed before any chunk that waits here.
+    fn wait_for_reader(&self, start: u64, give_up: &dyn Fn() -> bool) {
+        let mut held = self.lock();
+        while !held.left && start >= held.taken + Self::HOLD as u64 {
+            if give_up() {
+                return;
+            }
+            // Timed: a stop or another worker's failure does not notify.
+            held =
+                self.changed.wait_timeout(held, Duration::from_millis(100)).map_or_else(|e| e.into_inner().0, |r| r.0);
+        }
+    }
+
     fn offer(&self, c: &Chunk, data: Vec<u8>) {
         let mut held = self.lock();
-        if held.bytes + data.len() <= Self::HOLD && !held.chunks.contains_key(&c.id) {
+        // The bound only guards against a reader that never takes what it asked for.
+        if !held.left && held.bytes <= 2 * Self::HOLD && !held.chunks.contains_key(&c.id) {
             held.bytes += data.len();
             held.chunks.insert(c.id.clone(), data);
             self.changed.notify_all();
@@ -280,10 +315,18 @@ impl Handoff {
         self.changed.notify_all();
     }
 
+    /// Marks the reader gone when the guard drops, however it returns (done,
+    /// an error, a panic): workers no longer wait for it nor hold for it.
+    pub fn reading(&self) -> Reading<'_> {
+        Reading(self)
+    }
+
     /// `c`'s contents, waiting for the transfer to bring it; an error once the
     /// transfer ended without it (or its cached copy is damaged).
     pub fn take(&self, cache: &Cache, c: &Chunk) -> Result<Vec<u8>, ImageError> {
         let mut held = self.lock();
+        held.taken += u64::from(c.size);
+        self.changed.notify_all();
         loop {
             if let Some(data) = held.chunks.remove(&c.id) {
                 held.bytes -= data.len();
@@ -298,6 +341,19 @@ impl Handoff {
             }
             held = self.changed.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+}
+
+/// The reader of a [`Handoff`], for as long as it reads.
+pub struct Reading<'a>(&'a Handoff);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut held = self.0.lock();
+        held.left = true;
+        held.chunks.clear();
+        held.bytes = 0;
+        self.0.changed.notify_all();
     }
 }
 
@@ -344,7 +400,9 @@ impl Durable {
     }
 }
 
-/// A shared budget of bytes per second (a leaky bucket over all workers).
+/// A shared budget of bytes per second (a leaky bucket over all workers). A
+/// chunk is paid for before it is fetched, so B bytes take at least B / rate
+/// even when the whole transfer is a few large chunks.
 struct Limiter {
     rate: Option<u64>,
     next: Mutex<Instant>,
@@ -360,9 +418,8 @@ impl Limiter {
         let wait = {
             let Ok(mut next) = self.next.lock() else { return };
             let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-            start - now
+            *next = (*next).max(now) + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            *next - now
         };
         std::thread::sleep(wait);
     }
@@ -410,18 +467,33 @@ mod tests {
     }
 
     #[test]
-    fn offers_past_the_bound_are_dropped_and_read_from_the_cache() {
+    fn workers_stay_a_bounded_stretch_ahead_of_the_reader_until_it_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let h = Handoff::default();
-        let big: Vec<_> = (1..=Handoff::HOLD / (256 << 10) + 1).map(|i| chunk(i as u8 * 2 + 1, 256 << 10)).collect();
-        for (c, data, packed) in &big {
-            h.offer(c, data.clone());
-            cache.put(c, packed).unwrap();
-        }
-        assert!(h.lock().bytes <= Handoff::HOLD);
-        let (last, data, _) = big.last().unwrap();
-        assert!(!h.lock().chunks.contains_key(&last.id), "the offer past the bound was kept");
-        assert_eq!(h.take(&cache, last).unwrap(), *data);
+        let far = Handoff::HOLD as u64 + 500;
+        // Near the reader: no wait (a wait here would never end).
+        h.wait_for_reader(Handoff::HOLD as u64 - 1, &|| false);
+        // Far ahead: the worker goes on only once the reader has moved on.
+        let (a, a_data, _) = chunk(3, 1000);
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                h.wait_for_reader(far, &|| false);
+                Instant::now()
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            h.offer(&a, a_data.clone());
+            let before_take = Instant::now();
+            assert_eq!(h.take(&cache, &a).unwrap(), a_data);
+            assert!(worker.join().unwrap() >= before_take, "the worker ran ahead of the reader");
+        });
+        // A worker told to give up (gsed stops) does not wait.
+        h.wait_for_reader(u64::MAX / 2, &|| true);
+        // Once the reader is gone nothing waits for it, and nothing is held for it.
+        drop(h.reading());
+        h.wait_for_reader(u64::MAX / 2, &|| false);
+        let (b, b_data, _) = chunk(5, 2000);
+        h.offer(&b, b_data);
+        assert_eq!(h.lock().bytes, 0, "an offer was held for a reader that is gone");
     }
 }

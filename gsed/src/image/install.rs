@@ -77,6 +77,7 @@ pub fn scan(cache: &Cache, index: &Index) -> Result<(), ImageError> {
 /// (handed over by the worker that verified it, or from the cache); one
 /// that never arrives counts as damaged.
 pub fn scan_following(cache: &Cache, index: &Index, handoff: &Handoff) -> Result<(), ImageError> {
+    let _reading = handoff.reading();
     scan_with(index, &|c| handoff.take(cache, c))
 }
 

@@ -563,15 +563,11 @@ fn timed_sh(what: &str, script: &str) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-fn update_bench() {
-    use gse_tests::{http::Nginx, keygen, publish_image};
-    use gsed::image::Index;
-    let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    let size_mib: usize = std::env::var("GSE_BENCH_IMAGE_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
-    let work = tempfile::Builder::new().prefix("gse-bench-update-").tempdir().expect("tempdir");
-    let w = work.path();
-
-    // v1: a tree of `size_mib` in 2000 files; v2: 1% of the files changed.
+/// The update bench's two images in `w`: v1, a tree of `size_mib` in 2000
+/// files, and v2 with 1% of the files changed, both published under
+/// `w/www` with a key made there; returns the public key.
+fn publish_update_images(w: &std::path::Path, size_mib: usize) -> String {
+    use gse_tests::{keygen, publish_image};
     let tree = w.join("tree");
     let mut rng = fastrand::Rng::with_seed(1);
     let files = 2000;
@@ -587,7 +583,7 @@ fn update_bench() {
         timed_sh(
             "packing",
             &format!(
-                "tar --sort=name --numeric-owner --mtime=@0 -C {} -cf - . | zstd -q -3 -T0 -o {}",
+                "tar --sort=name --numeric-owner --mtime=@0 -C {} -cf - . | zstd -q -f -3 -T0 -o {}",
                 tree.display(),
                 out.display()
             ),
@@ -605,15 +601,42 @@ fn update_bench() {
     let v2 = pack("2");
     fs::remove_dir_all(&tree).expect("rm tree");
 
+    let _ = fs::remove_dir_all(w.join("www"));
     let key = keygen(w, "k");
-    let sec = w.join("k.sec");
-    let www = w.join("www");
     let t_publish = Instant::now();
     for (img, v) in [(&v1, "1"), (&v2, "2")] {
-        let out = publish_image(img, v, "stable", &www, &sec);
+        let out = publish_image(img, v, "stable", &w.join("www"), &w.join("k.sec"));
         assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
     }
     println!("publish of two {size_mib} MiB versions (chunking, zstd -12): {:.1} s", t_publish.elapsed().as_secs_f64());
+    key
+}
+
+fn update_bench() {
+    use gse_tests::http::Nginx;
+    use gsed::image::Index;
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let size_mib: usize = std::env::var("GSE_BENCH_IMAGE_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    // GSE_BENCH_KEEP=DIR: the images and the server tree stay in DIR, and a
+    // later run with the same DIR skips making and publishing them.
+    let keep = std::env::var_os("GSE_BENCH_KEEP").map(std::path::PathBuf::from);
+    let work = tempfile::Builder::new().prefix("gse-bench-update-").tempdir().expect("tempdir");
+    let w = keep.as_deref().unwrap_or(work.path());
+    fs::create_dir_all(w).expect("work dir");
+    let www = w.join("www");
+    let v2 = w.join("v2.tar.zst");
+    let published = w.join("k.key");
+    let key = match fs::read_to_string(&published) {
+        Ok(key) if keep.is_some() => {
+            println!("images as published in {} (GSE_BENCH_KEEP)", w.display());
+            key
+        }
+        _ => {
+            let key = publish_update_images(w, size_mib);
+            fs::write(&published, &key).expect("write key");
+            key
+        }
+    };
     let index = |v: &str| {
         Index::parse(&fs::read(www.join(format!("gse1/images/{v}/index.json"))).expect("index")).expect("parse")
     };

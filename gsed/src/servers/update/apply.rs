@@ -190,7 +190,9 @@ impl UpdateService {
                     r
                 });
                 let take = |c: &image::Chunk| handoff.take(job.fetch.cache, c);
+                let reading = handoff.reading();
                 let installed = image::install::install(dir, job.target, job.index, &take, job.key, &|_, _| {});
+                drop(reading);
                 (fetching.join(), installed)
             });
             // When the transfer failed, its own error says why.
