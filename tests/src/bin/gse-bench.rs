@@ -659,7 +659,7 @@ fn update_bench() {
     // The persistent area (and the chunk cache on it) on its own ext4, as on a
     // lab machine's user-data partition, not on the host's aged file system.
     // Declared before the client: detached after the client's mount namespace is gone.
-    let data = gse_tests::disk::Loop::new(w, "user-data", slot_mib);
+    let data = gse_tests::disk::Loop::new(work.path(), "user-data", slot_mib);
     data.mkfs_ext4("gse-bench-data", None);
     let c = Client::new_sized(false, "[health]\ninit = \"none\"\n", slot_mib);
     c.ns.ok(&format!("mkdir -p {r}/user-data && mount {} {r}/user-data", data.dev, r = c.root.path().display()));
