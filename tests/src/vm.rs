@@ -883,9 +883,12 @@ impl Vm {
     /// kernel itself, read-write, from an NVMe disk (built into the kernel,
     /// where virtio is a module). The baseline of the boot bench.
     pub fn start_plain<'a>(&'a self, lab: &Lab) -> Running<'a> {
-        let cmdline =
-            "console=ttyS0 root=/dev/nvme0n1p2 rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold";
-        self.power_on(lab, Some((None, cmdline)), Disk::Nvme)
+        // Slot a wherever drives.conf puts it (a boot partition comes first).
+        let a = part_number(&self.kit.conf, "a");
+        let cmdline = format!(
+            "console=ttyS0 root=/dev/nvme0n1p{a} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold"
+        );
+        self.power_on(lab, Some((None, &cmdline)), Disk::Nvme)
     }
 
     /// One reporting boot through `initrd` from a disk of the given kind.
