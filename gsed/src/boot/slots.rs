@@ -72,11 +72,11 @@ impl Slots<'_> {
         let at = self.work_dir(&format!("slot-{slot}"));
         let mut mounts = Mounts::new();
         self.mount(&mut mounts, slot, &at, rw)?;
-        let out = f(&at);
-        // What was written is on the disk even if the unmount has to detach.
-        if rw {
-            let _ = crate::fsutil::syncfs(&at);
-        }
+        // What was written is on the disk even if the unmount has to detach;
+        // a write that did not reach it is a failure, not a success.
+        let flush = || if rw { crate::fsutil::syncfs(&at) } else { Ok(()) };
+        let out =
+            f(&at).and_then(|v| flush().map(|()| v).map_err(|e| BootError::Io(format!("flushing slot {slot}"), e)));
         mounts.unwind();
         out
     }

@@ -123,16 +123,8 @@ impl Fetch<'_> {
     pub fn run(&self, index: &Index, follow: Option<&Handoff>) -> Result<FetchStats, ImageError> {
         let _end = follow.map(Ending);
         let mut stats = FetchStats::default();
-        // Each chunk once, in first-use order, with where the image first needs it.
         let mut missing = Vec::new();
-        let mut seen = HashSet::new();
-        let mut at = 0u64;
-        for c in &index.chunks {
-            let start = at;
-            at += u64::from(c.size);
-            if !seen.insert(c.id.as_str()) {
-                continue;
-            }
+        for (c, start) in index.unique_at() {
             if self.cache.has(c) {
                 stats.cached += 1;
                 stats.cached_bytes += u64::from(c.packed);
@@ -315,18 +307,25 @@ impl Handoff {
         self.changed.notify_all();
     }
 
-    /// Marks the reader gone when the guard drops, however it returns (done,
-    /// an error, a panic): workers no longer wait for it nor hold for it.
-    pub fn reading(&self) -> Reading<'_> {
-        Reading(self)
+    /// The one reader, which takes the chunks in image order. Workers wait for
+    /// it while it lives; once it drops, however the reading ends (done, an
+    /// error, a panic), they no longer wait nor hold for it.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader(self)
     }
+}
 
+/// The reader of a [`Handoff`], for as long as it reads.
+pub struct Reader<'a>(&'a Handoff);
+
+impl Reader<'_> {
     /// `c`'s contents, waiting for the transfer to bring it; an error once the
     /// transfer ended without it (or its cached copy is damaged).
     pub fn take(&self, cache: &Cache, c: &Chunk) -> Result<Vec<u8>, ImageError> {
-        let mut held = self.lock();
+        let h = self.0;
+        let mut held = h.lock();
         held.taken += u64::from(c.size);
-        self.changed.notify_all();
+        h.changed.notify_all();
         loop {
             if let Some(data) = held.chunks.remove(&c.id) {
                 held.bytes -= data.len();
@@ -339,15 +338,12 @@ impl Handoff {
             if held.ended {
                 return Err(ImageError::Chunk { id: c.id.clone(), why: "the transfer ended without it".into() });
             }
-            held = self.changed.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
+            held = h.changed.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
 
-/// The reader of a [`Handoff`], for as long as it reads.
-pub struct Reading<'a>(&'a Handoff);
-
-impl Drop for Reading<'_> {
+impl Drop for Reader<'_> {
     fn drop(&mut self) {
         let mut held = self.0.lock();
         held.left = true;
@@ -447,22 +443,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let h = Handoff::default();
+        let r = h.reader();
         let (a, a_data, _) = chunk(3, 1000);
         let (b, b_data, b_packed) = chunk(5, 2000);
         let (c, _, _) = chunk(7, 3000);
         // Offered and never cached: only memory can have it.
         h.offer(&a, a_data.clone());
-        assert_eq!(h.take(&cache, &a).unwrap(), a_data);
+        assert_eq!(r.take(&cache, &a).unwrap(), a_data);
         // Cached by a worker on another thread while the follower waits for it.
         std::thread::scope(|s| {
-            let waiting = s.spawn(|| h.take(&cache, &b));
+            let waiting = s.spawn(|| r.take(&cache, &b));
             std::thread::sleep(Duration::from_millis(50));
             cache.put(&b, &b_packed).unwrap();
             h.notify();
             assert_eq!(waiting.join().unwrap().unwrap(), b_data);
         });
         h.end();
-        let e = h.take(&cache, &c).unwrap_err().to_string();
+        let e = r.take(&cache, &c).unwrap_err().to_string();
         assert!(e.contains("ended without it"), "{e}");
     }
 
@@ -471,6 +468,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let h = Handoff::default();
+        let r = h.reader();
         let far = Handoff::HOLD as u64 + 500;
         // Near the reader: no wait (a wait here would never end).
         h.wait_for_reader(Handoff::HOLD as u64 - 1, &|| false);
@@ -484,13 +482,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             h.offer(&a, a_data.clone());
             let before_take = Instant::now();
-            assert_eq!(h.take(&cache, &a).unwrap(), a_data);
+            assert_eq!(r.take(&cache, &a).unwrap(), a_data);
             assert!(worker.join().unwrap() >= before_take, "the worker ran ahead of the reader");
         });
         // A worker told to give up (gsed stops) does not wait.
         h.wait_for_reader(u64::MAX / 2, &|| true);
         // Once the reader is gone nothing waits for it, and nothing is held for it.
-        drop(h.reading());
+        drop(r);
         h.wait_for_reader(u64::MAX / 2, &|| false);
         let (b, b_data, _) = chunk(5, 2000);
         h.offer(&b, b_data);

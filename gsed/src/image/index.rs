@@ -129,8 +129,22 @@ impl Index {
 
     /// Each chunk once, in first-use order.
     pub fn unique(&self) -> Vec<&Chunk> {
+        self.unique_at().into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// Each chunk once, in first-use order, with the offset in the image
+    /// where it is first used.
+    pub fn unique_at(&self) -> Vec<(&Chunk, u64)> {
         let mut seen = HashSet::new();
-        self.chunks.iter().filter(|c| seen.insert(c.id.as_str())).collect()
+        let mut at = 0u64;
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            if seen.insert(c.id.as_str()) {
+                out.push((c, at));
+            }
+            at += u64::from(c.size);
+        }
+        out
     }
 
     /// Bytes a client without any of the chunks would fetch.
@@ -325,6 +339,17 @@ mod tests {
         let bad = String::from_utf8(json).unwrap().replacen(index.chunks[0].packed_sha256.as_deref().unwrap(), "ab", 1);
         let e = Index::parse(bad.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("packed_sha256 that is not a sha256 digest"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_chunk_is_fetched_once_for_where_the_image_first_needs_it() {
+        let c = |id: char, size: u32| Chunk { id: id.to_string().repeat(64), size, packed: 10, packed_sha256: None };
+        let index =
+            Index { version: "1".into(), size: 60, chunks: vec![c('a', 10), c('b', 20), c('a', 10), c('c', 20)] };
+        let at: Vec<(char, u64)> =
+            index.unique_at().iter().map(|(c, at)| (c.id.chars().next().unwrap(), *at)).collect();
+        assert_eq!(at, [('a', 0), ('b', 10), ('c', 40)]);
+        assert_eq!(index.packed_total(), 30);
     }
 
     #[test]

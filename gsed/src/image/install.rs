@@ -77,8 +77,8 @@ pub fn scan(cache: &Cache, index: &Index) -> Result<(), ImageError> {
 /// (handed over by the worker that verified it, or from the cache); one
 /// that never arrives counts as damaged.
 pub fn scan_following(cache: &Cache, index: &Index, handoff: &Handoff) -> Result<(), ImageError> {
-    let _reading = handoff.reading();
-    scan_with(index, &|c| handoff.take(cache, c))
+    let reader = handoff.reader();
+    scan_with(index, &|c| reader.take(cache, c))
 }
 
 fn scan_with(index: &Index, take: &dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError>) -> Result<(), ImageError> {
@@ -117,7 +117,7 @@ fn scan_with(index: &Index, take: &dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError>
 }
 
 /// Where [`install`] takes each chunk's contents from: the cache, or a
-/// transfer it follows ([`Handoff::take`]).
+/// transfer it follows ([`Reader::take`](super::fetch::Reader::take)).
 pub type Source<'a> = &'a (dyn Fn(&Chunk) -> Result<Vec<u8>, ImageError> + Sync);
 
 /// Installs `index` into the slot mounted at `dir`, each chunk from `source`

@@ -618,20 +618,26 @@ fn update_bench() {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     let size_mib: usize = std::env::var("GSE_BENCH_IMAGE_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
     // GSE_BENCH_KEEP=DIR: the images and the server tree stay in DIR, and a
-    // later run with the same DIR skips making and publishing them.
+    // later run with the same DIR and image size skips making and publishing them.
     let keep = std::env::var_os("GSE_BENCH_KEEP").map(std::path::PathBuf::from);
     let work = tempfile::Builder::new().prefix("gse-bench-update-").tempdir().expect("tempdir");
     let w = keep.as_deref().unwrap_or(work.path());
     fs::create_dir_all(w).expect("work dir");
     let www = w.join("www");
     let v2 = w.join("v2.tar.zst");
-    let published = w.join("k.key");
+    // Named by the size: images kept for another size are published again.
+    let published = w.join(format!("published-{size_mib}MiB.key"));
     let key = match fs::read_to_string(&published) {
         Ok(key) if keep.is_some() => {
             println!("images as published in {} (GSE_BENCH_KEEP)", w.display());
             key
         }
         _ => {
+            for old in fs::read_dir(w).expect("work dir").flatten() {
+                if old.file_name().to_string_lossy().starts_with("published-") {
+                    let _ = fs::remove_file(old.path());
+                }
+            }
             let key = publish_update_images(w, size_mib);
             fs::write(&published, &key).expect("write key");
             key

@@ -189,10 +189,12 @@ impl UpdateService {
                     }
                     r
                 });
-                let take = |c: &image::Chunk| handoff.take(job.fetch.cache, c);
-                let reading = handoff.reading();
-                let installed = image::install::install(dir, job.target, job.index, &take, job.key, &|_, _| {});
-                drop(reading);
+                // The reader drops as the install returns, so no worker waits for it after.
+                let installed = {
+                    let reader = handoff.reader();
+                    let take = |c: &image::Chunk| reader.take(job.fetch.cache, c);
+                    image::install::install(dir, job.target, job.index, &take, job.key, &|_, _| {})
+                };
                 (fetching.join(), installed)
             });
             // When the transfer failed, its own error says why.
