@@ -944,6 +944,7 @@ impl Vm {
         let mut out = child.stdout.take().expect("stdout");
         let mut err = child.stderr.take().expect("stderr");
         let (c1, c2) = (console.clone(), console.clone());
+        let stamp = std::env::var_os("GSE_VM_STAMP").is_some();
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = out.read(&mut buf) {
@@ -951,7 +952,19 @@ impl Vm {
                     break;
                 }
                 let mut c = c1.lock().unwrap();
-                c.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                let chunk = String::from_utf8_lossy(&buf[..n]);
+                if stamp {
+                    // Each line prefixed with its arrival time (GSE_VM_STAMP).
+                    for piece in chunk.split_inclusive('\n') {
+                        if c.text.is_empty() || c.text.ends_with('\n') {
+                            let at = started.elapsed().as_secs_f64();
+                            c.text.push_str(&format!("[+{at:7.3}] "));
+                        }
+                        c.text.push_str(piece);
+                    }
+                } else {
+                    c.text.push_str(&chunk);
+                }
                 for (i, marker) in TIMED.iter().enumerate() {
                     if c.seen[i].is_none() && c.text.contains(marker) {
                         c.seen[i] = Some(started.elapsed());

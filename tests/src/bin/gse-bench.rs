@@ -499,14 +499,23 @@ fn vm_bench() {
         let mut r = plain_vm.start_plain(&lab);
         r.wait_line("Starting default runlevel", gse_tests::vm::BOOT_TIMEOUT);
         plain.push(ms(r.seen(1)));
+        if std::env::var_os("GSE_BENCH_LOG").is_some() {
+            println!("--- plain boot, round {round} ---\n{}", r.log());
+        }
         r.pull_power();
         let b = gse_vm.boot_on(&lab, Disk::Nvme, &k.initrd);
         assert_eq!(b.status(), "green", "{}", b.log);
+        if std::env::var_os("GSE_BENCH_LOG").is_some() {
+            println!("--- GSE boot, round {round} ---\n{}", b.log);
+        }
         gse.push(ms(b.to_runlevel));
         green.push(b.to_report.as_secs_f64());
         if let Some(old) = &old {
             let b = old_vm.boot_on(&lab, Disk::Nvme, old);
             assert_eq!(b.status(), "green", "{}", b.log);
+            if std::env::var_os("GSE_BENCH_LOG").is_some() {
+                println!("--- older GSE boot, round {round} ---\n{}", b.log);
+            }
             old_rl.push(ms(b.to_runlevel));
             old_green.push(b.to_report.as_secs_f64());
         }
