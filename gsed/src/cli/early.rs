@@ -79,9 +79,13 @@ pub(super) async fn run(
         }
     };
     info!(why, "gsed --early stopping");
-    // Let the reply to Finish() go out before the connections close.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    drop(conns);
+    // The reply to Finish() goes out before the connections close (each
+    // closes once its last call is answered); the hook waits for this exit
+    // before it releases the disks, so no fixed pause, and a bound.
+    let closed = futures_util::future::join_all(conns.into_iter().map(|c| c.graceful_shutdown()));
+    if tokio::time::timeout(std::time::Duration::from_secs(1), closed).await.is_err() {
+        warn!("a connection to the early socket did not close within 1 s");
+    }
     // A successor may already listen on the same path; leave its socket alone.
     if std::fs::metadata(&sock).map(|m| (m.dev(), m.ino())).ok() == ours {
         let _ = std::fs::remove_file(&sock);
