@@ -493,31 +493,48 @@ fn vm_bench() {
     let ms = |d: Option<Duration>| d.expect("the marker was seen").as_secs_f64();
     let (mut plain, mut gse, mut green, mut old_rl, mut old_green) = (vec![], vec![], vec![], vec![], vec![]);
     let rounds: usize = std::env::var("GSE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let log = std::env::var_os("GSE_BENCH_LOG").is_some();
     for round in 1..=rounds {
-        // A fresh disk each time: the plain boot writes to its root.
-        let plain_vm = Vm::new("bench-plain");
-        let mut r = plain_vm.start_plain(&lab);
-        r.wait_line("Starting default runlevel", gse_tests::vm::BOOT_TIMEOUT);
-        plain.push(ms(r.seen(1)));
-        if std::env::var_os("GSE_BENCH_LOG").is_some() {
-            println!("--- plain boot, round {round} ---\n{}", r.log());
+        // The boots of a round run in turns, reversed every other round: a
+        // boot right after another one is faster (the host's caches), which
+        // would otherwise favour whichever always comes later.
+        let mut order = vec!["plain", "gse", "old"];
+        if round % 2 == 0 {
+            order.reverse();
         }
-        r.pull_power();
-        let b = gse_vm.boot_on(&lab, Disk::Nvme, &k.initrd);
-        assert_eq!(b.status(), "green", "{}", b.log);
-        if std::env::var_os("GSE_BENCH_LOG").is_some() {
-            println!("--- GSE boot, round {round} ---\n{}", b.log);
-        }
-        gse.push(ms(b.to_runlevel));
-        green.push(b.to_report.as_secs_f64());
-        if let Some(old) = &old {
-            let b = old_vm.boot_on(&lab, Disk::Nvme, old);
-            assert_eq!(b.status(), "green", "{}", b.log);
-            if std::env::var_os("GSE_BENCH_LOG").is_some() {
-                println!("--- older GSE boot, round {round} ---\n{}", b.log);
+        for which in order {
+            match (which, &old) {
+                ("plain", _) => {
+                    // A fresh disk each time: the plain boot writes to its root.
+                    let plain_vm = Vm::new("bench-plain");
+                    let mut r = plain_vm.start_plain(&lab);
+                    r.wait_line("Starting default runlevel", gse_tests::vm::BOOT_TIMEOUT);
+                    plain.push(ms(r.seen(1)));
+                    if log {
+                        println!("--- plain boot, round {round} ---\n{}", r.log());
+                    }
+                    r.pull_power();
+                }
+                ("gse", _) => {
+                    let b = gse_vm.boot_on(&lab, Disk::Nvme, &k.initrd);
+                    assert_eq!(b.status(), "green", "{}", b.log);
+                    if log {
+                        println!("--- GSE boot, round {round} ---\n{}", b.log);
+                    }
+                    gse.push(ms(b.to_runlevel));
+                    green.push(b.to_report.as_secs_f64());
+                }
+                (_, Some(old)) => {
+                    let b = old_vm.boot_on(&lab, Disk::Nvme, old);
+                    assert_eq!(b.status(), "green", "{}", b.log);
+                    if log {
+                        println!("--- older GSE boot, round {round} ---\n{}", b.log);
+                    }
+                    old_rl.push(ms(b.to_runlevel));
+                    old_green.push(b.to_report.as_secs_f64());
+                }
+                _ => {}
             }
-            old_rl.push(ms(b.to_runlevel));
-            old_green.push(b.to_report.as_secs_f64());
         }
         println!(
             "  round {round}: -> default runlevel: no initramfs {:.1} s, GSE {:.1} s{}",
