@@ -67,14 +67,14 @@ pub fn versions(image_bytes: u64, changed: f64, seed: u64) -> (Index, Index) {
         total += u64::from(packed);
     }
     let size = chunks.iter().map(|c| u64::from(c.size)).sum();
-    let old = Index { version: "1".into(), size, chunks: chunks.clone() };
+    let old = Index { format: gsed::image::index::FORMAT, version: "1".into(), size, chunks: chunks.clone() };
     for c in chunks.iter_mut() {
         if rng.f64() < changed {
             c.id = id(&mut rng);
         }
     }
     let size = chunks.iter().map(|c| u64::from(c.size)).sum();
-    (old, Index { version: "2".into(), size, chunks })
+    (old, Index { format: gsed::image::index::FORMAT, version: "2".into(), size, chunks })
 }
 
 pub fn run(room: &Room) -> Outcome {

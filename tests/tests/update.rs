@@ -405,6 +405,21 @@ fn bad_input_is_refused_before_any_slot_is_touched() {
     // An image larger than the slot: refused before the slot is emptied.
     lab.publish("2.2", &[("opt/pkg/huge", blob(60 << 20, 9))]);
     refused(&lab, "nothing was changed");
+
+    // A properly signed index of a newer format, with a field this gsed does
+    // not know: refused for its format, not for the field.
+    lab.publish("2.3", &[("opt/pkg/data", blob(100 << 10, 4))]);
+    let index_path = lab.www.join("gse1/images/2.3/index.json");
+    let newer = fs::read_to_string(&index_path).unwrap().replacen('{', "{\"format\":2,\"packs\":[],", 1);
+    fs::write(&index_path, &newer).unwrap();
+    let channel_path = lab.www.join("gse1/channels/stable.json");
+    let mut channel: Value = serde_json::from_str(&fs::read_to_string(&channel_path).unwrap()).unwrap();
+    channel["sha256"] = gsed::servers::manifest::sha256_hex(newer.as_bytes()).into();
+    let json = serde_json::to_vec_pretty(&channel).unwrap();
+    let sig = gsed::servers::manifest::sign(&lab.keys.path().join("k.sec"), &json, "gse channel stable 2.3").unwrap();
+    fs::write(lab.www.join("gse1/channels/stable.json.minisig"), sig).unwrap();
+    fs::write(&channel_path, json).unwrap();
+    refused(&lab, "index format 2 is newer than this gsed reads (1): update GSE on this machine");
 }
 
 #[test]

@@ -26,13 +26,29 @@ pub const PUBLISH_LEVEL: i32 = 12;
 /// zstd level for chunks a client stores itself (an image installed from a file).
 pub const LOCAL_LEVEL: i32 = 3;
 
+/// The newest index format this gsed reads. An index says its format only
+/// from format 2 on: every index published so far has no `format` field, and
+/// older clients refuse fields they do not know.
+pub const FORMAT: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Index {
+    /// 1 when absent (see [`FORMAT`]).
+    #[serde(default = "format_1", skip_serializing_if = "is_format_1")]
+    pub format: u32,
     pub version: String,
     /// Bytes of the uncompressed image (a tar stream).
     pub size: u64,
     pub chunks: Vec<Chunk>,
+}
+
+fn format_1() -> u32 {
+    1
+}
+
+fn is_format_1(f: &u32) -> bool {
+    *f == 1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,8 +122,24 @@ impl Index {
     /// Parses and checks an index (after its signature or digest was verified):
     /// chunk names are digests and nothing else, sizes add up.
     pub fn parse(data: &[u8]) -> Result<Index, ImageError> {
-        let index: Index = serde_json::from_slice(data).map_err(|e| ImageError::Index(e.to_string()))?;
+        // The format first, read leniently: a newer index is refused for what
+        // it is, not for the first field this gsed does not know.
+        #[derive(Deserialize)]
+        struct Format {
+            #[serde(default = "format_1")]
+            format: u32,
+        }
         let bad = |why: String| Err(ImageError::Index(why));
+        match serde_json::from_slice::<Format>(data) {
+            Ok(Format { format }) if format > FORMAT => {
+                return bad(format!(
+                    "index format {format} is newer than this gsed reads ({FORMAT}): update GSE on this machine to take it"
+                ));
+            }
+            Ok(Format { format: 0 }) => return bad("index format 0 does not exist: refused".into()),
+            _ => {}
+        }
+        let index: Index = serde_json::from_slice(data).map_err(|e| ImageError::Index(e.to_string()))?;
         let mut total = 0u64;
         for (i, c) in index.chunks.iter().enumerate() {
             if !valid_id(&c.id) {
@@ -209,7 +241,7 @@ pub fn write_chunks(stream: impl Read, store: &Path, version: &str, level: i32) 
         chunks.extend(parts.into_iter().flatten());
     }
     let size = chunks.iter().map(|c| u64::from(c.size)).sum();
-    Ok(Index { version: version.to_owned(), size, chunks })
+    Ok(Index { format: FORMAT, version: version.to_owned(), size, chunks })
 }
 
 /// Names one chunk and makes sure the store has it.
@@ -344,12 +376,30 @@ mod tests {
     #[test]
     fn a_repeated_chunk_is_fetched_once_for_where_the_image_first_needs_it() {
         let c = |id: char, size: u32| Chunk { id: id.to_string().repeat(64), size, packed: 10, packed_sha256: None };
-        let index =
-            Index { version: "1".into(), size: 60, chunks: vec![c('a', 10), c('b', 20), c('a', 10), c('c', 20)] };
+        let index = Index {
+            format: FORMAT,
+            version: "1".into(),
+            size: 60,
+            chunks: vec![c('a', 10), c('b', 20), c('a', 10), c('c', 20)],
+        };
         let at: Vec<(char, u64)> =
             index.unique_at().iter().map(|(c, at)| (c.id.chars().next().unwrap(), *at)).collect();
         assert_eq!(at, [('a', 0), ('b', 10), ('c', 40)]);
         assert_eq!(index.packed_total(), 30);
+    }
+
+    #[test]
+    fn an_index_of_a_newer_format_is_refused_for_its_format_and_today_s_index_has_none() {
+        let one = r#"{"version":"1","size":0,"chunks":[]}"#;
+        let index = Index::parse(one.as_bytes()).unwrap();
+        assert_eq!(index.format, 1);
+        let again = serde_json::to_string(&index).unwrap();
+        assert!(!again.contains("format"), "an index of format 1 is written as before: {again}");
+        let newer = r#"{"format":2,"packs":[],"version":"1","size":0,"chunks":[]}"#;
+        let err = Index::parse(newer.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("index format 2 is newer than this gsed reads (1)"), "{err}");
+        let zero = r#"{"format":0,"version":"1","size":0,"chunks":[]}"#;
+        assert!(Index::parse(zero.as_bytes()).unwrap_err().to_string().contains("format 0"));
     }
 
     #[test]

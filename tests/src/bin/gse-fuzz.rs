@@ -416,7 +416,12 @@ fn write_seeds(ctx: &Ctx) {
         packed: packed.len() as u32,
         packed_sha256: Some(manifest::sha256_hex(&packed)),
     };
-    let index = Index { version: "2026.12".into(), size: data.len() as u64, chunks: vec![chunk] };
+    let index = Index {
+        format: gsed::image::index::FORMAT,
+        version: "2026.12".into(),
+        size: data.len() as u64,
+        chunks: vec![chunk],
+    };
     put("index", "seed-1", &serde_json::to_vec(&index).unwrap());
     let f =
         BootFlag { slot: "a".into(), image_version: "2026.11".into(), healthy_cycles: 12, last_good: 1_800_000_000 };
