@@ -107,6 +107,38 @@ pub fn syncfs(dir: &Path) -> std::io::Result<()> {
     nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(std::io::Error::from)
 }
 
+/// Writes back the file system that holds a directory every so often, from
+/// a thread of a [`std::thread::Scope`], until dropped; then once more. What
+/// is written reaches the disk as the writing goes, rather than when the
+/// kernel's dirty threshold (a share of RAM) is reached or a final flush
+/// has it all to do at once, and a power cut loses at most one period.
+pub struct Writeback {
+    /// Dropped, it ends the thread's wait.
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Writeback {
+    pub fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        dir: &Path,
+        every: std::time::Duration,
+    ) -> Writeback {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // Opened once: it is flushed many times.
+        let dir = File::open(dir).ok();
+        scope.spawn(move || {
+            let Some(dir) = dir else { return };
+            let flush = || nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir));
+            // Errors are the caller's to find with its own checked flush.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let _ = flush();
+            }
+            let _ = flush();
+        });
+        Writeback { _stop: stop }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,10 +143,16 @@ impl Fetch<'_> {
         let done = AtomicU64::new(0);
         let failed: Mutex<Option<ImageError>> = Mutex::new(None);
         let limiter = Limiter::new(self.max_rate);
-        let durable = Durable::new(self.cache.dir());
+        // Verified chunks reach the disk as they come: a chunk renamed into
+        // place is not on it until its data is, and a power cut would
+        // otherwise lose the last half minute of the transfer (one `syncfs` a
+        // second costs far less than an `fsync` per chunk). It flushes once
+        // more after the last worker.
         std::thread::scope(|s| {
+            let writeback = crate::fsutil::Writeback::start(s, self.cache.dir(), Duration::from_secs(1));
+            let mut workers = Vec::new();
             for _ in 0..self.workers.max(1).min(missing.len().max(1)) {
-                s.spawn(|| {
+                workers.push(s.spawn(|| {
                     let give_up = || self.stop.load(Ordering::Relaxed) || failed.lock().is_ok_and(|f| f.is_some());
                     loop {
                         if give_up() {
@@ -159,7 +165,6 @@ impl Fetch<'_> {
                         limiter.take(u64::from(c.packed));
                         match self.one(c, &preferred, follow) {
                             Ok(()) => {
-                                durable.tick();
                                 let d = done.fetch_add(u64::from(c.packed), Ordering::Relaxed) + u64::from(c.packed);
                                 (self.progress)(d, total);
                             }
@@ -171,10 +176,15 @@ impl Fetch<'_> {
                             }
                         }
                     }
-                });
+                }));
             }
+            for w in workers {
+                if let Err(panic) = w.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            drop(writeback);
         });
-        durable.now();
         if let Some(e) = failed.into_inner().ok().flatten() {
             return Err(e);
         }
@@ -359,40 +369,6 @@ struct Ending<'a>(&'a Handoff);
 impl Drop for Ending<'_> {
     fn drop(&mut self) {
         self.0.end();
-    }
-}
-
-/// Flushes the cache's file system about once a second while chunks arrive: a
-/// chunk renamed into place is not on the disk until its data is, and a power
-/// cut would otherwise lose the last half minute of the transfer. One
-/// `syncfs` a second costs far less than an `fsync` per chunk.
-struct Durable {
-    dir: Option<fs::File>,
-    last: Mutex<Instant>,
-}
-
-impl Durable {
-    fn new(dir: &Path) -> Durable {
-        Durable { dir: fs::File::open(dir).ok(), last: Mutex::new(Instant::now()) }
-    }
-
-    fn tick(&self) {
-        let due = self.last.lock().is_ok_and(|mut l| {
-            let due = l.elapsed() >= Duration::from_secs(1);
-            if due {
-                *l = Instant::now();
-            }
-            due
-        });
-        if due {
-            self.now();
-        }
-    }
-
-    fn now(&self) {
-        if let Some(d) = &self.dir {
-            let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(d));
-        }
     }
 }
 

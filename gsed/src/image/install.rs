@@ -165,18 +165,9 @@ pub fn install(
             }
             String::from_utf8_lossy(&err).into_owned()
         });
-        // Written back as tar goes, rather than all at the end: the kernel
-        // would start only at its dirty threshold (a share of RAM, often more
-        // than the image), and the final flush would then write the whole
-        // image while nothing else runs.
-        let (stop_flush, flush_stop) = std::sync::mpsc::channel::<()>();
-        s.spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                flush_stop.recv_timeout(std::time::Duration::from_millis(500))
-            {
-                let _ = crate::fsutil::syncfs(dir);
-            }
-        });
+        // Written back as tar goes: otherwise the flush after it would write
+        // most of the image while nothing else runs.
+        let writeback = crate::fsutil::Writeback::start(s, dir, std::time::Duration::from_millis(500));
         // The next chunks are read and decompressed while tar writes the last ones.
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         s.spawn(move || {
@@ -198,8 +189,9 @@ pub fn install(
             Ok(())
         });
         drop(stdin);
+        // tar has exited when its stderr closes.
         let err = err.join().unwrap_or_default();
-        drop(stop_flush);
+        drop(writeback);
         (fed, err)
     });
     let status = tar.wait().map_err(ctx("waiting for tar"))?;
