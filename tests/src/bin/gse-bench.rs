@@ -494,10 +494,18 @@ fn vm_bench() {
     let (mut plain, mut gse, mut green, mut old_rl, mut old_green) = (vec![], vec![], vec![], vec![], vec![]);
     let rounds: usize = std::env::var("GSE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let log = std::env::var_os("GSE_BENCH_LOG").is_some();
+    let green_boot = |vm: &Vm, initrd: &std::path::Path, what: &str, round: usize| {
+        let b = vm.boot_on(&lab, Disk::Nvme, initrd);
+        assert_eq!(b.status(), "green", "{}", b.log);
+        if log {
+            println!("--- {what} boot, round {round} ---\n{}", b.log);
+        }
+        b
+    };
     for round in 1..=rounds {
-        // The boots of a round run in turns, reversed every other round: a
-        // boot right after another one is faster (the host's caches), which
-        // would otherwise favour whichever always comes later.
+        // The boots of a round run in turns, reversed every other round, so
+        // that no build always boots right after another one (the host's
+        // caches could favour it).
         let mut order = vec!["plain", "gse", "old"];
         if round % 2 == 0 {
             order.reverse();
@@ -516,20 +524,12 @@ fn vm_bench() {
                     r.pull_power();
                 }
                 ("gse", _) => {
-                    let b = gse_vm.boot_on(&lab, Disk::Nvme, &k.initrd);
-                    assert_eq!(b.status(), "green", "{}", b.log);
-                    if log {
-                        println!("--- GSE boot, round {round} ---\n{}", b.log);
-                    }
+                    let b = green_boot(&gse_vm, &k.initrd, "GSE", round);
                     gse.push(ms(b.to_runlevel));
                     green.push(b.to_report.as_secs_f64());
                 }
                 (_, Some(old)) => {
-                    let b = old_vm.boot_on(&lab, Disk::Nvme, old);
-                    assert_eq!(b.status(), "green", "{}", b.log);
-                    if log {
-                        println!("--- older GSE boot, round {round} ---\n{}", b.log);
-                    }
+                    let b = green_boot(&old_vm, old, "older GSE", round);
                     old_rl.push(ms(b.to_runlevel));
                     old_green.push(b.to_report.as_secs_f64());
                 }
