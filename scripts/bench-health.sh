@@ -2,9 +2,12 @@
 # Figures for the health slice, printed, not asserted:
 #  - `gsectl health --json` whole-process wall time, median of 20, next to
 #    `busctl get-property ... Status` on the same private bus in the same run;
-#  - gsed's resident memory when idle, and whether it wakes up while idle
-#    (context switches over 5 s of doing nothing).
+#  - gsed's resident memory when idle, after those calls and one each of
+#    `servers`, `update` and `network` (what a desktop tool asks now and
+#    then), and whether it wakes up while idle (context switches over 5 s).
 # Run as root after `cargo build --release --workspace --bins`.
+# GSED_WRAP runs gsed under a command (scripts/order-text.sh uses valgrind),
+# GSED names another gsed binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
@@ -20,7 +23,8 @@ bus="unix:path=$work/bus.sock"
 for _ in $(seq 50); do [ -S "$work/bus.sock" ] && break; sleep 0.1; done
 mkdir -p "$work/root/usr/share/gse"
 cp -r config.d "$work/root/usr/share/gse/config.d"
-target/release/gsed --bus "$bus" --root "$work/root" --boot-id bench 2>/dev/null &
+# shellcheck disable=SC2086 # GSED_WRAP is a command line
+${GSED_WRAP:-} "${GSED:-target/release/gsed}" --bus "$bus" --root "$work/root" --boot-id bench 2>/dev/null &
 gsed_pid=$!
 until target/release/gsectl --bus "$bus" health >/dev/null 2>&1; do sleep 0.05; done
 
@@ -43,6 +47,7 @@ echo "gsectl health --json: median ${g} ms over $runs runs"
 echo "busctl get-property Status: median ${b} ms over $runs runs"
 awk -v g="$g" -v b="$b" 'BEGIN {printf "ratio gsectl/busctl: %.2f\n", g/b}'
 
+for c in servers update network; do target/release/gsectl --bus "$bus" "$c" >/dev/null; done
 sleep 1
 rss=$(awk '/VmRSS/ {print $2, $3}' "/proc/$gsed_pid/status")
 anon=$(awk '/RssAnon/ {print $2, $3}' "/proc/$gsed_pid/status")
