@@ -140,8 +140,22 @@ mod tests {
         xattr::set(src.join("bin"), "user.gse", b"yes").unwrap();
         let t = TimeSpec::new(1_000_000, 0);
         utimensat(None, &src.join("etc/shadow"), &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
+        // Directories: a sticky world-writable one with an owner, times set
+        // after their contents; a symlink's own owner; the top's mode.
+        fs::create_dir(src.join("tmp")).unwrap();
+        fs::write(src.join("tmp/x"), "").unwrap();
+        lchown(src.join("tmp"), Some(7), Some(8)).unwrap();
+        fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        let dt = TimeSpec::new(2_000_000, 0);
+        utimensat(None, &src.join("tmp"), &dt, &dt, UtimensatFlags::NoFollowSymlink).unwrap();
+        lchown(src.join("etc/link"), Some(5), Some(6)).unwrap();
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o751)).unwrap();
+        // A directory the target already has is merged into.
+        fs::create_dir(src.join("lost+found")).unwrap();
+        fs::write(src.join("lost+found/found"), "f").unwrap();
+        fs::create_dir(dst.join("lost+found")).unwrap();
 
-        copy_tree(&src, &dst).unwrap();
+        assert_eq!(copy_tree(&src, &dst).unwrap(), 11);
 
         let m = |p: &str| fs::symlink_metadata(dst.join(p)).unwrap();
         assert_eq!(m("etc/shadow").mode() & 0o7777, 0o640);
@@ -153,6 +167,11 @@ mod tests {
         assert!(m("null").file_type().is_char_device());
         assert_eq!(m("null").rdev(), nix::sys::stat::makedev(1, 3));
         assert_eq!(xattr::get(dst.join("bin"), "user.gse").unwrap().as_deref(), Some(&b"yes"[..]));
+        assert_eq!((m("tmp").mode() & 0o7777, m("tmp").uid(), m("tmp").gid()), (0o1777, 7, 8));
+        assert_eq!(m("tmp").mtime(), 2_000_000, "a directory's time is set after its contents");
+        assert_eq!((m("etc/link").uid(), m("etc/link").gid()), (5, 6));
+        assert_eq!(fs::metadata(&dst).unwrap().mode() & 0o7777, 0o751);
+        assert_eq!(fs::read_to_string(dst.join("lost+found/found")).unwrap(), "f");
 
         clear_dir(&dst, &["etc"]).unwrap();
         let left: Vec<_> = fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();

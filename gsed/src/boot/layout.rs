@@ -77,9 +77,11 @@ pub fn mount_layout(
             // Fill a staged tmpfs from the image, then move it over the image's copy.
             let staged = stage.join(escape(path));
             mounts.mount(&step, "tmpfs", &staged, "tmpfs", flags, &data)?;
-            copy_tree(&target, &staged).map_err(|e| {
+            let t0 = std::time::Instant::now();
+            let entries = copy_tree(&target, &staged).map_err(|e| {
                 BootError::Io(format!("{step}: filling from the image: {}", e.path.display()), e.source)
             })?;
+            tracing::debug!(dir = %path, entries, ms = t0.elapsed().as_millis() as u64, "filled from the image");
             mounts.move_mount(&step, &staged, &target)?;
         } else {
             mounts.mount(&step, "tmpfs", &target, "tmpfs", flags, &data)?;
