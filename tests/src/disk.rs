@@ -217,6 +217,9 @@ pub fn tiny_root(dir: &Path, version: &str) {
     }
     std::os::unix::fs::symlink("/etc/init.d/cupsd", dir.join("etc/runlevels/default/cupsd")).unwrap();
     fs::write(dir.join("var/lib/gse-test/state"), "image var\n").unwrap();
+    // A package database, which config.d keeps read-only from the image.
+    fs::create_dir_all(dir.join("var/db/pkg/app-misc/gse-test-1")).expect("mkdir");
+    fs::write(dir.join("var/db/pkg/app-misc/gse-test-1/CONTENTS"), "obj /bin/busybox\n").unwrap();
     fs::hard_link(dir.join("etc/passwd"), dir.join("etc/passwd.hardlink")).unwrap();
     let out = Command::new("mknod").arg(dir.join("dev/null")).args(["c", "1", "3"]).output().unwrap();
     assert!(out.status.success());

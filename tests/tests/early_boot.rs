@@ -42,12 +42,19 @@ fn healthy_cycle_and_layout(btrfs: bool) {
         ["dbus", "gsed", "local"]
     );
     assert_eq!(c.ns.ok(&format!("cat {sys}/var/lib/gse-test/state")), "image var\n");
+    c.ns.ok(&format!("touch {sys}/var/lib/gse-test/state"));
+    // tmpfs.conf's read_only: the image's package database, not a copy.
+    let pkg = format!("{sys}/var/db/pkg/app-misc/gse-test-1/CONTENTS");
+    assert_eq!(c.ns.ok(&format!("cat {pkg}")), "obj /bin/busybox\n");
+    let ro = c.in_ns(&format!("touch {pkg}"));
+    assert!(!ro.status.success() && text(&ro.stderr).contains("Read-only file system"), "{}", text(&ro.stderr));
     let mounts = c.ns.ok(&format!("awk '$2 ~ \"^{sys}\" {{print $2, $3, $4}}' /proc/self/mounts"));
     for (at, fs) in [
         ("/etc", "tmpfs"),
         ("/var", "tmpfs"),
         ("/tmp", "tmpfs"),
         ("/var/tmp", "tmpfs"),
+        ("/var/db/pkg", ""),
         ("/home", ""),
         ("/user-data", ""),
         ("/opt", "overlay"),

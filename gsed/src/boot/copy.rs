@@ -28,18 +28,30 @@ fn err(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
 /// Copies the contents of `src` into the existing directory `dst` (which should be
 /// empty but for directories it keeps, such as `lost+found`).
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<u64, CopyError> {
+    copy_tree_except(src, dst, &[])
+}
+
+/// As [`copy_tree`], but the directories in `except` (paths below `src`) are
+/// made empty, with their owner, mode and times, and not descended into.
+pub fn copy_tree_except(src: &Path, dst: &Path, except: &[PathBuf]) -> Result<u64, CopyError> {
     let dev = fs::symlink_metadata(src).map_err(err(src))?.dev();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut count = 0;
-    copy_dir(src, dst, dev, &mut links, &mut count)?;
+    copy_dir(src, dst, &Walk { dev, except }, &mut links, &mut count)?;
     copy_meta(src, dst, &fs::symlink_metadata(src).map_err(err(src))?)?;
     Ok(count)
+}
+
+/// What bounds a copy: its source filesystem, and the directories left empty.
+struct Walk<'a> {
+    dev: u64,
+    except: &'a [PathBuf],
 }
 
 fn copy_dir(
     src: &Path,
     dst: &Path,
-    dev: u64,
+    walk: &Walk,
     links: &mut HashMap<(u64, u64), PathBuf>,
     count: &mut u64,
 ) -> Result<(), CopyError> {
@@ -64,8 +76,8 @@ fn copy_dir(
                 fs::create_dir(&to).map_err(err(&to))?;
             }
             // A mount point inside the tree is copied as an empty directory.
-            if meta.dev() == dev {
-                copy_dir(&from, &to, dev, links, count)?;
+            if meta.dev() == walk.dev && !walk.except.contains(&from) {
+                copy_dir(&from, &to, walk, links, count)?;
             }
         } else if ft.is_symlink() {
             symlink(fs::read_link(&from).map_err(err(&from))?, &to).map_err(err(&to))?;

@@ -13,16 +13,13 @@ use nix::mount::MsFlags;
 
 use super::{
     BootError,
-    copy::copy_tree,
+    copy::copy_tree_except,
     mount::{Mounts, split_options},
 };
 use crate::{
-    config::{Settings, TmpfsEntry, Upper, runlevel},
+    config::{POPULATED, Settings, TmpfsEntry, Upper, runlevel},
     paths::Paths,
 };
-
-/// Directories whose image content is copied into their tmpfs.
-const POPULATED: &[&str] = &["/etc", "/var"];
 
 fn escape(path: &str) -> String {
     path.trim_matches('/').replace('/', "-")
@@ -77,11 +74,24 @@ pub fn mount_layout(
             // Fill a staged tmpfs from the image, then move it over the image's copy.
             let staged = stage.join(escape(path));
             mounts.mount(&step, "tmpfs", &staged, "tmpfs", flags, &data)?;
+            // The read-only directories the image has (a Debian image has no
+            // /var/db/pkg); one that is a symlink is copied as one.
+            let kept: Vec<&Path> = t
+                .read_only
+                .iter()
+                .filter_map(|d| Path::new(d).strip_prefix(path.as_str()).ok())
+                .filter(|rel| fs::symlink_metadata(target.join(rel)).is_ok_and(|m| m.is_dir()))
+                .collect();
+            let except: Vec<PathBuf> = kept.iter().map(|rel| target.join(rel)).collect();
             let t0 = std::time::Instant::now();
-            let entries = copy_tree(&target, &staged).map_err(|e| {
+            let entries = copy_tree_except(&target, &staged, &except).map_err(|e| {
                 BootError::Io(format!("{step}: filling from the image: {}", e.path.display()), e.source)
             })?;
             tracing::debug!(dir = %path, entries, ms = t0.elapsed().as_millis() as u64, "filled from the image");
+            for rel in kept {
+                let what = format!("{step}: {path}/{} read-only from the image", rel.display());
+                mounts.bind(&what, &target.join(rel), &staged.join(rel), true)?;
+            }
             mounts.move_mount(&step, &staged, &target)?;
         } else {
             mounts.mount(&step, "tmpfs", &target, "tmpfs", flags, &data)?;

@@ -38,7 +38,9 @@ pub use keys::{join_key, split_key};
 use layer::LogicalFile;
 pub use layer::Origin;
 pub use logs::{LogsConf, MetricsConf};
-pub use mounts::{BtrfsConf, FstabConf, FstabEntry, OverlayEntry, OverlaysConf, TmpfsConf, TmpfsEntry, Upper};
+pub use mounts::{
+    BtrfsConf, FstabConf, FstabEntry, OverlayEntry, OverlaysConf, POPULATED, TmpfsConf, TmpfsEntry, Upper,
+};
 pub use network::{InterfaceConf, Method, NetworkConf, parse_cidr};
 use serde::Serialize;
 pub use servers::{Reboot, Server, ServerInfoConf, UpdateConf, UpdatePolicy};

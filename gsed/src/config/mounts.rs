@@ -87,6 +87,9 @@ pub struct TmpfsConf {
     pub mount: BTreeMap<String, TmpfsEntry>,
 }
 
+/// The tmpfs mounts early boot fills from the image's own directory.
+pub const POPULATED: &[&str] = &["/etc", "/var"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TmpfsEntry {
@@ -95,6 +98,11 @@ pub struct TmpfsEntry {
     pub mode: Mode,
     #[serde(default)]
     pub options: Vec<String>,
+    /// Directories below a populated mount that stay the image's, read-only,
+    /// rather than copied into RAM (package databases: the root is read-only,
+    /// so nothing on the client can change them anyway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
 }
 
 fn mode_755() -> Mode {
@@ -107,6 +115,7 @@ impl Default for TmpfsConf {
             size: size.parse().expect("built-in size"),
             mode: Mode(mode),
             options: options.iter().map(|s| s.to_string()).collect(),
+            read_only: Vec::new(),
         };
         TmpfsConf {
             mount: BTreeMap::from([
@@ -135,6 +144,14 @@ impl Validate for TmpfsConf {
                 ));
             }
             check_options(&m.options, &format!("mount.\"{at}\".options"), &mut out);
+            for d in &m.read_only {
+                let key = format!("mount.\"{at}\".read_only");
+                if !POPULATED.contains(&at.as_str()) {
+                    out.push(Invalid::new(key, format!("only {} are filled from the image", POPULATED.join(" and "))));
+                } else if !clean_absolute(d) || !d.starts_with(&format!("{at}/")) {
+                    out.push(Invalid::new(key, format!("'{d}' must be an absolute directory below {at}")));
+                }
+            }
             if m.options.iter().any(|o| o.starts_with("size=") || o.starts_with("mode=")) {
                 out.push(Invalid::new(
                     format!("mount.\"{at}\".options"),

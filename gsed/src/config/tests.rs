@@ -156,3 +156,23 @@ fn update_keys_are_checked_and_named() {
     let u = load(&[t.path()]).unwrap().settings.update;
     assert_eq!((u.max_rate.map(|r| r.0), u.reboot, u.prompt_at_boot), (Some(20 << 20), Reboot::Window, true));
 }
+
+#[test]
+fn read_only_directories_must_lie_below_a_populated_mount() {
+    let t = Tree::new();
+    t.put(
+        "controller/tmpfs.conf",
+        "[mount.\"/etc\"]\nsize = \"64M\"\n[mount.\"/var\"]\nsize = \"1G\"\nread_only = [\"/var/db/pkg\", \"/usr/lib\", \"/var/../etc\"]\n[mount.\"/tmp\"]\nsize = \"10%\"\nread_only = [\"/tmp/x\"]\n",
+    );
+    let errs = load(&[t.path()]).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| assert!(msgs.iter().any(|m| m.contains(needle)), "no {needle:?} in {msgs:#?}");
+    has("mount.\"/var\".read_only: '/usr/lib' must be an absolute directory below /var");
+    has("mount.\"/var\".read_only: '/var/../etc' must be an absolute directory below /var");
+    has("mount.\"/tmp\".read_only: only /etc and /var are filled from the image");
+    assert_eq!(errs.len(), 3, "{msgs:#?}");
+
+    t.put("controller/tmpfs.conf", "[mount.\"/etc\"]\nsize = \"64M\"\n[mount.\"/var\"]\nsize = \"1G\"\nread_only = [\"/var/db/pkg\"]\n[mount.\"/tmp\"]\nsize = \"10%\"\n");
+    let s = load(&[t.path()]).unwrap();
+    assert_eq!(s.settings.tmpfs.mount["/var"].read_only, ["/var/db/pkg"]);
+}
