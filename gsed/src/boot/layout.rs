@@ -75,12 +75,12 @@ pub fn mount_layout(
             let staged = stage.join(escape(path));
             mounts.mount(&step, "tmpfs", &staged, "tmpfs", flags, &data)?;
             // The read-only directories the image has (a Debian image has no
-            // /var/db/pkg); one that is a symlink is copied as one.
+            // /var/db/pkg); one that is or lies below a symlink is copied.
             let kept: Vec<&Path> = t
                 .read_only
                 .iter()
                 .filter_map(|d| Path::new(d).strip_prefix(path.as_str()).ok())
-                .filter(|rel| fs::symlink_metadata(target.join(rel)).is_ok_and(|m| m.is_dir()))
+                .filter(|rel| plain_dir(&target, rel))
                 .collect();
             let except: Vec<PathBuf> = kept.iter().map(|rel| target.join(rel)).collect();
             let t0 = std::time::Instant::now();
@@ -129,6 +129,17 @@ pub fn mount_layout(
         mounts.mount(&step, "overlay", &target, "overlay", MsFlags::empty(), &data)?;
     }
     Ok(warnings)
+}
+
+/// Whether `rel` is a directory below `base` with no symlink on the way: the
+/// copy never follows one, and a bind through one could land outside the new
+/// root (an absolute link resolves in the initramfs).
+fn plain_dir(base: &Path, rel: &Path) -> bool {
+    let mut p = base.to_path_buf();
+    rel.components().all(|c| {
+        p.push(c);
+        fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+    })
 }
 
 /// Writes config.d's view of /etc into the RAM-backed /etc.
@@ -202,6 +213,20 @@ pub fn fstab(settings: &Settings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_directories_lie_below_no_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let var = d.path().join("var");
+        fs::create_dir_all(var.join("db/pkg")).unwrap();
+        fs::create_dir_all(d.path().join("elsewhere/dpkg")).unwrap();
+        symlink(d.path().join("elsewhere"), var.join("lib")).unwrap();
+        symlink("db/pkg", var.join("pkg")).unwrap();
+        assert!(plain_dir(&var, Path::new("db/pkg")));
+        assert!(!plain_dir(&var, Path::new("lib/dpkg")), "below a symlink");
+        assert!(!plain_dir(&var, Path::new("pkg")), "a symlink itself");
+        assert!(!plain_dir(&var, Path::new("db/none")), "absent");
+    }
 
     #[test]
     fn links_in_the_image_etc_are_replaced_not_written_through() {
