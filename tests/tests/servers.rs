@@ -360,11 +360,13 @@ async fn a_server_dying_mid_transfer_changes_nothing_and_the_next_one_syncs() {
     let r = sync.await.unwrap();
     assert!(r.is_err(), "the sync cannot have finished: {r:?}");
     assert!(snapshot(&room.synced()) == before, "a transfer cut off midway changes nothing");
-    // gsed leaves s0 and syncs the new tree from s1.
-    eventually("the new tree from s1", 20, async || (snapshot(&room.synced()) == snapshot(&room.source)).then_some(()))
-        .await;
-    let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.unwrap()).unwrap();
-    assert_eq!(l["server"], "s1");
+    // gsed leaves s0 and syncs the new tree from s1. The record of that sync
+    // is written after the files: wait for both.
+    eventually("the new tree from s1, and its record", 20, async || {
+        let l: serde_json::Value = serde_json::from_str(&servers.last_sync().await.ok()?).ok()?;
+        (snapshot(&room.synced()) == snapshot(&room.source) && l["server"] == "s1").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
