@@ -144,12 +144,16 @@ impl Validate for TmpfsConf {
                 ));
             }
             check_options(&m.options, &format!("mount.\"{at}\".options"), &mut out);
-            for d in &m.read_only {
+            for (i, d) in m.read_only.iter().enumerate() {
                 let key = format!("mount.\"{at}\".read_only");
+                let within = |outer: &String| d == outer || d.starts_with(&format!("{outer}/"));
                 if !POPULATED.contains(&at.as_str()) {
                     out.push(Invalid::new(key, format!("only {} are filled from the image", POPULATED.join(" and "))));
                 } else if !clean_absolute(d) || !d.starts_with(&format!("{at}/")) {
                     out.push(Invalid::new(key, format!("'{d}' must be an absolute directory below {at}")));
+                } else if let Some(outer) = m.read_only[..i].iter().chain(&m.read_only[i + 1..]).find(|o| within(o)) {
+                    // A second bind of the same tree: one entry says it all.
+                    out.push(Invalid::new(key, format!("'{d}' is already kept by '{outer}'")));
                 }
             }
             if m.options.iter().any(|o| o.starts_with("size=") || o.starts_with("mode=")) {

@@ -172,6 +172,12 @@ fn read_only_directories_must_lie_below_a_populated_mount() {
     has("mount.\"/tmp\".read_only: only /etc and /var are filled from the image");
     assert_eq!(errs.len(), 3, "{msgs:#?}");
 
+    t.put("controller/tmpfs.conf", "[mount.\"/etc\"]\nsize = \"64M\"\n[mount.\"/var\"]\nsize = \"1G\"\nread_only = [\"/var/lib\", \"/var/lib/dpkg\"]\n[mount.\"/tmp\"]\nsize = \"10%\"\n");
+    let errs = load(&[t.path()]).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("read_only: '/var/lib/dpkg' is already kept by '/var/lib'")), "{msgs:#?}");
+    assert_eq!(errs.len(), 1, "{msgs:#?}");
+
     t.put("controller/tmpfs.conf", "[mount.\"/etc\"]\nsize = \"64M\"\n[mount.\"/var\"]\nsize = \"1G\"\nread_only = [\"/var/db/pkg\"]\n[mount.\"/tmp\"]\nsize = \"10%\"\n");
     let s = load(&[t.path()]).unwrap();
     assert_eq!(s.settings.tmpfs.mount["/var"].read_only, ["/var/db/pkg"]);
