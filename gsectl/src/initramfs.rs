@@ -38,13 +38,13 @@ pub const MODULES: &[&str] = &[
     "crc32c_intel",
     "crc32c_generic",
     "overlay",
-    "loop",
 ];
 
-/// Filesystems carried but loaded only when a mount asks for them (the
-/// kernel runs the initramfs's `/sbin/modprobe fs-NAME`): a machine whose
-/// slots are ext4 never pays for btrfs.
-pub const ON_DEMAND: &[&str] = &["btrfs", "squashfs"];
+/// Modules carried but loaded only when asked for: a filesystem when a mount
+/// needs it (the kernel runs the initramfs's `/sbin/modprobe fs-NAME`), so a
+/// machine whose slots are ext4 never pays for btrfs; the others by hand
+/// (`modprobe loop` in a rescue shell).
+pub const ON_DEMAND: &[&str] = &["btrfs", "squashfs", "loop"];
 
 #[derive(Args, Debug)]
 pub struct InitramfsBuildArgs {
@@ -284,8 +284,38 @@ fn add_modules(tree: &mut Tree, modules_root: &Path, kver: &str) -> Result<(), F
         tree.file(&format!("lib/modules/{kver}/{m}"), data, 0o644);
     }
     tree.file(&format!("lib/modules/{kver}/modules.dep"), dep_lines.into_bytes(), 0o644);
-    tree.file("etc/gse/modules", format!("{}\n", order.join("\n")).into_bytes(), 0o644);
+    // Without modules.alias every module loads, as before there was a check.
+    let aliases = fs::read_to_string(moddir.join("modules.alias")).unwrap_or_default();
+    tree.file("etc/gse/modules", load_list(&order, &aliases).into_bytes(), 0o644);
     Ok(())
+}
+
+/// /init's list: a module per line, in load order, followed by the CPU
+/// patterns of `modules.alias` when it is for a CPU feature (crc32c_intel
+/// needs SSE4.2): /init loads it only on a CPU whose modalias matches one, as
+/// udev would; elsewhere its load fails anyway, after about 0.1 s under qemu.
+pub fn load_list(order: &[String], modules_alias: &str) -> String {
+    let mut cpu: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for line in modules_alias.lines() {
+        if let Some(("alias", pattern, module)) = line
+            .split_once(' ')
+            .and_then(|(a, rest)| rest.rsplit_once(' ').map(|(p, m)| (a, p, m)))
+            .filter(|(_, p, _)| p.starts_with("cpu:") && !p.contains(char::is_whitespace))
+        {
+            cpu.entry(module.replace('-', "_")).or_default().push(pattern);
+        }
+    }
+    order
+        .iter()
+        .map(|path| {
+            let base = path.rsplit('/').next().unwrap_or(path);
+            let name = base.split(".ko").next().unwrap_or(base).replace('-', "_");
+            match cpu.get(&name) {
+                Some(patterns) => format!("{path} {}\n", patterns.join(" ")),
+                None => format!("{path}\n"),
+            }
+        })
+        .collect()
 }
 
 /// gsectl (which is gsed too when called so: one copy of the code, not two),
@@ -545,5 +575,22 @@ mod tests {
             ]
         );
         assert_eq!(builtin, ["ext4"]);
+    }
+
+    #[test]
+    fn a_module_for_a_cpu_feature_carries_its_cpu_patterns() {
+        let alias = "alias crc32c crc32c_intel\n\
+                     alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel\n\
+                     alias cpu:type:x86,ven*fam*mod*:feature:*0099* crc32c_intel\n\
+                     alias cpu:type:x86,ven0000fam0006mod0086:feature:* intel_uncore\n\
+                     alias virtio:d00000001v* virtio_net\n";
+        let order =
+            ["kernel/arch/x86/crypto/crc32c-intel.ko".to_owned(), "kernel/drivers/net/virtio_net.ko".to_owned()];
+        assert_eq!(
+            load_list(&order, alias),
+            "kernel/arch/x86/crypto/crc32c-intel.ko cpu:type:x86,ven*fam*mod*:feature:*0094* \
+             cpu:type:x86,ven*fam*mod*:feature:*0099*\nkernel/drivers/net/virtio_net.ko\n"
+        );
+        assert_eq!(load_list(&order, ""), "kernel/arch/x86/crypto/crc32c-intel.ko\nkernel/drivers/net/virtio_net.ko\n");
     }
 }

@@ -66,11 +66,12 @@ say() {
 	echo "gse: $*" >&2
 }
 
-# Resolves LABEL=/UUID= to a device (blkid, or busybox findfs).
+# Resolves LABEL=/UUID= to a device (blkid, or busybox findfs: busybox has
+# no blkid, and `command -v` finds that out without a process).
 device() {
 	case "$1" in
 	LABEL=* | UUID=* | PARTLABEL=*)
-		blkid -l -o device -t "$1" 2>/dev/null || findfs "$1" 2>/dev/null
+		{ command -v blkid >/dev/null && blkid -l -o device -t "$1" 2>/dev/null; } || findfs "$1" 2>/dev/null
 		;;
 	*) echo "$1" ;;
 	esac

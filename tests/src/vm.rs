@@ -732,6 +732,8 @@ pub struct Boot {
     pub to_runlevel: Option<Duration>,
     /// qemu start to GSE's initramfs running (firmware, loader or PXE, kernel).
     pub to_initramfs: Option<Duration>,
+    /// qemu start to the root's init (OpenRC's first line): the end of early boot.
+    pub to_init: Option<Duration>,
     /// qemu start to its exit (power off, or the power pulled).
     pub total: Duration,
     pub health: Value,
@@ -759,7 +761,8 @@ impl Boot {
 }
 
 /// Console markers whose first arrival is timed.
-pub const TIMED: [&str; 3] = ["GSE-HEALTH-JSON:", "Starting default runlevel", "gse: initramfs for kernel"];
+pub const TIMED: [&str; 4] =
+    ["GSE-HEALTH-JSON:", "Starting default runlevel", "gse: initramfs for kernel", "OpenRC init version"];
 
 /// What the guest printed so far, and when each of [`TIMED`] first arrived.
 #[derive(Default)]
@@ -885,8 +888,9 @@ impl Vm {
     pub fn start_plain<'a>(&'a self, lab: &Lab) -> Running<'a> {
         // Slot a wherever drives.conf puts it (a boot partition comes first).
         let a = part_number(&self.kit.conf, "a");
+        let extra = std::env::var("GSE_VM_APPEND").map(|a| format!(" {a}")).unwrap_or_default();
         let cmdline = format!(
-            "console=ttyS0 root=/dev/nvme0n1p{a} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold"
+            "console=ttyS0 root=/dev/nvme0n1p{a} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold{extra}"
         );
         self.power_on(lab, Some((None, &cmdline)), Disk::Nvme)
     }
@@ -1174,6 +1178,7 @@ impl Running<'_> {
             to_report: self.seen(0).unwrap_or(total),
             to_runlevel: self.seen(1),
             to_initramfs: self.seen(2),
+            to_init: self.seen(3),
             total,
             health: json("GSE-HEALTH-JSON:"),
             boot: json("GSE-BOOT-JSON:"),

@@ -31,6 +31,13 @@ pub(super) async fn run(
 ) -> Result<()> {
     let config = ConfigService::with_trees(config::early_layers(paths));
     let boot = BootService::new(paths, config, boot_id);
+    // Going online (DHCP, the server pick, the config.d sync) needs nothing
+    // from the hook: it starts now and runs while the hook's client starts
+    // and connects; Prepare waits for it, as for a step it started itself.
+    tokio::spawn({
+        let boot = boot.clone();
+        async move { boot.go_online().await }
+    });
     let finished = Arc::new(Notify::new());
 
     let sock = paths.early_socket();

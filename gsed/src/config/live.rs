@@ -250,7 +250,7 @@ impl Files {
                 Some((s, h)) if *s == stamp => *h,
                 _ => {
                     self.reads += 1;
-                    let Some(h) = hash_file(&p) else { continue };
+                    let Some(h) = hash_file(&p, m.size()) else { continue };
                     self.hashes.insert(p.clone(), (stamp, h));
                     h
                 }
@@ -264,9 +264,9 @@ impl Files {
 
 /// Hash of a file's content (walk lists regular files only; a huge one is
 /// hashed by its head, and loading it reports it).
-fn hash_file(p: &std::path::Path) -> Option<u64> {
+fn hash_file(p: &std::path::Path, size: u64) -> Option<u64> {
     use std::io::Read;
-    let mut data = Vec::new();
+    let mut data = Vec::with_capacity(size.min(config::MAX_FILE) as usize + 1);
     std::fs::File::open(p).ok()?.take(config::MAX_FILE + 1).read_to_end(&mut data).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     data.hash(&mut h);

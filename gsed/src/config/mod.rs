@@ -225,7 +225,8 @@ fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
     if !f.metadata().map_err(cannot)?.is_file() {
         return refuse("is not a regular file (a FIFO, socket or device)".into());
     }
-    let mut data = Vec::new();
+    // Room for the whole file up front: one read, not a doubling series of them.
+    let mut data = Vec::with_capacity(m.len() as usize + 1);
     f.take(MAX_FILE + 1).read_to_end(&mut data).map_err(cannot)?;
     if data.len() as u64 > MAX_FILE {
         return refuse(too_big(data.len() as u64));

@@ -17,7 +17,8 @@
 //!
 //! `vm`: whole boots of the VM suite's client under qemu (TCG): power on to
 //! OpenRC with the GSE initramfs and with a plain one (same kernel, modules and
-//! root), and to the green verdict and power-off (median of 3).
+//! root), to the root's init alone (the part early boot adds), and to the
+//! green verdict and power-off (median of 3).
 //!
 //! `logs`: a clean shutdown with the log archive on and off (same logs, same run:
 //! SIGTERM to exit, median of 7), the CPU time and size of the archive; and the
@@ -492,6 +493,9 @@ fn vm_bench() {
     });
     let ms = |d: Option<Duration>| d.expect("the marker was seen").as_secs_f64();
     let (mut plain, mut gse, mut green, mut old_rl, mut old_green) = (vec![], vec![], vec![], vec![], vec![]);
+    // Power on to the root's init: the part early boot adds, without
+    // OpenRC's run (which varies by more than a second between boots).
+    let (mut plain_init, mut gse_init, mut old_init) = (vec![], vec![], vec![]);
     let rounds: usize = std::env::var("GSE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let log = std::env::var_os("GSE_BENCH_LOG").is_some();
     let green_boot = |vm: &Vm, initrd: &std::path::Path, what: &str, round: usize| {
@@ -518,6 +522,7 @@ fn vm_bench() {
                     let mut r = plain_vm.start_plain(&lab);
                     r.wait_line("Starting default runlevel", gse_tests::vm::BOOT_TIMEOUT);
                     plain.push(ms(r.seen(1)));
+                    plain_init.push(ms(r.seen(3)));
                     if log {
                         println!("--- plain boot, round {round} ---\n{}", r.log());
                     }
@@ -526,21 +531,28 @@ fn vm_bench() {
                 ("gse", _) => {
                     let b = green_boot(&gse_vm, &k.initrd, "GSE", round);
                     gse.push(ms(b.to_runlevel));
+                    gse_init.push(ms(b.to_init));
                     green.push(b.to_report.as_secs_f64());
                 }
                 (_, Some(old)) => {
                     let b = green_boot(&old_vm, old, "older GSE", round);
                     old_rl.push(ms(b.to_runlevel));
+                    old_init.push(ms(b.to_init));
                     old_green.push(b.to_report.as_secs_f64());
                 }
                 _ => {}
             }
         }
         println!(
-            "  round {round}: -> default runlevel: no initramfs {:.1} s, GSE {:.1} s{}",
+            "  round {round}: -> init: no initramfs {:.2} s, GSE {:.2} s; -> default runlevel: no initramfs {:.1} s, GSE {:.1} s{}",
+            plain_init[round - 1],
+            gse_init[round - 1],
             plain[round - 1],
             gse[round - 1],
-            old_rl.get(round - 1).map(|o| format!(", older {o:.1} s")).unwrap_or_default()
+            old_rl
+                .get(round - 1)
+                .map(|o| format!(", older {o:.1} s (-> init {:.2} s)", old_init[round - 1]))
+                .unwrap_or_default()
         );
     }
     let size = |p: &std::path::Path| fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
@@ -551,11 +563,17 @@ fn vm_bench() {
         median(green),
         size(&k.initrd)
     );
+    let (pi, gi) = (median(plain_init), median(gse_init));
+    println!(
+        "  power on -> init (OpenRC's first line): no initramfs {pi:.2} s, GSE {gi:.2} s: early boot adds {:.2} s",
+        gi - pi
+    );
     if let Some(old) = &old {
         println!(
-            "  older initramfs {} ({:.1} MB): -> default runlevel {:.1} s (ratio {:.2}), -> green {:.1} s",
+            "  older initramfs {} ({:.1} MB): -> init {:.2} s, -> default runlevel {:.1} s (ratio {:.2}), -> green {:.1} s",
             old.display(),
             size(old),
+            median(old_init),
             median(old_rl.clone()),
             median(old_rl) / p,
             median(old_green)
