@@ -912,6 +912,11 @@ impl Vm {
         let mut qemu = Command::new("ip");
         qemu.args(["netns", "exec", &lab.ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
             .args(["-nographic", "-no-reboot"]);
+        // One virtual CPU unless `GSE_VM_SMP` says more (a lab machine has
+        // several: the bench can compare both).
+        if let Ok(n) = std::env::var("GSE_VM_SMP") {
+            qemu.args(["-smp", &n]);
+        }
         if kernel.is_none() && disk == Disk::None {
             qemu.args(["-boot", "n"]);
         }
