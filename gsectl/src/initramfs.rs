@@ -150,17 +150,13 @@ pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>, Failure> {
 /// modules directory, resolved from `modules.dep`.
 pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> (Vec<String>, Vec<String>) {
     let norm = |s: &str| s.replace('-', "_");
-    let name_of = |path: &str| {
-        let base = path.rsplit('/').next().unwrap_or(path);
-        norm(base.split(".ko").next().unwrap_or(base))
-    };
     let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in modules_dep.lines() {
         if let Some((m, d)) = line.split_once(':') {
-            deps.insert(name_of(m), (m.trim().to_owned(), d.split_whitespace().map(String::from).collect()));
+            deps.insert(module_name(m), (m.trim().to_owned(), d.split_whitespace().map(String::from).collect()));
         }
     }
-    let by_path: BTreeMap<String, String> = deps.values().map(|(p, _)| (p.clone(), name_of(p))).collect();
+    let by_path: BTreeMap<String, String> = deps.values().map(|(p, _)| (p.clone(), module_name(p))).collect();
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     fn visit(
@@ -190,6 +186,13 @@ pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> (Vec<String>, Vec<
         }
     }
     (order, builtin)
+}
+
+/// A module's name as the kernel and `modules.alias` spell it, from its path
+/// in `modules.dep` (`kernel/arch/x86/crypto/crc32c-intel.ko` → `crc32c_intel`).
+fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.split(".ko").next().unwrap_or(base).replace('-', "_")
 }
 
 /// `/init`: loads the modules, waits for the boot partition, runs the hook and
@@ -297,23 +300,17 @@ fn add_modules(tree: &mut Tree, modules_root: &Path, kver: &str) -> Result<(), F
 pub fn load_list(order: &[String], modules_alias: &str) -> String {
     let mut cpu: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for line in modules_alias.lines() {
-        if let Some(("alias", pattern, module)) = line
-            .split_once(' ')
-            .and_then(|(a, rest)| rest.rsplit_once(' ').map(|(p, m)| (a, p, m)))
-            .filter(|(_, p, _)| p.starts_with("cpu:") && !p.contains(char::is_whitespace))
+        if let ["alias", pattern, module] = line.split_whitespace().collect::<Vec<_>>()[..]
+            && pattern.starts_with("cpu:")
         {
             cpu.entry(module.replace('-', "_")).or_default().push(pattern);
         }
     }
     order
         .iter()
-        .map(|path| {
-            let base = path.rsplit('/').next().unwrap_or(path);
-            let name = base.split(".ko").next().unwrap_or(base).replace('-', "_");
-            match cpu.get(&name) {
-                Some(patterns) => format!("{path} {}\n", patterns.join(" ")),
-                None => format!("{path}\n"),
-            }
+        .map(|path| match cpu.get(&module_name(path)) {
+            Some(patterns) => format!("{path} {}\n", patterns.join(" ")),
+            None => format!("{path}\n"),
         })
         .collect()
 }

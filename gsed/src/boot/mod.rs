@@ -60,7 +60,8 @@ pub struct BootService {
     boot_id: String,
     /// How long to wait for slot devices to appear.
     pub device_wait: Duration,
-    /// Online once per early boot, whoever asks first (an update offer or Prepare).
+    /// Online once per early boot: `gsed --early` starts it as it starts; an
+    /// update offer, Prepare or an install waits for that same step.
     online: tokio::sync::OnceCell<Online>,
     /// The servers picked while going online, for an update offer.
     servers: std::sync::Mutex<Option<Arc<ServersService>>>,

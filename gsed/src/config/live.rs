@@ -250,7 +250,7 @@ impl Files {
                 Some((s, h)) if *s == stamp => *h,
                 _ => {
                     self.reads += 1;
-                    let Some(h) = hash_file(&p, m.size()) else { continue };
+                    let Some(h) = hash_file(&p) else { continue };
                     self.hashes.insert(p.clone(), (stamp, h));
                     h
                 }
@@ -264,10 +264,8 @@ impl Files {
 
 /// Hash of a file's content (walk lists regular files only; a huge one is
 /// hashed by its head, and loading it reports it).
-fn hash_file(p: &std::path::Path, size: u64) -> Option<u64> {
-    use std::io::Read;
-    let mut data = Vec::with_capacity(size.min(config::MAX_FILE) as usize + 1);
-    std::fs::File::open(p).ok()?.take(config::MAX_FILE + 1).read_to_end(&mut data).ok()?;
+fn hash_file(p: &std::path::Path) -> Option<u64> {
+    let data = config::read_regular(p).ok()??;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     data.hash(&mut h);
     Some(h.finish())
@@ -314,6 +312,20 @@ mod tests {
         fs::remove_file(&boot).unwrap();
         assert_eq!(svc.reload(), Reload::Applied(vec![boot]));
         assert_eq!(svc.current().loaded.settings.boot.health.max_attempts, 3, "back to the default");
+    }
+
+    #[test]
+    fn hashing_refuses_what_is_not_a_regular_file_without_blocking() {
+        // A file swapped for a FIFO or a link after the walk listed it: an open
+        // that waited for a writer would hang gsed's reload for good.
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("boot.conf");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(hash_file(&fifo), None);
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("link.conf")).unwrap();
+        assert_eq!(hash_file(&d.path().join("link.conf")), None);
+        fs::write(d.path().join("ok.conf"), "x").unwrap();
+        assert!(hash_file(&d.path().join("ok.conf")).is_some());
     }
 
     #[test]

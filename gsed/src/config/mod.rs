@@ -45,6 +45,7 @@ pub use network::{InterfaceConf, Method, NetworkConf, parse_cidr};
 use serde::Serialize;
 pub use servers::{Reboot, Server, ServerInfoConf, UpdateConf, UpdatePolicy};
 pub use system::{EtcConf, EtcFile, SourcesConf};
+use values::at_or_below;
 
 use crate::paths::Paths;
 
@@ -184,7 +185,34 @@ pub fn load(trees: &[PathBuf]) -> Result<Loaded, Vec<ConfigError>> {
         break;
     }
 
+    errors.extend(writes_into_read_only(&out));
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// tmpfs.conf keeps some directories of /etc read-only from the image; early
+/// boot writes etc.conf's files and removals and the default runlevel into
+/// /etc. A write into a read-only directory would fail every boot, so such a
+/// configuration is refused, naming both sides.
+fn writes_into_read_only(loaded: &Loaded) -> Vec<ConfigError> {
+    let s = &loaded.settings;
+    let Some(etc) = s.tmpfs.mount.get("/etc").filter(|m| !m.read_only.is_empty()) else { return Vec::new() };
+    let mut writes: Vec<(String, &str)> =
+        s.etc.file.keys().map(|p| (format!("etc.conf writes {p}"), p.as_str())).collect();
+    writes.extend(s.etc.remove.iter().map(|p| (format!("etc.conf removes {p}"), p.as_str())));
+    if s.default_runlevel.is_some() {
+        writes.push((format!("{RUNLEVEL_FILE} writes /etc/runlevels/default"), "/etc/runlevels/default"));
+    }
+    let key = join_key(&["mount", "/etc", "read_only"]);
+    let origin = loaded.origins.get(&format!("tmpfs.{key}"));
+    let file = origin.map_or_else(|| PathBuf::from("controller/tmpfs.conf"), |o| o.file.clone());
+    let mut out = Vec::new();
+    for d in &etc.read_only {
+        for (what, _) in writes.iter().filter(|(_, p)| at_or_below(p, d) || at_or_below(d, p)) {
+            let message = format!("{key}: '{d}' cannot stay read-only: {what}");
+            out.push(ConfigError { line: origin.and_then(|o| o.line), ..ConfigError::file(&file, message) });
+        }
+    }
+    out
 }
 
 /// Largest config.d file GSE reads: real ones are a few KiB; the limit keeps a
@@ -195,7 +223,6 @@ pub const MAX_FILE: u64 = 1 << 20;
 /// of at most [`MAX_FILE`] bytes is read: a FIFO could block gsed forever and a
 /// link could lead anywhere (`/dev/zero`), so both are errors naming the file.
 fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
-    use std::{io::Read, os::unix::fs::OpenOptionsExt};
     let m = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ConfigError::file(path, format!("cannot read: {e}"))),
@@ -216,22 +243,32 @@ fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
         return refuse(too_big(m.len()));
     }
     let cannot = |e: std::io::Error| ConfigError::file(path, format!("cannot read: {e}"));
-    // Swapped for something else since the look above: no link, no blocking open.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(cannot)?;
-    if !f.metadata().map_err(cannot)?.is_file() {
+    // Swapped for something else since the look above: read_regular refuses it.
+    let Some(data) = read_regular(path).map_err(cannot)? else {
         return refuse("is not a regular file (a FIFO, socket or device)".into());
-    }
-    // Room for the whole file up front: one read, not a doubling series of them.
-    let mut data = Vec::with_capacity(m.len() as usize + 1);
-    f.take(MAX_FILE + 1).read_to_end(&mut data).map_err(cannot)?;
+    };
     if data.len() as u64 > MAX_FILE {
         return refuse(too_big(data.len() as u64));
     }
     String::from_utf8(data).map(Some).map_err(|_| ConfigError::file(path, "is not UTF-8 text"))
+}
+
+/// Opens a config.d file without following a link or blocking on a FIFO and
+/// reads at most [`MAX_FILE`] + 1 bytes of it, in one read when it fits;
+/// `None` when what it opened is not a regular file.
+pub(crate) fn read_regular(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Ok(None);
+    }
+    let mut data = Vec::with_capacity(m.len().min(MAX_FILE) as usize + 1);
+    f.take(MAX_FILE + 1).read_to_end(&mut data)?;
+    Ok(Some(data))
 }
 
 /// Checks one tree on its own, as an administrator does before publishing it:

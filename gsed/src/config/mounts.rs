@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     layer::{Invalid, Validate},
-    values::{Mode, TmpfsSize, clean_absolute},
+    values::{Mode, TmpfsSize, at_or_below, clean_absolute},
 };
 
 /// Extra mounts for the client's `/etc/fstab`, by mount point, and the
@@ -144,16 +144,17 @@ impl Validate for TmpfsConf {
                 ));
             }
             check_options(&m.options, &format!("mount.\"{at}\".options"), &mut out);
-            for (i, d) in m.read_only.iter().enumerate() {
-                let key = format!("mount.\"{at}\".read_only");
-                let within = |outer: &String| d == outer || d.starts_with(&format!("{outer}/"));
-                if !POPULATED.contains(&at.as_str()) {
-                    out.push(Invalid::new(key, format!("only {} are filled from the image", POPULATED.join(" and "))));
-                } else if !clean_absolute(d) || !d.starts_with(&format!("{at}/")) {
-                    out.push(Invalid::new(key, format!("'{d}' must be an absolute directory below {at}")));
-                } else if let Some(outer) = m.read_only[..i].iter().chain(&m.read_only[i + 1..]).find(|o| within(o)) {
+            let key = format!("mount.\"{at}\".read_only");
+            if !m.read_only.is_empty() && !POPULATED.contains(&at.as_str()) {
+                out.push(Invalid::new(&key, format!("only {} are filled from the image", POPULATED.join(" and "))));
+            }
+            for (i, d) in m.read_only.iter().enumerate().filter(|_| POPULATED.contains(&at.as_str())) {
+                let mut others = m.read_only[..i].iter().chain(&m.read_only[i + 1..]);
+                if !clean_absolute(d) || d == at || !at_or_below(d, at) {
+                    out.push(Invalid::new(&key, format!("'{d}' must be an absolute directory below {at}")));
+                } else if let Some(outer) = others.find(|o| at_or_below(d, o)) {
                     // A second bind of the same tree: one entry says it all.
-                    out.push(Invalid::new(key, format!("'{d}' is already kept by '{outer}'")));
+                    out.push(Invalid::new(&key, format!("'{d}' is already kept by '{outer}'")));
                 }
             }
             if m.options.iter().any(|o| o.starts_with("size=") || o.starts_with("mode=")) {
@@ -202,7 +203,7 @@ impl Validate for OverlaysConf {
                     "must be an absolute directory other than /".into(),
                 ));
             }
-            if ["/etc", "/var", "/tmp", "/user-data"].iter().any(|p| at == p || at.starts_with(&format!("{p}/"))) {
+            if ["/etc", "/var", "/tmp", "/user-data"].iter().any(|p| at_or_below(at, p)) {
                 out.push(Invalid::new(
                     format!("overlay.\"{at}\""),
                     "is already writable (tmpfs or user data); no overlay needed".into(),

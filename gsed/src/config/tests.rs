@@ -182,3 +182,28 @@ fn read_only_directories_must_lie_below_a_populated_mount() {
     let s = load(&[t.path()]).unwrap();
     assert_eq!(s.settings.tmpfs.mount["/var"].read_only, ["/var/db/pkg"]);
 }
+
+#[test]
+fn early_boot_never_writes_into_a_read_only_directory_of_etc() {
+    let t = Tree::new();
+    let tmpfs = "[mount.\"/etc\"]\nsize = \"64M\"\nread_only = [\"/etc/ssl\", \"/etc/runlevels\"]\n\
+                 [mount.\"/var\"]\nsize = \"1G\"\n[mount.\"/tmp\"]\nsize = \"10%\"\n";
+    t.put("controller/tmpfs.conf", tmpfs);
+    t.put("system/etc.conf", "remove = [\"/etc/motd\"]\n[file.\"/etc/ssl/lab.pem\"]\ncontent = \"x\"\n");
+    t.put("controller/services/default-runlevel", "sshd\n");
+    let errs = load(&[t.path()]).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| assert!(msgs.iter().any(|m| m.contains(needle)), "no {needle:?} in {msgs:#?}");
+    has(
+        "controller/tmpfs.conf:3: mount.\"/etc\".read_only: '/etc/ssl' cannot stay read-only: etc.conf writes /etc/ssl/lab.pem",
+    );
+    has(
+        "mount.\"/etc\".read_only: '/etc/runlevels' cannot stay read-only: controller/services/default-runlevel writes /etc/runlevels/default",
+    );
+    assert_eq!(errs.len(), 2, "the removal of /etc/motd is no conflict: {msgs:#?}");
+
+    // Nothing written there: the same directories are fine.
+    t.put("system/etc.conf", "[file.\"/etc/ssl2/lab.pem\"]\ncontent = \"x\"\n");
+    std::fs::remove_file(t.path().join("controller/services/default-runlevel")).unwrap();
+    assert_eq!(load(&[t.path()]).unwrap().settings.tmpfs.mount["/etc"].read_only, ["/etc/ssl", "/etc/runlevels"]);
+}

@@ -175,6 +175,12 @@ pub fn clean_absolute(p: &str) -> bool {
     p.starts_with('/') && !p.split('/').any(|c| c == ".." || c == ".") && !p.contains("//")
 }
 
+/// True when the path `p` is `dir` or lies below it, by whole components
+/// (`/var/lib2` is not below `/var/lib`).
+pub fn at_or_below(p: &str, dir: &str) -> bool {
+    std::path::Path::new(p).starts_with(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
