@@ -118,8 +118,9 @@ impl LogicalFile {
     {
         let before = errors.len();
         let mut merged = toml::Table::new();
+        let mut parsed = Vec::new();
         for path in paths {
-            let Some((text, table)) = read_fragment::<T>(path, errors) else { continue };
+            let Some((text, table)) = read_fragment::<T>(path, &mut parsed, errors) else { continue };
             merge(&mut merged, table, self.key, path, &text, origins);
         }
         if errors.len() > before {
@@ -166,7 +167,13 @@ impl LogicalFile {
 
 /// Reads one file, checks it against the schema on its own, returns its raw table.
 /// A missing file is simply absent; anything else wrong is an error naming it.
-fn read_fragment<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>) -> Option<(String, toml::Table)> {
+/// `parsed` holds the valid texts already read for this logical file: early
+/// boot's three trees usually carry the same file, which is parsed once.
+fn read_fragment<T: DeserializeOwned>(
+    path: &Path,
+    parsed: &mut Vec<(String, toml::Table)>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(String, toml::Table)> {
     let text = match super::read_text(path) {
         Ok(Some(t)) => t,
         Ok(None) => return None,
@@ -175,6 +182,9 @@ fn read_fragment<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>
             return None;
         }
     };
+    if let Some((_, table)) = parsed.iter().find(|(seen, _)| *seen == text) {
+        return Some((text, table.clone()));
+    }
     let located = |e: toml::de::Error| {
         let (line, column) = e.span().map(|s| line_col(&text, s.start)).unzip();
         ConfigError { file: path.to_owned(), line, column, message: one_line(e.message()) }
@@ -186,10 +196,17 @@ fn read_fragment<T: DeserializeOwned>(path: &Path, errors: &mut Vec<ConfigError>
             return None;
         }
     };
-    if let Err(e) = toml::from_str::<T>(&text) {
-        errors.push(located(e));
+    // The schema is checked on the parsed table (parsing the text again took
+    // as long as the first parse); only a refused file is parsed again, for
+    // the line and column of what is wrong.
+    if let Err(e) = toml::Value::Table(table.clone()).try_into::<T>() {
+        errors.push(match toml::from_str::<T>(&text) {
+            Err(e) => located(e),
+            Ok(_) => ConfigError::file(path, one_line(e.message())),
+        });
         return None;
     }
+    parsed.push((text.clone(), table.clone()));
     Some((text, table))
 }
 

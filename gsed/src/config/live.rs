@@ -6,7 +6,7 @@
 //! errors and keeps the last good configuration in force.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     hash::{Hash, Hasher},
     os::unix::fs::MetadataExt,
     path::PathBuf,
@@ -61,8 +61,10 @@ struct Files {
     in_force: BTreeMap<PathBuf, u64>,
     /// Content hashes at the last reload (valid or not).
     seen: BTreeMap<PathBuf, u64>,
-    /// Per file: the metadata its hash was taken at.
-    hashes: BTreeMap<PathBuf, (Stamp, u64)>,
+    /// Per file: the metadata its hash was taken at (hashed, not ordered: a
+    /// path compares component by component, and a lookup in order took
+    /// more than hashing the files).
+    hashes: HashMap<PathBuf, (Stamp, u64)>,
     /// Files read to hash them, in total (for tests and the bench).
     reads: u64,
 }
@@ -242,7 +244,8 @@ impl Files {
     /// Hash of every file's content in the trees, by path; a file whose stamp
     /// did not move keeps its hash without being read.
     fn fingerprint(&mut self, trees: &[PathBuf]) -> BTreeMap<PathBuf, u64> {
-        let mut out = BTreeMap::new();
+        let mut out = Vec::new();
+        let mut hashes = HashMap::with_capacity(self.hashes.len());
         for p in trees.iter().flat_map(|t| config::walk(t)) {
             let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
             let stamp = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
@@ -251,14 +254,16 @@ impl Files {
                 _ => {
                     self.reads += 1;
                     let Some(h) = hash_file(&p) else { continue };
-                    self.hashes.insert(p.clone(), (stamp, h));
                     h
                 }
             };
-            out.insert(p, hash);
+            hashes.insert(p.clone(), (stamp, hash));
+            out.push((p, hash));
         }
-        self.hashes.retain(|p, _| out.contains_key(p));
-        out
+        // Only the files still there are remembered.
+        self.hashes = hashes;
+        // Each tree's walk is sorted: collecting merges the runs.
+        out.into_iter().collect()
     }
 }
 

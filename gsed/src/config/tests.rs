@@ -45,6 +45,38 @@ fn controller_file_wins_key_by_key_and_lower_values_survive() {
 }
 
 #[test]
+fn a_file_every_tree_carries_alike_loads_as_the_top_one() {
+    // Early boot's three trees usually hold the same file: it is parsed once,
+    // and what it sets still comes from the highest tree.
+    let text = "primary = \"a\"\n[health]\nmax_attempts = 4\n";
+    let trees = [Tree::new(), Tree::new(), Tree::new()];
+    for t in &trees {
+        t.put("system/boot.conf", text);
+    }
+    trees[1].put("system/network.conf", "wait = \"5s\"\n");
+    let paths: Vec<PathBuf> = trees.iter().map(Tree::path).collect();
+    let l = load(&paths).unwrap();
+    assert_eq!(l.settings.boot.health.max_attempts, 4);
+    let origin = |k: &str| l.origins.get(k).map(|o| o.to_string()).unwrap_or_default();
+    assert_eq!(origin("boot.health.max_attempts"), format!("{}:3", paths[2].join("system/boot.conf").display()));
+    assert_eq!(origin("network.wait"), format!("{}:1", paths[1].join("system/network.conf").display()));
+
+    // A refused file is refused in every tree that carries it, each named.
+    let bad = "[health]\nmax_attempts = \"x\"\n";
+    trees[0].put("system/boot.conf", bad);
+    trees[2].put("system/boot.conf", bad);
+    let errs = load(&paths).unwrap_err();
+    for t in [&paths[0], &paths[2]] {
+        let file = t.join("system/boot.conf");
+        assert!(
+            errs.iter().any(|e| e.file == file && e.line == Some(2) && e.message.contains("invalid type: string")),
+            "{errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
 fn errors_name_file_line_column_and_field() {
     let t = Tree::new();
     t.put("system/boot.conf", "primary = \"a\"\n[health]\nmax_atempts = 3\n");

@@ -36,6 +36,12 @@ impl Http {
             // An image transfer keeps four connections to a server busy: keep
             // them all (ureq's default is 3), not a new TCP connection per chunk.
             .max_idle_connections_per_host(8)
+            // ureq zeroes 128 KiB for each direction of every connection:
+            // under qemu's emulated CPU a probe spent more on that than on the
+            // request. Static files have headers of a few hundred bytes.
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(8 * 1024)
+            .max_response_header_size(16 * 1024)
             .user_agent(concat!("gsed/", env!("CARGO_PKG_VERSION")))
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), OnceResolver::default());
