@@ -149,7 +149,6 @@ pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>, Failure> {
 /// Modules in load order (dependencies first), as paths relative to the
 /// modules directory, resolved from `modules.dep`.
 pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> (Vec<String>, Vec<String>) {
-    let norm = |s: &str| s.replace('-', "_");
     let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in modules_dep.lines() {
         if let Some((m, d)) = line.split_once(':') {
@@ -192,10 +191,15 @@ pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> (Vec<String>, Vec<
 /// in `modules.dep` (`kernel/arch/x86/crypto/crc32c-intel.ko` → `crc32c_intel`).
 fn module_name(path: &str) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);
-    base.split(".ko").next().unwrap_or(base).replace('-', "_")
+    norm(base.split(".ko").next().unwrap_or(base))
 }
 
-/// `/init`: loads the modules, waits for the boot partition, runs the hook and
+/// The kernel takes `-` and `_` in a module's name as one: `_` here.
+fn norm(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// `/init`: loads the modules, runs the hook (which waits for the devices) and
 /// switches root (a shellchecked file beside the hook).
 const INIT: &[u8] = include_bytes!("../../init-scripts/initramfs/init");
 const MODPROBE: &[u8] = include_bytes!("../../init-scripts/initramfs/modprobe");
@@ -303,7 +307,7 @@ pub fn load_list(order: &[String], modules_alias: &str) -> String {
         if let ["alias", pattern, module] = line.split_whitespace().collect::<Vec<_>>()[..]
             && pattern.starts_with("cpu:")
         {
-            cpu.entry(module.replace('-', "_")).or_default().push(pattern);
+            cpu.entry(norm(module)).or_default().push(pattern);
         }
     }
     order

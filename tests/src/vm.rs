@@ -579,6 +579,13 @@ pub fn btrfs_conf(conf: &Path) {
     run("gsectl config check", Command::new(release_bin("gsectl")).args(["config", "check"]).arg(conf));
 }
 
+/// What `GSE_VM_APPEND` adds to every kernel command line, the plain boot's
+/// too (`loglevel=7` shows the kernel's timestamped messages on the console,
+/// to see where a boot spends its time).
+fn appended() -> String {
+    std::env::var("GSE_VM_APPEND").map(|a| format!(" {a}")).unwrap_or_default()
+}
+
 /// Builds both dracut initrds inside the image's tree `rootfs` (GSE installed
 /// there by `--install-gse`, module included), as an administrator would on
 /// the machine: with the kernel's modules in place, `dracut --add gse`.
@@ -870,11 +877,8 @@ impl Vm {
     }
 
     /// The kernel command line of a GSE boot with `gse.test=MODE`.
-    /// `GSE_VM_APPEND` adds kernel arguments (`loglevel=7` shows the kernel's
-    /// timestamped messages on the console, to see where a boot spends its time).
     fn cmdline(&self, mode: &str) -> String {
-        let extra = std::env::var("GSE_VM_APPEND").map(|a| format!(" {a}")).unwrap_or_default();
-        format!("console=ttyS0 root=gse{} panic=-1 quiet gse.test={mode}{extra}", self.kit.init.cmdline())
+        format!("console=ttyS0 root=gse{} panic=-1 quiet gse.test={mode}{}", self.kit.init.cmdline(), appended())
     }
 
     /// Powers the machine on with `gse.test=MODE` on the kernel command line.
@@ -888,9 +892,9 @@ impl Vm {
     pub fn start_plain<'a>(&'a self, lab: &Lab) -> Running<'a> {
         // Slot a wherever drives.conf puts it (a boot partition comes first).
         let a = part_number(&self.kit.conf, "a");
-        let extra = std::env::var("GSE_VM_APPEND").map(|a| format!(" {a}")).unwrap_or_default();
         let cmdline = format!(
-            "console=ttyS0 root=/dev/nvme0n1p{a} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold{extra}"
+            "console=ttyS0 root=/dev/nvme0n1p{a} rw rootfstype=ext4 init=/sbin/openrc-init panic=-1 quiet gse.test=hold{}",
+            appended()
         );
         self.power_on(lab, Some((None, &cmdline)), Disk::Nvme)
     }

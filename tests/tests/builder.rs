@@ -385,6 +385,31 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
         modprobe.starts_with("#!/bin/sh") && modprobe.contains("/etc/gse/modules.d/"),
         "GSE's modprobe, not busybox's"
     );
+    // It says whether the module is in the kernel, filesystem or not: run in
+    // the unpacked archive, in a mount namespace of its own, on this machine's
+    // kernel (whose loop the tests' loop devices use).
+    let tree = d.path().join("unpacked");
+    fs::create_dir(&tree).unwrap();
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg("zstd -dcq \"$1\" | (cd \"$2\" && cpio -id --quiet)")
+        .args(["sh", out.to_str().unwrap(), tree.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let modprobe = |name: &str| {
+        let script = "mount -t proc proc \"$1/proc\" && mount -t sysfs sysfs \"$1/sys\" && exec chroot \"$1\" /bin/modprobe \"$2\"";
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(&tree)
+            .arg(name)
+            .output()
+            .unwrap();
+        out.status.code()
+    };
+    assert!(Path::new("/sys/module/loop").is_dir(), "this machine's kernel has loop");
+    assert_eq!(modprobe("loop"), Some(0), "modprobe loop: loop is in the kernel");
+    assert_eq!(modprobe("fs-nosuchfs"), Some(1), "an unknown module is not found");
     assert_eq!(build().status.code(), Some(1), "no overwrite without --force");
 }
 

@@ -144,19 +144,7 @@ impl Validate for TmpfsConf {
                 ));
             }
             check_options(&m.options, &format!("mount.\"{at}\".options"), &mut out);
-            let key = format!("mount.\"{at}\".read_only");
-            if !m.read_only.is_empty() && !POPULATED.contains(&at.as_str()) {
-                out.push(Invalid::new(&key, format!("only {} are filled from the image", POPULATED.join(" and "))));
-            }
-            for (i, d) in m.read_only.iter().enumerate().filter(|_| POPULATED.contains(&at.as_str())) {
-                let mut others = m.read_only[..i].iter().chain(&m.read_only[i + 1..]);
-                if !clean_absolute(d) || d == at || !at_or_below(d, at) {
-                    out.push(Invalid::new(&key, format!("'{d}' must be an absolute directory below {at}")));
-                } else if let Some(outer) = others.find(|o| at_or_below(d, o)) {
-                    // A second bind of the same tree: one entry says it all.
-                    out.push(Invalid::new(&key, format!("'{d}' is already kept by '{outer}'")));
-                }
-            }
+            check_read_only(at, &m.read_only, &mut out);
             if m.options.iter().any(|o| o.starts_with("size=") || o.starts_with("mode=")) {
                 out.push(Invalid::new(
                     format!("mount.\"{at}\".options"),
@@ -165,6 +153,27 @@ impl Validate for TmpfsConf {
             }
         }
         out
+    }
+}
+
+/// A mount's `read_only` list: directories strictly below it, for /etc and
+/// /var only (the mounts filled from the image), none inside another.
+fn check_read_only(at: &str, dirs: &[String], out: &mut Vec<Invalid>) {
+    let key = format!("mount.\"{at}\".read_only");
+    if dirs.is_empty() {
+        return;
+    }
+    if !POPULATED.contains(&at) {
+        out.push(Invalid::new(&key, format!("only {} are filled from the image", POPULATED.join(" and "))));
+        return;
+    }
+    for (i, d) in dirs.iter().enumerate() {
+        if !clean_absolute(d) || d == at || !at_or_below(d, at) {
+            out.push(Invalid::new(&key, format!("'{d}' must be an absolute directory below {at}")));
+        } else if let Some(outer) = dirs[..i].iter().chain(&dirs[i + 1..]).find(|o| at_or_below(d, o)) {
+            // A second bind of the same tree: one entry says it all.
+            out.push(Invalid::new(&key, format!("'{d}' is already kept by '{outer}'")));
+        }
     }
 }
 
