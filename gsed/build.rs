@@ -8,7 +8,10 @@
 //! (lld: rustc's own on x86_64 Linux since Rust 1.90; a distribution's rustc
 //! may link with GNU ld, which does not): names missing from it (code changed
 //! since it was made) are simply not placed, so a stale file costs memory,
-//! never a build.
+//! never a build. The names carry hashes of the dependencies' features, as
+//! `cargo build --release --workspace` resolves them (the list is made so);
+//! `-p gsed` alone resolves rustix without its default feature (tempfile, in
+//! the tests crate, asks for it), and nearly every name differs.
 use std::{env, path::Path, process::Command};
 
 const FLAGS: [&str; 2] = ["--symbol-ordering-file", "--no-warn-symbol-ordering"];

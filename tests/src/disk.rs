@@ -42,22 +42,30 @@ impl Loop {
 
     /// `mkfs.ext4` with the files of `tree` (may be None for an empty filesystem).
     pub fn mkfs_ext4(&self, label: &str, tree: Option<&Path>) {
-        require_tool("mkfs.ext4", "e2fsprogs");
-        let mut c = Command::new("mkfs.ext4");
-        c.args(["-q", "-F", "-L", label]);
-        if let Some(t) = tree {
-            c.arg("-d").arg(t);
-        }
-        let out = c.arg(&self.dev).output().expect("mkfs.ext4");
-        assert!(out.status.success(), "mkfs.ext4: {}", text(&out.stderr));
+        mkfs_ext4(&self.dev, label, tree);
     }
 
     pub fn mkfs_btrfs(&self, label: &str) {
-        require_tool("mkfs.btrfs", "btrfs-progs");
-        let out =
-            Command::new("mkfs.btrfs").args(["-q", "-f", "-L", label]).arg(&self.dev).output().expect("mkfs.btrfs");
-        assert!(out.status.success(), "mkfs.btrfs: {}", text(&out.stderr));
+        mkfs_btrfs(&self.dev, label);
     }
+}
+
+/// `mkfs.ext4` on `dev` with the files of `tree` (may be None for an empty filesystem).
+pub fn mkfs_ext4(dev: &str, label: &str, tree: Option<&Path>) {
+    require_tool("mkfs.ext4", "e2fsprogs");
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-L", label]);
+    if let Some(t) = tree {
+        c.arg("-d").arg(t);
+    }
+    let out = c.arg(dev).output().expect("mkfs.ext4");
+    assert!(out.status.success(), "mkfs.ext4: {}", text(&out.stderr));
+}
+
+pub fn mkfs_btrfs(dev: &str, label: &str) {
+    require_tool("mkfs.btrfs", "btrfs-progs");
+    let out = Command::new("mkfs.btrfs").args(["-q", "-f", "-L", label]).arg(dev).output().expect("mkfs.btrfs");
+    assert!(out.status.success(), "mkfs.btrfs: {}", text(&out.stderr));
 }
 
 impl Drop for Loop {

@@ -787,3 +787,49 @@ fn a_slot_with_its_own_kernel_is_handed_over_and_the_decision_kept() {
     assert!(!handoff_file.exists());
     c.power_off();
 }
+
+/// Early boot finds slots by LABEL=, UUID= and PARTLABEL= itself (no udev, no
+/// blkid in the initramfs, and busybox's findfs knows no PARTLABEL=): what it
+/// reads from real ext4 and btrfs superblocks and a GPT agrees with blkid.
+#[test]
+fn devices_are_found_by_label_uuid_and_partlabel_as_blkid_finds_them() {
+    use gsed::boot::devices;
+    let dir = tempfile::Builder::new().prefix("gse-devs-").tempdir().unwrap();
+    let disk = Loop::new(dir.path(), "disk", 300);
+    // Names of this run only: the lookups see every block device of the machine.
+    let tag = format!("{:x}", std::process::id() % 0xffff);
+    let (ext_name, btrfs_name) = (format!("pe-{tag}"), format!("pb-{tag}"));
+    let layout = format!("label: gpt\nsize=40M, name={ext_name}\nname={btrfs_name}\n");
+    let mut sfdisk = std::process::Command::new(require_tool("sfdisk", "fdisk"))
+        .args(["-q", &disk.dev])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), layout.as_bytes()).unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk");
+    let _ = std::process::Command::new("partx").args(["--update", &disk.dev]).output();
+    let part = |n: u32| {
+        let p = format!("{}p{n}", disk.dev);
+        wait_for(Duration::from_secs(5), &p, || std::path::Path::new(&p).exists().then_some(()));
+        p
+    };
+    let (ext, btrfs) = (part(1), part(2));
+    disk::mkfs_ext4(&ext, &format!("le-{tag}"), None);
+    disk::mkfs_btrfs(&btrfs, &format!("lb-{tag}"));
+    for (p, label, name) in [(&ext, format!("le-{tag}"), &ext_name), (&btrfs, format!("lb-{tag}"), &btrfs_name)] {
+        let blkid = |tag: &str| {
+            let out = std::process::Command::new("blkid").args(["-p", "-o", "value", "-s", tag, p]).output();
+            text(&out.unwrap().stdout).trim().to_owned()
+        };
+        let id = devices::identify(std::path::Path::new(p)).expect("a superblock is read");
+        assert_eq!((id.label.as_str(), id.uuid.as_str()), (blkid("LABEL").as_str(), blkid("UUID").as_str()));
+        assert_eq!(id.label, label);
+        let dev = Some(std::path::PathBuf::from(p));
+        assert_eq!(devices::find(&format!("LABEL={label}")), dev);
+        assert_eq!(devices::find(&format!("UUID={}", id.uuid.to_uppercase())), dev, "UUIDs match in any case");
+        assert_eq!(devices::find(&format!("PARTLABEL={name}")), dev);
+    }
+    let listed = devices::block_devices();
+    assert!(!listed.iter().any(|d| d.path.to_string_lossy() == disk.dev), "a partitioned disk is not a candidate");
+}

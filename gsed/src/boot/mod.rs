@@ -6,6 +6,7 @@
 pub mod blank;
 pub mod copy;
 pub mod decide;
+pub mod devices;
 pub mod flag;
 pub mod kernel;
 pub mod layout;

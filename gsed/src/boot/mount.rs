@@ -183,7 +183,11 @@ fn try_resolve(spec: &str) -> Option<PathBuf> {
     if link.exists() {
         return Some(link);
     }
-    // No udev (early boot, containers): ask blkid, or busybox's findfs.
+    // No udev (early boot, containers): the superblocks, read here; for a
+    // filesystem not read here, blkid or busybox's findfs.
+    if let Some(dev) = super::devices::find(spec) {
+        return Some(dev);
+    }
     for (tool, args) in [("blkid", vec!["-l", "-o", "device", "-t", spec]), ("findfs", vec![spec])] {
         if let Ok(out) = Command::new(tool).args(&args).output()
             && out.status.success()
