@@ -819,7 +819,9 @@ fn devices_are_found_by_label_uuid_and_partlabel_as_blkid_finds_them() {
     disk::mkfs_btrfs(&btrfs, &format!("lb-{tag}"));
     for (p, label, name) in [(&ext, format!("le-{tag}"), &ext_name), (&btrfs, format!("lb-{tag}"), &btrfs_name)] {
         let blkid = |tag: &str| {
-            let out = std::process::Command::new("blkid").args(["-p", "-o", "value", "-s", tag, p]).output();
+            let out = std::process::Command::new(require_tool("blkid", "util-linux"))
+                .args(["-p", "-o", "value", "-s", tag, p])
+                .output();
             text(&out.unwrap().stdout).trim().to_owned()
         };
         let id = devices::identify(std::path::Path::new(p)).expect("a superblock is read");
