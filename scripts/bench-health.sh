@@ -58,10 +58,10 @@ c0=$(ctx)
 sleep 5
 c1=$(ctx)
 echo "gsed idle VmRSS: $rss (private anonymous: $anon; gsed's own code and data pages: $own)"
-# The list of everyday functions goes stale quietly when code changes (the
-# 8a455de review left it at 6.8 MB): say so where the figure is read.
+# gsed's code layout is lost quietly, by a build of -p gsed alone (6.9 MB) or
+# by a list of everyday functions gone stale: say so where the figure is read.
 if [ "${rss% kB}" -gt 6144 ]; then
-	echo "WARNING: above the 6 MB goal; if gsed's own code grew, run scripts/order-text.sh (gsed/text-order.txt is stale)"
+	echo "WARNING: above the 6 MB goal; gsed's code layout needs the build of 'cargo build --release --workspace --bins' (not -p gsed); if it was, gsed/text-order.txt is stale: run scripts/order-text.sh"
 fi
 awk '/^[0-9a-f]+-/ {name=$6} /^Rss:/ {r[name]+=$2} END {for (n in r) if (r[n] > 100) printf "  %6d kB %s\n", r[n], n}' "/proc/$gsed_pid/smaps" | sort -rn
 echo "gsed's own mappings (permissions, size, resident):"
