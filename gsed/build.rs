@@ -11,7 +11,7 @@
 //! never a build. The names carry hashes of the dependencies' features, as
 //! `cargo build --release --workspace` resolves them (the list is made so);
 //! `-p gsed` alone resolves rustix without its default feature (tempfile, in
-//! the tests crate, asks for it), and nearly every name differs.
+//! the tests crate, asks for it), and over half of the names differ.
 use std::{env, path::Path, process::Command};
 
 const FLAGS: [&str; 2] = ["--symbol-ordering-file", "--no-warn-symbol-ordering"];

@@ -410,6 +410,13 @@ fn initramfs_carries_modules_with_dependencies_libraries_and_init() {
     assert!(Path::new("/sys/module/loop").is_dir(), "this machine's kernel has loop");
     assert_eq!(modprobe("loop"), Some(0), "modprobe loop: loop is in the kernel");
     assert_eq!(modprobe("fs-nosuchfs"), Some(1), "an unknown module is not found");
+    // A name spelled with - for the kernel's _ (crc32c-intel) is the same module.
+    let underscored = fs::read_dir("/sys/module")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.contains('_'))
+        .expect("a module with _ in its name");
+    assert_eq!(modprobe(&underscored.replace('_', "-")), Some(0), "modprobe {underscored} spelled with -");
     assert_eq!(build().status.code(), Some(1), "no overwrite without --force");
 }
 

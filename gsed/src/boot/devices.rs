@@ -33,12 +33,21 @@ pub struct Identity {
 /// The one device `spec` names among this machine's block devices; None when
 /// no device or several do (or the spec is not of the three kinds).
 pub fn find(spec: &str) -> Option<PathBuf> {
-    find_among(spec, &block_devices())
+    let mut devices = block_devices();
+    // Names are read only for a lookup by name: where sysfs has none, each
+    // costs a read of the disk's GPT.
+    if spec.starts_with("PARTLABEL=") {
+        for d in &mut devices {
+            d.partname = d.path.file_name().and_then(|n| partname(&Path::new(SYS_BLOCK).join(n)));
+        }
+    }
+    find_among(spec, &devices)
 }
 
-/// [`find`] among `devices`.
+/// [`find`] among `devices`. An empty name names nothing (every unlabelled
+/// filesystem has one).
 pub fn find_among(spec: &str, devices: &[Device]) -> Option<PathBuf> {
-    let (kind, value) = spec.split_once('=')?;
+    let (kind, value) = spec.split_once('=').filter(|(_, v)| !v.is_empty())?;
     let matches = |d: &Device| match kind {
         "PARTLABEL" => d.partname.as_deref() == Some(value),
         "LABEL" => identify(&d.path).is_some_and(|i| i.label == value),
@@ -90,16 +99,19 @@ fn uuid(b: &[u8]) -> String {
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
+const SYS_BLOCK: &str = "/sys/class/block";
+
 /// The block devices the kernel lists in /proc/partitions (which leaves out
-/// empty drives), without whole disks that are divided into partitions.
+/// empty drives), without whole disks that are divided into partitions; their
+/// partition names are not read (see [`find`]).
 pub fn block_devices() -> Vec<Device> {
     let Ok(list) = fs::read_to_string("/proc/partitions") else { return Vec::new() };
     let names: Vec<&str> = list.lines().skip(2).filter_map(|l| l.split_whitespace().nth(3)).collect();
-    let sys = |name: &str| Path::new("/sys/class/block").join(name);
+    let sys = |name: &str| Path::new(SYS_BLOCK).join(name);
     names
         .iter()
         .filter(|n| !names.iter().any(|p| p != *n && sys(n).join(p).join("partition").exists()))
-        .map(|n| Device { path: Path::new("/dev").join(n), partname: partname(&sys(n)) })
+        .map(|n| Device { path: Path::new("/dev").join(n), partname: None })
         .collect()
 }
 
@@ -113,7 +125,7 @@ fn partname(sys: &Path) -> Option<String> {
         return Some(name);
     }
     let number: u64 = field("PARTN=")?.parse().ok()?;
-    let disk = fs::canonicalize(sys.join("..")).ok()?.file_name().map(|d| Path::new("/sys/class/block").join(d))?;
+    let disk = fs::canonicalize(sys.join("..")).ok()?.file_name().map(|d| Path::new(SYS_BLOCK).join(d))?;
     let sector = fs::read_to_string(disk.join("queue/logical_block_size")).ok()?.trim().parse().ok()?;
     let disk_dev = Path::new("/dev").join(disk.file_name()?);
     gpt_name(&fs::File::open(disk_dev).ok()?, number, sector)
@@ -173,6 +185,14 @@ mod tests {
         assert_eq!(find_among("PARTLABEL=slot-a", &devs), Some(a.clone()));
         assert_eq!(find_among("LABEL=gse-c", &devs), None);
         assert_eq!(find_among("PARTUUID=1234", &devs), None);
+        assert_eq!(
+            find_among(
+                "LABEL=",
+                &[dev(&blank, None), dev(&image(d.path(), "nolabel", &[(1024, &ext_sb("", 3))]), None)]
+            ),
+            None,
+            "an empty name names nothing"
+        );
         assert_eq!(find_among("LABEL=gse-b", &[dev(&b, None), dev(&twin, None)]), None, "two devices match");
         // A device with two superblocks is ambiguous, as blkid says.
         let mut btrfs_sb = vec![0u8; 4096];
