@@ -12,7 +12,7 @@ build="build-essential pkg-config libudev-dev dbus-daemon"
 test="$build
   dbus libglib2.0-bin systemd util-linux mount
   e2fsprogs btrfs-progs fdisk attr busybox-static
-  nginx minisign zstd cpio tar
+  nginx minisign zstd xz-utils cpio tar
   iproute2 dnsmasq
   shellcheck
   prometheus prometheus-node-exporter chromium curl wget polkitd
