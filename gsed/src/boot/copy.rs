@@ -6,13 +6,16 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     fs, io,
-    os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink},
+    os::fd::AsRawFd,
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, fchown, lchown, symlink},
     path::{Path, PathBuf},
 };
 
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, mknod, utimensat};
 use nix::sys::time::TimeSpec;
+use xattr::FileExt;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot copy {path}: {source}")]
@@ -60,7 +63,7 @@ fn copy_dir(
     for e in entries {
         let from = e.path();
         let to = dst.join(e.file_name());
-        let meta = fs::symlink_metadata(&from).map_err(err(&from))?;
+        let meta = e.metadata().map_err(err(&from))?; // lstat, relative to the directory
         let ft = meta.file_type();
         *count += 1;
         if !ft.is_dir() && meta.nlink() > 1 {
@@ -82,7 +85,8 @@ fn copy_dir(
         } else if ft.is_symlink() {
             symlink(fs::read_link(&from).map_err(err(&from))?, &to).map_err(err(&to))?;
         } else if ft.is_file() {
-            fs::copy(&from, &to).map_err(err(&from))?;
+            copy_file(&from, &to, &meta)?;
+            continue; // its metadata went through its descriptors
         } else {
             let kind = SFlag::from_bits_truncate(meta.mode() & SFlag::S_IFMT.bits());
             mknod(&to, kind, Mode::from_bits_truncate(meta.mode() & 0o7777), meta.rdev())
@@ -93,16 +97,43 @@ fn copy_dir(
     Ok(())
 }
 
+/// A regular file's bytes and then, as [`copy_meta`] does, its metadata, but
+/// through the two open descriptors: no path is looked up again (a repair
+/// copies a whole root, and early boot fills /etc and /var this way).
+fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
+    let mut src = fs::File::open(from).map_err(err(from))?;
+    let mut dst =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(to).map_err(err(to))?;
+    io::copy(&mut src, &mut dst).map_err(err(from))?;
+    fchown(&dst, Some(meta.uid()), Some(meta.gid())).map_err(err(to))?;
+    copy_xattrs(src.list_xattr(), |n| src.get_xattr(n), |n, v| dst.set_xattr(n, v)).map_err(err(to))?;
+    dst.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(err(to))?;
+    futimens(
+        dst.as_raw_fd(),
+        &TimeSpec::new(meta.atime(), meta.atime_nsec()),
+        &TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+    )
+    .map_err(|e| CopyError { path: to.to_owned(), source: e.into() })
+}
+
+/// Sets on the copy every extended attribute the source lists and still has.
+fn copy_xattrs(
+    names: io::Result<xattr::XAttrs>,
+    get: impl Fn(&OsStr) -> io::Result<Option<Vec<u8>>>,
+    set: impl Fn(&OsStr, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    for name in names.into_iter().flatten() {
+        if let Ok(Some(value)) = get(&name) {
+            set(&name, &value)?;
+        }
+    }
+    Ok(())
+}
+
 /// Owner, extended attributes, mode (after chown, which clears set-id bits), times.
 fn copy_meta(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
     lchown(to, Some(meta.uid()), Some(meta.gid())).map_err(err(to))?;
-    if let Ok(names) = xattr::list(from) {
-        for name in names {
-            if let Ok(Some(value)) = xattr::get(from, &name) {
-                xattr::set(to, &name, &value).map_err(err(to))?;
-            }
-        }
-    }
+    copy_xattrs(xattr::list(from), |n| xattr::get(from, n), |n, v| xattr::set(to, n, v)).map_err(err(to))?;
     if !meta.file_type().is_symlink() {
         fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(err(to))?;
     }
