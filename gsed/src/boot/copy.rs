@@ -102,8 +102,15 @@ fn copy_dir(
 /// copies a whole root, and early boot fills /etc and /var this way).
 fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
     let mut src = fs::File::open(from).map_err(err(from))?;
-    let mut dst =
-        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(to).map_err(err(to))?;
+    // Never through a link already at `to` (a directory merged into).
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(to)
+        .map_err(err(to))?;
     io::copy(&mut src, &mut dst).map_err(err(from))?;
     fchown(&dst, Some(meta.uid()), Some(meta.gid())).map_err(err(to))?;
     copy_xattrs(src.list_xattr(), |n| src.get_xattr(n), |n, v| dst.set_xattr(n, v)).map_err(err(to))?;
@@ -215,6 +222,17 @@ mod tests {
         assert_eq!((m("etc/link").uid(), m("etc/link").gid()), (5, 6));
         assert_eq!(fs::metadata(&dst).unwrap().mode() & 0o7777, 0o751);
         assert_eq!(fs::read_to_string(dst.join("lost+found/found")).unwrap(), "f");
+
+        // A link already in a directory merged into is not written through.
+        let (src2, dst2) = (d.path().join("src2"), d.path().join("dst2"));
+        fs::create_dir_all(src2.join("lost+found")).unwrap();
+        fs::write(src2.join("lost+found/found"), "f").unwrap();
+        fs::create_dir_all(dst2.join("lost+found")).unwrap();
+        fs::write(d.path().join("outside"), "kept").unwrap();
+        symlink(d.path().join("outside"), dst2.join("lost+found/found")).unwrap();
+        let e = copy_tree(&src2, &dst2).unwrap_err();
+        assert_eq!(e.path, dst2.join("lost+found/found"), "{e}");
+        assert_eq!(fs::read_to_string(d.path().join("outside")).unwrap(), "kept");
 
         clear_dir(&dst, &["etc"]).unwrap();
         let left: Vec<_> = fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
