@@ -2,7 +2,8 @@
 //! loads the kernel modules GSE needs, runs the early-boot hook and switches root.
 //! It carries gsectl (which is gsed too, under that name) and every shared
 //! library `ldd` names for it, a busybox for the shell and tools, the modules
-//! with their dependencies from `modules.dep`, and a copy of config.d; with
+//! with their dependencies from `modules.dep` (those loaded only on demand
+//! xz-compressed, for busybox's insmod), and a copy of config.d; with
 //! `--controller`, also what a blank machine's install runs (DESIGN §12).
 //! Entries are sorted with fixed times and owners, so the same inputs give the
 //! same bytes.

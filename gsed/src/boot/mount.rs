@@ -179,8 +179,9 @@ fn try_resolve(spec: &str) -> Option<PathBuf> {
         "PARTLABEL" => "by-partlabel",
         _ => return None,
     };
-    let link = Path::new("/dev/disk").join(by).join(value);
-    if link.exists() {
+    if let Some(link) = udev_name(value).map(|n| Path::new("/dev/disk").join(by).join(n))
+        && link.exists()
+    {
         return Some(link);
     }
     // No udev (early boot, containers): the superblocks, read here; for a
@@ -201,9 +202,37 @@ fn try_resolve(spec: &str) -> Option<PathBuf> {
     None
 }
 
+/// `value` as udev names its link in /dev/disk/by-*: bytes other than
+/// letters, digits, `#+-.:=@_` and UTF-8 beyond ASCII as `\xNN` (a label may
+/// hold a space or a `/`). None for `.` and `..`, which name no link but a
+/// directory.
+fn udev_name(value: &str) -> Option<String> {
+    if value == "." || value == ".." {
+        return None;
+    }
+    Some(
+        value
+            .chars()
+            .map(|c| match c {
+                c if c.is_ascii_alphanumeric() || "#+-.:=@_".contains(c) || !c.is_ascii() => c.to_string(),
+                c => format!("\\x{:02x}", c as u32),
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_encoded_as_udev_links_them() {
+        assert_eq!(udev_name("gse-a").as_deref(), Some("gse-a"));
+        assert_eq!(udev_name("lab 1/root").as_deref(), Some("lab\\x201\\x2froot"));
+        assert_eq!(udev_name("../../null"), Some("..\\x2f..\\x2fnull".into()), "no way out of by-label");
+        assert_eq!(udev_name("Bücher").as_deref(), Some("Bücher"));
+        assert_eq!(udev_name(".."), None);
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {

@@ -35,7 +35,7 @@ impl Default for BootConf {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotConf {
-    /// A path, `LABEL=` or `UUID=`.
+    /// A path, `LABEL=`, `PARTLABEL=` or `UUID=`.
     pub device: String,
     pub fstype: String,
     /// btrfs only: the subvolume that holds the root.
